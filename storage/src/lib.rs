@@ -1,1 +1,115 @@
-//! tally-storage
+//! Tally's storage: one [`Store`] trait, two backends.
+//!
+//! * [`RocksStore`]: RocksDB with column families `blocks`, `tx_index`, `state`, `consensus`
+//!   and `meta`. A block and all its effects land in one atomic `WriteBatch`
+//!   ([`Store::commit_block`]); consensus records can be written synced
+//!   ([`Store::write_consensus`]).
+//! * [`MemStore`]: the same contract in memory, for tests and the simulator.
+//!
+//! Both pass one shared test suite (`tests/suite.rs`).
+//!
+//! The store knows nothing of ledger types: blocks, index entries and state entries are
+//! bytes, encoded by the node. What it guarantees is atomicity and order: `commit_block(h)`
+//! only follows `h − 1`, and after a crash either all of a block's writes are present or
+//! none.
+//!
+//! ```
+//! use tally_storage::{BlockCommit, MemStore, Store};
+//!
+//! let store = MemStore::new();
+//! store.commit_block(BlockCommit {
+//!     height: 1,
+//!     block: b"block one".to_vec(),
+//!     tx_index: vec![],
+//!     state: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
+//!     meta: vec![],
+//!     sync: false,
+//! }).unwrap();
+//! assert_eq!(store.latest_height().unwrap(), 1);
+//! assert_eq!(store.state_get(b"k").unwrap(), Some(b"v".to_vec()));
+//! ```
+
+mod mem;
+mod rocks;
+
+pub use mem::MemStore;
+pub use rocks::RocksStore;
+use tally_crypto::Digest;
+
+/// Meta key under which [`Store::commit_block`] records the height of the latest block.
+pub const META_LATEST_HEIGHT: &[u8] = b"latest_height";
+
+/// One block and everything it changes, written atomically.
+#[derive(Clone, Debug, Default)]
+pub struct BlockCommit {
+    pub height: u64,
+    pub block: Vec<u8>,
+    pub tx_index: Vec<(Digest, Vec<u8>)>,
+    /// State entries to put (`Some`) or delete (`None`).
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Extra meta entries (e.g. the state hash) written in the same batch.
+    pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// fsync the write-ahead log before returning.
+    pub sync: bool,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("blocks must be committed in order: expected height {expected}, got {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+}
+
+/// The storage contract shared by both backends.
+pub trait Store: Send + Sync {
+    /// Writes a block, its index and state changes and `meta`, all or nothing. `height` must
+    /// be exactly one above [`Store::latest_height`].
+    fn commit_block(&self, commit: BlockCommit) -> Result<(), StorageError>;
+
+    /// The height of the latest committed block; 0 before the first.
+    fn latest_height(&self) -> Result<u64, StorageError>;
+
+    fn block(&self, height: u64) -> Result<Option<Vec<u8>>, StorageError>;
+
+    fn tx_index(&self, hash: &Digest) -> Result<Option<Vec<u8>>, StorageError>;
+
+    fn state_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Up to `limit` state entries with keys strictly after `after` (from the start when
+    /// `None`), in key order.
+    fn state_scan(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Writes meta entries outside a block (e.g. the genesis hash at initialisation).
+    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError>;
+
+    /// Writes consensus records (puts and deletes) atomically; with `sync`, durable on return.
+    fn write_consensus(
+        &self,
+        writes: &[(Vec<u8>, Option<Vec<u8>>)],
+        sync: bool,
+    ) -> Result<(), StorageError>;
+
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Every consensus record whose key starts with `prefix`, in key order.
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+
+    /// Approximate bytes on disk (or in memory).
+    fn size_bytes(&self) -> u64;
+}
+
+pub(crate) fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("latest_height is not 8 bytes".into()))?;
+    Ok(u64::from_le_bytes(b))
+}

@@ -1,0 +1,153 @@
+//! The in-memory backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use tally_crypto::Digest;
+
+use crate::{BlockCommit, META_LATEST_HEIGHT, StorageError, Store, decode_height};
+
+#[derive(Default)]
+struct Inner {
+    blocks: HashMap<u64, Vec<u8>>,
+    tx_index: HashMap<Digest, Vec<u8>>,
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    consensus: BTreeMap<Vec<u8>, Vec<u8>>,
+    meta: HashMap<Vec<u8>, Vec<u8>>,
+    bytes: u64,
+}
+
+/// A [`Store`] in memory. Every write is atomic (one lock); `sync` has no meaning.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave half a write: every write is prepared
+        // before the lock is taken and applied with infallible map operations.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn commit_block(&self, c: BlockCommit) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let latest = match inner.meta.get(META_LATEST_HEIGHT) {
+            Some(b) => decode_height(b)?,
+            None => 0,
+        };
+        if c.height != latest + 1 {
+            return Err(StorageError::OutOfOrder {
+                expected: latest + 1,
+                got: c.height,
+            });
+        }
+        inner.bytes += c.block.len() as u64;
+        inner.blocks.insert(c.height, c.block);
+        for (h, v) in c.tx_index {
+            inner.tx_index.insert(h, v);
+        }
+        for (k, v) in c.state {
+            match v {
+                Some(v) => inner.state.insert(k, v),
+                None => inner.state.remove(&k),
+            };
+        }
+        for (k, v) in c.meta {
+            inner.meta.insert(k, v);
+        }
+        inner
+            .meta
+            .insert(META_LATEST_HEIGHT.to_vec(), c.height.to_le_bytes().to_vec());
+        Ok(())
+    }
+
+    fn latest_height(&self) -> Result<u64, StorageError> {
+        match self.lock().meta.get(META_LATEST_HEIGHT) {
+            Some(b) => decode_height(b),
+            None => Ok(0),
+        }
+    }
+
+    fn block(&self, height: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().blocks.get(&height).cloned())
+    }
+
+    fn tx_index(&self, hash: &Digest) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().tx_index.get(hash).cloned())
+    }
+
+    fn state_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().state.get(key).cloned())
+    }
+
+    fn state_scan(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(inner
+            .state
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+
+    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], _sync: bool) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for (k, v) in entries {
+            inner.meta.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+
+    fn write_consensus(
+        &self,
+        writes: &[(Vec<u8>, Option<Vec<u8>>)],
+        _sync: bool,
+    ) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for (k, v) in writes {
+            match v {
+                Some(v) => inner.consensus.insert(k.clone(), v.clone()),
+                None => inner.consensus.remove(k),
+            };
+        }
+        Ok(())
+    }
+
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().consensus.get(key).cloned())
+    }
+
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        Ok(self
+            .lock()
+            .consensus
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+}

@@ -1,0 +1,218 @@
+//! The RocksDB backend.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
+    IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use tally_crypto::Digest;
+
+use crate::{BlockCommit, META_LATEST_HEIGHT, StorageError, Store, decode_height};
+
+const CF_BLOCKS: &str = "blocks";
+const CF_TX_INDEX: &str = "tx_index";
+const CF_STATE: &str = "state";
+const CF_CONSENSUS: &str = "consensus";
+const CF_META: &str = "meta";
+const COLUMN_FAMILIES: [&str; 5] = [CF_BLOCKS, CF_TX_INDEX, CF_STATE, CF_CONSENSUS, CF_META];
+
+/// A [`Store`] on RocksDB.
+pub struct RocksStore {
+    db: DB,
+    /// Serialises block commits so the height check and the write are one step.
+    commit: Mutex<()>,
+}
+
+fn db_err(e: rocksdb::Error) -> StorageError {
+    StorageError::Db(e.into_string())
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: &Path) -> Result<RocksStore, StorageError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Bounded: the node's open-file count must not grow with the database.
+        db_opts.set_max_open_files(512);
+        db_opts.increase_parallelism(2);
+        db_opts.set_keep_log_file_num(4);
+
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            if matches!(*name, CF_TX_INDEX | CF_STATE) {
+                // Point lookups dominate: a bloom filter saves a disk read per miss.
+                let mut t = BlockBasedOptions::default();
+                t.set_bloom_filter(10.0, false);
+                o.set_block_based_table_factory(&t);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(db_err)?;
+        Ok(RocksStore {
+            db,
+            commit: Mutex::new(()),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut o = WriteOptions::default();
+        o.set_sync(sync);
+        self.db.write_opt(batch, &o).map_err(db_err)
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(cf), key).map_err(db_err)
+    }
+}
+
+impl Store for RocksStore {
+    fn commit_block(&self, c: BlockCommit) -> Result<(), StorageError> {
+        let _guard = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = self.latest_height()?;
+        if c.height != latest + 1 {
+            return Err(StorageError::OutOfOrder {
+                expected: latest + 1,
+                got: c.height,
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_BLOCKS), c.height.to_be_bytes(), &c.block);
+        let index = self.cf(CF_TX_INDEX);
+        for (hash, value) in &c.tx_index {
+            batch.put_cf(index, hash.0, value);
+        }
+        let state = self.cf(CF_STATE);
+        for (k, v) in &c.state {
+            match v {
+                Some(v) => batch.put_cf(state, k, v),
+                None => batch.delete_cf(state, k),
+            }
+        }
+        let meta = self.cf(CF_META);
+        for (k, v) in &c.meta {
+            batch.put_cf(meta, k, v);
+        }
+        batch.put_cf(meta, META_LATEST_HEIGHT, c.height.to_le_bytes());
+        self.write(batch, c.sync)
+    }
+
+    fn latest_height(&self) -> Result<u64, StorageError> {
+        match self.get(CF_META, META_LATEST_HEIGHT)? {
+            Some(b) => decode_height(&b),
+            None => Ok(0),
+        }
+    }
+
+    fn block(&self, height: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        // Big-endian keys keep blocks in height order on disk.
+        self.get(CF_BLOCKS, &height.to_be_bytes())
+    }
+
+    fn tx_index(&self, hash: &Digest) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(CF_TX_INDEX, &hash.0)
+    }
+
+    fn state_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(CF_STATE, key)
+    }
+
+    fn state_scan(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mode = match after {
+            Some(a) => IteratorMode::From(a, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_STATE), mode) {
+            let (k, v) = item.map_err(db_err)?;
+            if Some(&*k) == after {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(CF_META, key)
+    }
+
+    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            batch.put_cf(self.cf(CF_META), k, v);
+        }
+        self.write(batch, sync)
+    }
+
+    fn write_consensus(
+        &self,
+        writes: &[(Vec<u8>, Option<Vec<u8>>)],
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let cf = self.cf(CF_CONSENSUS);
+        let mut batch = WriteBatch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        self.write(batch, sync)
+    }
+
+    fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(CF_CONSENSUS, key)
+    }
+
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_CONSENSUS), mode) {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        COLUMN_FAMILIES
+            .iter()
+            .filter_map(|cf| {
+                let cf = self.cf(cf);
+                let sst = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()?;
+                let mem = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                Some(sst + mem)
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,153 @@
+//! One test suite, run against both backends.
+
+use tally_crypto::Digest;
+use tally_storage::{BlockCommit, MemStore, RocksStore, StorageError, Store};
+
+fn commit(height: u64) -> BlockCommit {
+    BlockCommit {
+        height,
+        block: format!("block {height}").into_bytes(),
+        tx_index: vec![(Digest::of(&height.to_le_bytes()), vec![height as u8])],
+        state: vec![
+            (format!("k{height}").into_bytes(), Some(vec![height as u8])),
+            (b"counter".to_vec(), Some(height.to_le_bytes().to_vec())),
+        ],
+        meta: vec![(b"state_hash".to_vec(), vec![height as u8; 4])],
+        sync: height % 2 == 0,
+    }
+}
+
+fn blocks_commit_in_order(s: &dyn Store) {
+    assert_eq!(s.latest_height().unwrap(), 0);
+    assert_eq!(s.block(1).unwrap(), None);
+    assert_eq!(
+        s.commit_block(commit(2)),
+        Err(StorageError::OutOfOrder {
+            expected: 1,
+            got: 2
+        })
+    );
+    for h in 1..=5 {
+        s.commit_block(commit(h)).unwrap();
+    }
+    assert_eq!(s.latest_height().unwrap(), 5);
+    assert!(matches!(
+        s.commit_block(commit(5)),
+        Err(StorageError::OutOfOrder { .. })
+    ));
+    // A refused commit wrote nothing.
+    assert_eq!(s.latest_height().unwrap(), 5);
+    assert_eq!(s.block(3).unwrap().unwrap(), b"block 3");
+    assert_eq!(
+        s.tx_index(&Digest::of(&3u64.to_le_bytes())).unwrap(),
+        Some(vec![3])
+    );
+    assert_eq!(s.tx_index(&Digest::of(b"nope")).unwrap(), None);
+    assert_eq!(
+        s.state_get(b"counter").unwrap(),
+        Some(5u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(s.meta_get(b"state_hash").unwrap(), Some(vec![5; 4]));
+}
+
+fn state_deletes_and_scans(s: &dyn Store) {
+    let mut c = commit(1);
+    c.state = (0..10u8).map(|i| (vec![b's', i], Some(vec![i]))).collect();
+    s.commit_block(c).unwrap();
+    let mut c = commit(2);
+    c.state = vec![(vec![b's', 3], None), (vec![b's', 4], Some(vec![44]))];
+    s.commit_block(c).unwrap();
+    assert_eq!(s.state_get(&[b's', 3]).unwrap(), None);
+    assert_eq!(s.state_get(&[b's', 4]).unwrap(), Some(vec![44]));
+    let all = s.state_scan(None, 100).unwrap();
+    assert_eq!(all.len(), 9);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    let page1 = s.state_scan(None, 4).unwrap();
+    let page2 = s.state_scan(Some(&page1.last().unwrap().0), 4).unwrap();
+    let page3 = s.state_scan(Some(&page2.last().unwrap().0), 4).unwrap();
+    let paged: Vec<_> = page1.into_iter().chain(page2).chain(page3).collect();
+    assert_eq!(paged, all);
+}
+
+fn consensus_records(s: &dyn Store) {
+    s.write_consensus(
+        &[
+            (b"pbft/a/1".to_vec(), Some(vec![1])),
+            (b"pbft/a/2".to_vec(), Some(vec![2])),
+            (b"pbft/b/1".to_vec(), Some(vec![3])),
+            (b"raft/x".to_vec(), Some(vec![4])),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(s.consensus_get(b"pbft/a/2").unwrap(), Some(vec![2]));
+    let a = s.consensus_scan(b"pbft/a/").unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(s.consensus_scan(b"pbft/").unwrap().len(), 3);
+    s.write_consensus(&[(b"pbft/a/1".to_vec(), None)], false)
+        .unwrap();
+    assert_eq!(s.consensus_scan(b"pbft/a/").unwrap().len(), 1);
+    assert_eq!(s.consensus_get(b"pbft/a/1").unwrap(), None);
+    // Consensus records and blocks are separate: no block was written.
+    assert_eq!(s.latest_height().unwrap(), 0);
+}
+
+fn meta_outside_blocks(s: &dyn Store) {
+    s.meta_put(&[(b"genesis_hash".to_vec(), vec![7; 32])], true)
+        .unwrap();
+    assert_eq!(s.meta_get(b"genesis_hash").unwrap(), Some(vec![7; 32]));
+    assert_eq!(s.latest_height().unwrap(), 0);
+}
+
+macro_rules! suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            #[test]
+            fn blocks_commit_in_order() {
+                let (_guard, s) = $make;
+                super::blocks_commit_in_order(&s);
+            }
+            #[test]
+            fn state_deletes_and_scans() {
+                let (_guard, s) = $make;
+                super::state_deletes_and_scans(&s);
+            }
+            #[test]
+            fn consensus_records() {
+                let (_guard, s) = $make;
+                super::consensus_records(&s);
+            }
+            #[test]
+            fn meta_outside_blocks() {
+                let (_guard, s) = $make;
+                super::meta_outside_blocks(&s);
+            }
+        }
+    };
+}
+
+suite!(mem, ((), MemStore::new()));
+suite!(rocks, {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    (dir, s)
+});
+
+#[test]
+fn rocks_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RocksStore::open(dir.path()).unwrap();
+        for h in 1..=3 {
+            s.commit_block(commit(h)).unwrap();
+        }
+        s.write_consensus(&[(b"c".to_vec(), Some(vec![9]))], true)
+            .unwrap();
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.latest_height().unwrap(), 3);
+    assert_eq!(s.block(2).unwrap().unwrap(), b"block 2");
+    assert_eq!(s.consensus_get(b"c").unwrap(), Some(vec![9]));
+    assert!(s.size_bytes() > 0 || s.block(1).unwrap().is_some());
+}
