@@ -38,6 +38,8 @@ use tally_crypto::Digest;
 
 /// Meta key under which [`Store::commit_block`] records the height of the latest block.
 pub const META_LATEST_HEIGHT: &[u8] = b"latest_height";
+/// Meta key that [`Store::initialize`] writes; its presence means "initialised".
+pub const META_INITIALIZED: &[u8] = b"initialized";
 
 /// One block and everything it changes, written atomically.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +61,8 @@ pub enum StorageError {
     Db(String),
     #[error("blocks must be committed in order: expected height {expected}, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
+    #[error("the database was already initialised")]
+    AlreadyInitialized,
     #[error("corrupt database: {0}")]
     Corrupt(String),
 }
@@ -87,6 +91,14 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Writes the genesis state and meta entries atomically, once: fails with
+    /// [`StorageError::AlreadyInitialized`] if the store was initialised before.
+    fn initialize(
+        &self,
+        state: Vec<(Vec<u8>, Vec<u8>)>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError>;
 
     /// Writes meta entries outside a block (e.g. the genesis hash at initialisation).
     fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError>;

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use tally_crypto::Digest;
 
-use crate::{BlockCommit, META_LATEST_HEIGHT, StorageError, Store, decode_height};
+use crate::{
+    BlockCommit, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, decode_height,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -108,6 +110,21 @@ impl Store for MemStore {
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.lock().meta.get(key).cloned())
+    }
+
+    fn initialize(
+        &self,
+        state: Vec<(Vec<u8>, Vec<u8>)>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.meta.contains_key(META_INITIALIZED) {
+            return Err(StorageError::AlreadyInitialized);
+        }
+        inner.state.extend(state);
+        inner.meta.extend(meta);
+        inner.meta.insert(META_INITIALIZED.to_vec(), vec![1]);
+        Ok(())
     }
 
     fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], _sync: bool) -> Result<(), StorageError> {

@@ -9,7 +9,9 @@ use rocksdb::{
 };
 use tally_crypto::Digest;
 
-use crate::{BlockCommit, META_LATEST_HEIGHT, StorageError, Store, decode_height};
+use crate::{
+    BlockCommit, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, decode_height,
+};
 
 const CF_BLOCKS: &str = "blocks";
 const CF_TX_INDEX: &str = "tx_index";
@@ -152,6 +154,26 @@ impl Store for RocksStore {
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.get(CF_META, key)
+    }
+
+    fn initialize(
+        &self,
+        state: Vec<(Vec<u8>, Vec<u8>)>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let _guard = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(CF_META, META_INITIALIZED)?.is_some() {
+            return Err(StorageError::AlreadyInitialized);
+        }
+        let mut batch = WriteBatch::default();
+        for (k, v) in &state {
+            batch.put_cf(self.cf(CF_STATE), k, v);
+        }
+        for (k, v) in &meta {
+            batch.put_cf(self.cf(CF_META), k, v);
+        }
+        batch.put_cf(self.cf(CF_META), META_INITIALIZED, [1]);
+        self.write(batch, true)
     }
 
     fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError> {

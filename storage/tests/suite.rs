@@ -99,6 +99,18 @@ fn meta_outside_blocks(s: &dyn Store) {
     assert_eq!(s.latest_height().unwrap(), 0);
 }
 
+fn initialize_once(s: &dyn Store) {
+    s.initialize(vec![(b"a".to_vec(), vec![1])], vec![(b"g".to_vec(), vec![2])])
+        .unwrap();
+    assert_eq!(s.state_get(b"a").unwrap(), Some(vec![1]));
+    assert_eq!(s.meta_get(b"g").unwrap(), Some(vec![2]));
+    assert_eq!(
+        s.initialize(vec![(b"b".to_vec(), vec![1])], vec![]),
+        Err(StorageError::AlreadyInitialized)
+    );
+    assert_eq!(s.state_get(b"b").unwrap(), None);
+}
+
 macro_rules! suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -117,6 +129,11 @@ macro_rules! suite {
             fn consensus_records() {
                 let (_guard, s) = $make;
                 super::consensus_records(&s);
+            }
+            #[test]
+            fn initialize_once() {
+                let (_guard, s) = $make;
+                super::initialize_once(&s);
             }
             #[test]
             fn meta_outside_blocks() {

@@ -1,0 +1,207 @@
+//! The `tally` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tally_crypto::{ChainId, PublicKey, SecretKey, keyfile};
+use tally_genesis::Protocol;
+use tally_genesis::testnet::{TestnetOptions, generate};
+use tally_ledger::{Action, Transaction};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally",
+    version,
+    about = "Tally: a node daemon for permissioned ledger networks (PBFT, Raft, Multi-Paxos)",
+    long_about = "Tally orders client-signed transactions into a hash-chained ledger among a known set of validators.\n\nStart here:\n  tally testnet --validators 4 --out ./net   write a 4-validator network\n  tally tx sign --help                       sign a transaction offline"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate an ed25519 key pair and write it to a key file (mode 0600).
+    Keygen(KeygenArgs),
+    /// Write a ready-to-start local network: genesis, one home folder per validator, funded
+    /// client accounts, and network.json.
+    Testnet(TestnetArgs),
+    /// Transactions: sign offline.
+    #[command(subcommand)]
+    Tx(TxCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the key file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TestnetArgs {
+    /// Number of validators.
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    /// Consensus protocol: pbft, raft or multipaxos.
+    #[arg(long, default_value = "pbft")]
+    pub consensus: Protocol,
+    /// Output folder (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "tally-testnet")]
+    pub chain_id: String,
+    /// Number of funded client accounts.
+    #[arg(long, default_value_t = 4)]
+    pub accounts: usize,
+    /// Initial balance of each client account.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub balance: u64,
+    /// Node i listens on base+10i (p2p), base+10i+1 (RPC), base+10i+2 (metrics).
+    #[arg(long, default_value_t = 26600)]
+    pub base_port: u16,
+    /// Loopback (or other) address every node listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TxCommand {
+    /// Sign a transaction offline and print `{"hash": HEX, "tx": HEX}`.
+    Sign(SignArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The sender's key file.
+    #[arg(long)]
+    pub from: PathBuf,
+    #[arg(long)]
+    pub chain_id: String,
+    /// The sender's next nonce (0 for its first transaction).
+    #[arg(long)]
+    pub nonce: u64,
+    #[command(subcommand)]
+    pub action: ActionArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ActionArgs {
+    /// Move funds to another account.
+    Transfer {
+        /// The recipient's address (its public key in hex).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Store a value under a key in the sender's namespace.
+    Put {
+        /// The key (UTF-8 text, 1 to 256 bytes).
+        #[arg(long)]
+        data_key: String,
+        /// The value as UTF-8 text.
+        #[arg(long, conflicts_with = "data_value_hex", required_unless_present = "data_value_hex")]
+        data_value: Option<String>,
+        /// The value as hex bytes.
+        #[arg(long)]
+        data_value_hex: Option<String>,
+    },
+}
+
+impl ActionArgs {
+    pub fn to_action(&self) -> Result<Action> {
+        Ok(match self {
+            ActionArgs::Transfer { to, amount } => Action::Transfer {
+                to: PublicKey::from_hex(to).context("--to")?,
+                amount: *amount,
+            },
+            ActionArgs::Put {
+                data_key,
+                data_value,
+                data_value_hex,
+            } => Action::Put {
+                key: data_key.as_bytes().to_vec(),
+                value: match (data_value, data_value_hex) {
+                    (Some(v), _) => v.as_bytes().to_vec(),
+                    (None, Some(h)) => hex::decode(h.strip_prefix("0x").unwrap_or(h))
+                        .context("--data-value-hex is not hex")?,
+                    (None, None) => bail!("--data-value or --data-value-hex is required"),
+                },
+            },
+        })
+    }
+}
+
+/// Signs a transaction from CLI arguments.
+pub fn sign_tx(
+    key: &SecretKey,
+    chain_id: &str,
+    nonce: u64,
+    action: &ActionArgs,
+) -> Result<tally_ledger::SignedTransaction> {
+    let tx = Transaction {
+        chain_id: ChainId::new(chain_id).context("--chain-id")?,
+        sender: key.public_key(),
+        nonce,
+        action: action.to_action()?,
+    };
+    Ok(tx.sign(key)?)
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen(a) => {
+            let key = SecretKey::generate();
+            keyfile::write(&a.out, &key, a.force)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "address": key.public_key().to_hex(),
+                    "key_file": a.out.display().to_string(),
+                })
+            );
+            Ok(())
+        }
+        Command::Testnet(a) => {
+            let mut opts = TestnetOptions::new(a.validators, a.consensus, a.out.clone());
+            opts.chain_id = a.chain_id;
+            opts.accounts = a.accounts;
+            opts.account_balance = a.balance;
+            opts.base_port = a.base_port;
+            opts.host = a.host;
+            let info = generate(&opts)?;
+            eprintln!(
+                "wrote a {}-validator {} network (chain id {}, genesis {}) to {}",
+                info.nodes.len(),
+                info.consensus,
+                info.chain_id,
+                &info.genesis_hash[..16],
+                a.out.display()
+            );
+            for n in &info.nodes {
+                eprintln!("  {}  rpc {}  home {}", n.name, n.rpc, n.home.display());
+            }
+            eprintln!("  {} funded accounts in {}/accounts", info.accounts.len(), a.out.display());
+            eprintln!("details: {}/network.json", a.out.display());
+            Ok(())
+        }
+        Command::Tx(TxCommand::Sign(a)) => {
+            let key = keyfile::load(&a.from)?;
+            let signed = sign_tx(&key, &a.chain_id, a.nonce, &a.action)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "hash": signed.hash().to_hex(),
+                    "tx": hex::encode(signed.encoded()),
+                })
+            );
+            Ok(())
+        }
+    }
+}

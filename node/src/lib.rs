@@ -1,0 +1,5 @@
+//! The Tally node: the chain (execution + persistence), and the `tally` command.
+
+pub mod block;
+pub mod chain;
+pub mod cli;
