@@ -3,9 +3,7 @@
 
 use std::collections::HashSet;
 
-use tally_crypto::{
-    ChainId, CryptoError, Digest, Domain, Signature, SignatureCheck, Verifiable,
-};
+use tally_crypto::{ChainId, CryptoError, Digest, Domain, Signature, SignatureCheck, Verifiable};
 
 use crate::{Seq, ValidatorId, ValidatorSet, View};
 
@@ -157,8 +155,8 @@ mod tests {
 
     fn setup() -> (Vec<SecretKey>, ValidatorSet, ChainId) {
         let keys: Vec<SecretKey> = (1..=4u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
-        let set = ValidatorSet::new(&keys.iter().map(|k| k.public_key()).collect::<Vec<_>>())
-            .unwrap();
+        let set =
+            ValidatorSet::new(&keys.iter().map(|k| k.public_key()).collect::<Vec<_>>()).unwrap();
         (keys, set, ChainId::new("c").unwrap())
     }
 
@@ -206,7 +204,11 @@ mod tests {
         swapped.signatures[2].1 = swapped.signatures[1].1;
         assert!(swapped.verify(&set, &chain, None).is_err());
         let other = ChainId::new("other").unwrap();
-        assert!(cert(&keys, &[0, 1, 2], &other).verify(&set, &chain, None).is_err());
+        assert!(
+            cert(&keys, &[0, 1, 2], &other)
+                .verify(&set, &chain, None)
+                .is_err()
+        );
         assert!(matches!(
             c.verify(&set, &chain, Some((Seq(10), Digest::of(b"batch")))),
             Err(CertificateError::WrongTarget { .. })

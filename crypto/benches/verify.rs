@@ -69,5 +69,8 @@ fn main() {
         single * 1e6,
         1.0 / single
     );
-    println!("key check (decompress, canonical, small order): {:.1} us", key_check * 1e6);
+    println!(
+        "key check (decompress, canonical, small order): {:.1} us",
+        key_check * 1e6
+    );
 }

@@ -95,7 +95,8 @@ pub fn load(path: &Path) -> Result<SecretKey, CryptoError> {
         ));
     }
     let seed = Zeroizing::new(
-        crate::parse_hex_array::<32>(&file.secret_seed, "secret seed").map_err(|e| error(path, e))?,
+        crate::parse_hex_array::<32>(&file.secret_seed, "secret seed")
+            .map_err(|e| error(path, e))?,
     );
     let key = SecretKey::from_seed(&seed);
     if key.public_key() != file.public_key {

@@ -51,7 +51,10 @@ pub enum CryptoError {
     #[error("invalid signature")]
     InvalidSignature,
     #[error("invalid chain id {chain_id:?}: {reason}")]
-    InvalidChainId { chain_id: String, reason: &'static str },
+    InvalidChainId {
+        chain_id: String,
+        reason: &'static str,
+    },
     #[error("signer {signer} is not known")]
     UnknownSigner { signer: String },
     #[error("malformed signed message: {reason}")]
@@ -128,7 +131,10 @@ pub struct Domain(&'static str);
 
 impl Domain {
     pub const fn new(tag: &'static str) -> Domain {
-        assert!(!tag.is_empty() && tag.len() <= 64, "a domain tag is 1 to 64 bytes");
+        assert!(
+            !tag.is_empty() && tag.len() <= 64,
+            "a domain tag is 1 to 64 bytes"
+        );
         Domain(tag)
     }
 

@@ -152,7 +152,10 @@ mod defaults {
         2000
     }
     pub fn raft_election_timeout_ms() -> super::ElectionTimeout {
-        super::ElectionTimeout { min: 500, max: 1000 }
+        super::ElectionTimeout {
+            min: 500,
+            max: 1000,
+        }
     }
     pub fn heartbeat_ms() -> u64 {
         100
@@ -413,7 +416,10 @@ impl Genesis {
         }
         let (q1, q2) = p.paxos_quorums(n);
         if q1 == 0 || q2 == 0 || q1 as usize > n || q2 as usize > n {
-            return bad("paxos_q1", &format!("quorums must be between 1 and n = {n}"));
+            return bad(
+                "paxos_q1",
+                &format!("quorums must be between 1 and n = {n}"),
+            );
         }
         if (q1 + q2) as usize <= n {
             return Err(GenesisError::QuorumsDoNotIntersect { q1, q2, n });
@@ -476,7 +482,9 @@ pub fn parse_address(address: &str) -> Result<(String, u16), String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !dns_ok {
         return Err(format!(

@@ -131,7 +131,9 @@ pub fn generate(opts: &TestnetOptions) -> Result<NetworkInfo, TestnetError> {
         }
     }
 
-    let node_keys: Vec<SecretKey> = (0..opts.validators).map(|_| SecretKey::generate()).collect();
+    let node_keys: Vec<SecretKey> = (0..opts.validators)
+        .map(|_| SecretKey::generate())
+        .collect();
     let account_keys: Vec<SecretKey> = (0..opts.accounts).map(|_| SecretKey::generate()).collect();
     let addr = |p: u16| format!("{}:{p}", opts.host);
     let mut params = opts
@@ -171,12 +173,7 @@ pub fn generate(opts: &TestnetOptions) -> Result<NetworkInfo, TestnetError> {
         let name = format!("node{i}");
         let home = out.join(&name);
         std::fs::create_dir_all(&home).map_err(|e| io(&home, e))?;
-        let config = NodeConfig::new(
-            &name,
-            addr(port(i, 0)),
-            addr(port(i, 1)),
-            addr(port(i, 2)),
-        );
+        let config = NodeConfig::new(&name, addr(port(i, 0)), addr(port(i, 1)), addr(port(i, 2)));
         config.write(&home).map_err(|e| io(&home, e))?;
         keyfile::write(&home.join(&config.key_file), key, false).map_err(|e| io(&home, e))?;
         nodes.push(NodeInfo {

@@ -22,13 +22,22 @@ fn base(protocol: &str, n: u8) -> Value {
     })
 }
 
+type Mutation = Box<dyn Fn(&mut Value)>;
+type Expect = fn(&GenesisError) -> bool;
+
 fn parse(v: &Value) -> Result<Genesis, GenesisError> {
     Genesis::from_json(&v.to_string())
 }
 
 #[test]
 fn valid_genesis_for_each_protocol() {
-    for (p, n) in [("pbft", 4), ("pbft", 7), ("raft", 1), ("raft", 3), ("multipaxos", 5)] {
+    for (p, n) in [
+        ("pbft", 4),
+        ("pbft", 7),
+        ("raft", 1),
+        ("raft", 3),
+        ("multipaxos", 5),
+    ] {
         let g = parse(&base(p, n)).unwrap_or_else(|e| panic!("{p}/{n}: {e}"));
         assert_eq!(g.validators.len(), n as usize);
     }
@@ -36,77 +45,156 @@ fn valid_genesis_for_each_protocol() {
 
 #[test]
 fn each_mistake_has_its_error() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, fn(&GenesisError) -> bool)> = vec![
-        ("empty chain id", Box::new(|g| g["chain_id"] = json!("")), |e| {
-            matches!(e, GenesisError::EmptyChainId)
-        }),
-        ("bad chain id", Box::new(|g| g["chain_id"] = json!("a b")), |e| {
-            matches!(e, GenesisError::Parse(m) if m.contains("chain id"))
-        }),
-        ("pbft with 3", Box::new(|g| {
-            g["validators"].as_array_mut().unwrap().pop();
-        }), |e| {
-            matches!(e, GenesisError::TooFewValidators { n: 3, min: 4, .. })
-        }),
-        ("duplicate name", Box::new(|g| g["validators"][1]["name"] = json!("v0")), |e| {
-            matches!(e, GenesisError::DuplicateValidatorName { .. })
-        }),
-        ("bad name", Box::new(|g| g["validators"][1]["name"] = json!("has space")), |e| {
-            matches!(e, GenesisError::InvalidValidatorName { .. })
-        }),
-        ("duplicate key", Box::new(|g| g["validators"][2]["public_key"] = json!(key(1))), |e| {
-            matches!(e, GenesisError::DuplicateValidatorKey { .. })
-        }),
-        ("invalid key", Box::new(|g| {
-            let mut identity = "01".to_string();
-            identity.push_str(&"00".repeat(31));
-            g["validators"][2]["public_key"] = json!(identity);
-        }), |e| matches!(e, GenesisError::InvalidValidatorKey { .. })),
-        ("key not hex", Box::new(|g| g["validators"][2]["public_key"] = json!("xyz")), |e| {
-            matches!(e, GenesisError::Parse(_))
-        }),
-        ("address without port", Box::new(|g| g["validators"][0]["p2p"] = json!("127.0.0.1")), |e| {
-            matches!(e, GenesisError::BadAddress { .. })
-        }),
-        ("address with bad port", Box::new(|g| g["validators"][0]["p2p"] = json!("127.0.0.1:99999")), |e| {
-            matches!(e, GenesisError::BadAddress { .. })
-        }),
-        ("address with bad host", Box::new(|g| g["validators"][0]["p2p"] = json!("bad_host!:1")), |e| {
-            matches!(e, GenesisError::BadAddress { .. })
-        }),
-        ("unbracketed ipv6", Box::new(|g| g["validators"][0]["p2p"] = json!("::1:26600")), |e| {
-            matches!(e, GenesisError::BadAddress { .. })
-        }),
-        ("duplicate address", Box::new(|g| g["validators"][1]["p2p"] = json!("127.0.0.1:27000")), |e| {
-            matches!(e, GenesisError::DuplicateAddress { .. })
-        }),
-        ("duplicate account", Box::new(|g| {
-            let a = g["accounts"][0].clone();
-            g["accounts"].as_array_mut().unwrap().push(a);
-        }), |e| matches!(e, GenesisError::DuplicateAccount { .. })),
-        ("supply overflow", Box::new(|g| {
-            g["accounts"][0]["balance"] = json!(u64::MAX);
-            g["accounts"].as_array_mut().unwrap().push(json!({"address": key(101), "balance": 1}));
-        }), |e| matches!(e, GenesisError::SupplyOverflow)),
-        ("watermark below checkpoint", Box::new(|g| {
-            g["consensus"]["checkpoint_interval"] = json!(100);
-            g["consensus"]["watermark_window"] = json!(50);
-        }), |e| matches!(e, GenesisError::BadParameter { field: "watermark_window", .. })),
-        ("zero batch delay", Box::new(|g| g["consensus"]["batch_delay_ms"] = json!(0)), |e| {
-            matches!(e, GenesisError::BadParameter { field: "batch_delay_ms", .. })
-        }),
-        ("election range", Box::new(|g| g["consensus"]["raft_election_timeout_ms"] = json!({"min": 500, "max": 400})), |e| {
-            matches!(e, GenesisError::BadParameter { field: "raft_election_timeout_ms", .. })
-        }),
-        ("paxos quorums on pbft", Box::new(|g| g["consensus"]["paxos_q1"] = json!(3)), |e| {
-            matches!(e, GenesisError::BadParameter { .. })
-        }),
-        ("unknown field", Box::new(|g| g["consensus"]["batch_bytes"] = json!(3)), |e| {
-            matches!(e, GenesisError::Parse(m) if m.contains("batch_bytes"))
-        }),
-        ("unknown protocol", Box::new(|g| g["consensus"]["protocol"] = json!("hotstuff")), |e| {
-            matches!(e, GenesisError::Parse(_))
-        }),
+    let cases: Vec<(&str, Mutation, Expect)> = vec![
+        (
+            "empty chain id",
+            Box::new(|g| g["chain_id"] = json!("")),
+            |e| matches!(e, GenesisError::EmptyChainId),
+        ),
+        (
+            "bad chain id",
+            Box::new(|g| g["chain_id"] = json!("a b")),
+            |e| matches!(e, GenesisError::Parse(m) if m.contains("chain id")),
+        ),
+        (
+            "pbft with 3",
+            Box::new(|g| {
+                g["validators"].as_array_mut().unwrap().pop();
+            }),
+            |e| matches!(e, GenesisError::TooFewValidators { n: 3, min: 4, .. }),
+        ),
+        (
+            "duplicate name",
+            Box::new(|g| g["validators"][1]["name"] = json!("v0")),
+            |e| matches!(e, GenesisError::DuplicateValidatorName { .. }),
+        ),
+        (
+            "bad name",
+            Box::new(|g| g["validators"][1]["name"] = json!("has space")),
+            |e| matches!(e, GenesisError::InvalidValidatorName { .. }),
+        ),
+        (
+            "duplicate key",
+            Box::new(|g| g["validators"][2]["public_key"] = json!(key(1))),
+            |e| matches!(e, GenesisError::DuplicateValidatorKey { .. }),
+        ),
+        (
+            "invalid key",
+            Box::new(|g| {
+                let mut identity = "01".to_string();
+                identity.push_str(&"00".repeat(31));
+                g["validators"][2]["public_key"] = json!(identity);
+            }),
+            |e| matches!(e, GenesisError::InvalidValidatorKey { .. }),
+        ),
+        (
+            "key not hex",
+            Box::new(|g| g["validators"][2]["public_key"] = json!("xyz")),
+            |e| matches!(e, GenesisError::Parse(_)),
+        ),
+        (
+            "address without port",
+            Box::new(|g| g["validators"][0]["p2p"] = json!("127.0.0.1")),
+            |e| matches!(e, GenesisError::BadAddress { .. }),
+        ),
+        (
+            "address with bad port",
+            Box::new(|g| g["validators"][0]["p2p"] = json!("127.0.0.1:99999")),
+            |e| matches!(e, GenesisError::BadAddress { .. }),
+        ),
+        (
+            "address with bad host",
+            Box::new(|g| g["validators"][0]["p2p"] = json!("bad_host!:1")),
+            |e| matches!(e, GenesisError::BadAddress { .. }),
+        ),
+        (
+            "unbracketed ipv6",
+            Box::new(|g| g["validators"][0]["p2p"] = json!("::1:26600")),
+            |e| matches!(e, GenesisError::BadAddress { .. }),
+        ),
+        (
+            "duplicate address",
+            Box::new(|g| g["validators"][1]["p2p"] = json!("127.0.0.1:27000")),
+            |e| matches!(e, GenesisError::DuplicateAddress { .. }),
+        ),
+        (
+            "duplicate account",
+            Box::new(|g| {
+                let a = g["accounts"][0].clone();
+                g["accounts"].as_array_mut().unwrap().push(a);
+            }),
+            |e| matches!(e, GenesisError::DuplicateAccount { .. }),
+        ),
+        (
+            "supply overflow",
+            Box::new(|g| {
+                g["accounts"][0]["balance"] = json!(u64::MAX);
+                g["accounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"address": key(101), "balance": 1}));
+            }),
+            |e| matches!(e, GenesisError::SupplyOverflow),
+        ),
+        (
+            "watermark below checkpoint",
+            Box::new(|g| {
+                g["consensus"]["checkpoint_interval"] = json!(100);
+                g["consensus"]["watermark_window"] = json!(50);
+            }),
+            |e| {
+                matches!(
+                    e,
+                    GenesisError::BadParameter {
+                        field: "watermark_window",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "zero batch delay",
+            Box::new(|g| g["consensus"]["batch_delay_ms"] = json!(0)),
+            |e| {
+                matches!(
+                    e,
+                    GenesisError::BadParameter {
+                        field: "batch_delay_ms",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "election range",
+            Box::new(|g| {
+                g["consensus"]["raft_election_timeout_ms"] = json!({"min": 500, "max": 400})
+            }),
+            |e| {
+                matches!(
+                    e,
+                    GenesisError::BadParameter {
+                        field: "raft_election_timeout_ms",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "paxos quorums on pbft",
+            Box::new(|g| g["consensus"]["paxos_q1"] = json!(3)),
+            |e| matches!(e, GenesisError::BadParameter { .. }),
+        ),
+        (
+            "unknown field",
+            Box::new(|g| g["consensus"]["batch_bytes"] = json!(3)),
+            |e| matches!(e, GenesisError::Parse(m) if m.contains("batch_bytes")),
+        ),
+        (
+            "unknown protocol",
+            Box::new(|g| g["consensus"]["protocol"] = json!("hotstuff")),
+            |e| matches!(e, GenesisError::Parse(_)),
+        ),
     ];
     for (what, mutate, expected) in cases {
         let mut g = base("pbft", 4);
@@ -136,12 +224,13 @@ fn paxos_quorums_must_intersect() {
 #[test]
 fn hash_ignores_formatting_and_binds_every_field() {
     let g = parse(&base("pbft", 4)).unwrap();
-    let reformatted = Genesis::from_json(&serde_json::to_string_pretty(&base("pbft", 4)).unwrap()).unwrap();
+    let reformatted =
+        Genesis::from_json(&serde_json::to_string_pretty(&base("pbft", 4)).unwrap()).unwrap();
     assert_eq!(g.hash(), reformatted.hash());
     // Defaults written out explicitly hash the same as defaults left implicit.
     let explicit = Genesis::from_json(&g.to_json()).unwrap();
     assert_eq!(g.hash(), explicit.hash());
-    let changes: Vec<Box<dyn Fn(&mut Value)>> = vec![
+    let changes: Vec<Mutation> = vec![
         Box::new(|g| g["chain_id"] = json!("test-chain2")),
         Box::new(|g| g["consensus"]["batch_delay_ms"] = json!(11)),
         Box::new(|g| g["consensus"]["view_change_timeout_ms"] = json!(2001)),
@@ -178,14 +267,28 @@ fn testnet_writes_a_loadable_network() {
         let key = tally_crypto::keyfile::load(&config.key_file).unwrap();
         assert_eq!(key.public_key(), genesis.validators[i].public_key);
         assert!(node.rpc.starts_with("http://127.0.0.1:"));
-        for a in [&config.p2p.listen, &config.rpc.listen, &config.metrics.listen] {
+        for a in [
+            &config.p2p.listen,
+            &config.rpc.listen,
+            &config.metrics.listen,
+        ] {
             assert!(ports.insert(a.clone()), "port clash on {a}");
         }
     }
     for a in &info.accounts {
         assert!(a.key_file.is_absolute());
-        assert_eq!(tally_crypto::keyfile::load(&a.key_file).unwrap().public_key(), a.address);
-        assert!(genesis.accounts.iter().any(|g| g.address == a.address && g.balance == a.balance));
+        assert_eq!(
+            tally_crypto::keyfile::load(&a.key_file)
+                .unwrap()
+                .public_key(),
+            a.address
+        );
+        assert!(
+            genesis
+                .accounts
+                .iter()
+                .any(|g| g.address == a.address && g.balance == a.balance)
+        );
     }
     // A second run into the same folder is refused rather than overwriting keys.
     assert!(generate(&opts).is_err());

@@ -9,27 +9,42 @@ fn main() {
     let seed_b = [0x42u8; 32];
     let to = SecretKey::from_seed(&[0x02; 32]).public_key();
     let vectors: Vec<(&str, [u8; 32], &str, u64, Action)> = vec![
-        ("transfer", seed_a, "tally-test", 0, Action::Transfer { to, amount: 1000 }),
+        (
+            "transfer",
+            seed_a,
+            "tally-test",
+            0,
+            Action::Transfer { to, amount: 1000 },
+        ),
         (
             "data put",
             seed_b,
             "tally-test",
             7,
-            Action::Put { key: b"greeting".to_vec(), value: b"hello, tally".to_vec() },
+            Action::Put {
+                key: b"greeting".to_vec(),
+                value: b"hello, tally".to_vec(),
+            },
         ),
         (
             "transfer with large fields",
             seed_b,
             "prod.chain_1",
             (1 << 40) + 5,
-            Action::Transfer { to: PublicKey([0xab; 32]), amount: u64::MAX },
+            Action::Transfer {
+                to: PublicKey([0xab; 32]),
+                amount: u64::MAX,
+            },
         ),
         (
             "data put with an empty value",
             seed_a,
             "tally-test",
             1,
-            Action::Put { key: vec![0x00, 0xff], value: vec![] },
+            Action::Put {
+                key: vec![0x00, 0xff],
+                value: vec![],
+            },
         ),
     ];
     for (i, (title, seed, chain, nonce, action)) in vectors.into_iter().enumerate() {

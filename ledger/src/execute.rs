@@ -75,7 +75,10 @@ pub fn check_transactions(chain_id: &ChainId, raw: &[Vec<u8>]) -> Vec<CheckedTx>
             Err(e) => out.push(Some(CheckedTx { hash, tx: Err(e) })),
         }
     }
-    for (slot, result) in slots.into_iter().zip(verify_batch(&(), chain_id, to_verify)) {
+    for (slot, result) in slots
+        .into_iter()
+        .zip(verify_batch(&(), chain_id, to_verify))
+    {
         out[slot] = Some(CheckedTx {
             hash: Digest::of(&raw[slot]),
             tx: result.map_err(|_| TxError::InvalidSignature),
@@ -105,7 +108,7 @@ pub struct Executed {
     pub outcomes: Vec<TxOutcome>,
     pub tx_hashes: Vec<Digest>,
     /// State entries to write (`Some`) or delete (`None`), sorted by key.
-    pub state_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub state_writes: Vec<StateWrite>,
     /// Transaction-index entries to write.
     pub index_writes: Vec<(Digest, TxLocation)>,
     pub state_hash: LtHash,
@@ -219,11 +222,17 @@ pub fn execute_batch(
     })
 }
 
+/// A state entry write: `Some(value)` puts, `None` deletes.
+pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// A data entry's value before the block and now.
+type DataChange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Changes made so far in this block: `(value before the block, value now)`.
 struct Overlay<'a> {
     view: &'a dyn StateView,
     accounts: HashMap<PublicKey, (Account, Account)>,
-    data: BTreeMap<(PublicKey, Vec<u8>), (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    data: BTreeMap<(PublicKey, Vec<u8>), DataChange>,
 }
 
 impl Overlay<'_> {
@@ -299,9 +308,7 @@ fn apply(
 }
 
 /// The genesis state: its entries and its state hash.
-pub fn genesis_state(
-    accounts: &[(PublicKey, u64)],
-) -> (Vec<(Vec<u8>, Option<Vec<u8>>)>, LtHash) {
+pub fn genesis_state(accounts: &[(PublicKey, u64)]) -> (Vec<StateWrite>, LtHash) {
     let mut hash = LtHash::zero();
     let mut writes = Vec::new();
     for (who, balance) in accounts {

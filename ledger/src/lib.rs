@@ -33,7 +33,7 @@ pub mod tx;
 
 pub use block::{BlockHeader, batch_digest};
 pub use execute::{
-    CheckedTx, Executed, StateError, StateView, TxLocation, check_transactions,
+    CheckedTx, Executed, StateError, StateView, StateWrite, TxLocation, check_transactions,
     decode_for_chain, execute_batch, genesis_state,
 };
 pub use state::{Account, LtHash};

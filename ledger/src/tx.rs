@@ -163,10 +163,7 @@ impl SignedTransaction {
         };
         let signature = Signature(r.array()?);
         if r.pos != bytes.len() {
-            return Err(malformed(format!(
-                "{} trailing bytes",
-                bytes.len() - r.pos
-            )));
+            return Err(malformed(format!("{} trailing bytes", bytes.len() - r.pos)));
         }
         Ok(SignedTransaction {
             tx: Transaction {
@@ -214,11 +211,7 @@ impl SignedTransaction {
 impl Verifiable for SignedTransaction {
     type Context = ();
 
-    fn signature_checks(
-        &self,
-        _: &(),
-        out: &mut Vec<SignatureCheck>,
-    ) -> Result<(), CryptoError> {
+    fn signature_checks(&self, _: &(), out: &mut Vec<SignatureCheck>) -> Result<(), CryptoError> {
         out.push(SignatureCheck {
             key: ValidKey::new(&self.tx.sender)?,
             domain: TX_DOMAIN,
@@ -324,7 +317,10 @@ mod tests {
         .unwrap();
         let mut b = signed.encoded().to_vec();
         b[0] = 2;
-        assert!(matches!(SignedTransaction::decode(&b), Err(TxError::Malformed { .. })));
+        assert!(matches!(
+            SignedTransaction::decode(&b),
+            Err(TxError::Malformed { .. })
+        ));
         let mut b = signed.encoded().to_vec();
         b[2] = b' '; // chain id "t" -> " "
         assert!(SignedTransaction::decode(&b).is_err());

@@ -60,7 +60,7 @@ impl MemState {
         ex.outcomes
     }
 
-    fn from_scratch_root(&self) -> Digest {
+    fn recomputed_root(&self) -> Digest {
         let mut h = LtHash::zero();
         for (k, v) in &self.entries {
             h.add(k, v);
@@ -69,7 +69,10 @@ impl MemState {
     }
 
     fn balance(&self, who: &SecretKey) -> u64 {
-        self.account(&who.public_key()).unwrap().unwrap_or_default().balance
+        self.account(&who.public_key())
+            .unwrap()
+            .unwrap_or_default()
+            .balance
     }
 }
 
@@ -115,7 +118,7 @@ fn put(from: &SecretKey, nonce: u64, k: &[u8], v: &[u8]) -> Vec<u8> {
 fn transfers_nonces_and_failures_change_nothing() {
     let (a, b) = (key(1), key(2));
     let mut s = MemState::genesis(&[(a.public_key(), 100)]);
-    let before_root = s.from_scratch_root();
+    let before_root = s.recomputed_root();
     // Bad nonce, insufficient balance: recorded, nothing changes.
     let out = s.run(1, &[transfer(&a, 1, &b, 10), transfer(&a, 0, &b, 1000)]);
     assert_eq!(
@@ -131,7 +134,7 @@ fn transfers_nonces_and_failures_change_nothing() {
             })
         ]
     );
-    assert_eq!(s.from_scratch_root(), before_root);
+    assert_eq!(s.recomputed_root(), before_root);
     assert_eq!(s.hash.as_ref().unwrap().root(), before_root);
     assert_eq!(s.account(&a.public_key()).unwrap().unwrap().nonce, 0);
 
@@ -139,12 +142,15 @@ fn transfers_nonces_and_failures_change_nothing() {
     assert_eq!(out, vec![TxOutcome::Ok, TxOutcome::Ok]);
     assert_eq!((s.balance(&a), s.balance(&b)), (50, 50));
     assert_eq!(s.account(&a.public_key()).unwrap().unwrap().nonce, 2);
-    assert_eq!(s.hash.as_ref().unwrap().root(), s.from_scratch_root());
+    assert_eq!(s.hash.as_ref().unwrap().root(), s.recomputed_root());
 
     // Replay of a committed transaction: bad nonce, and the index keeps the success.
     let replay = transfer(&a, 0, &b, 30);
     let out = s.run(3, std::slice::from_ref(&replay));
-    assert!(matches!(out[0], TxOutcome::Failed(TxError::BadNonce { .. })));
+    assert!(matches!(
+        out[0],
+        TxOutcome::Failed(TxError::BadNonce { .. })
+    ));
     let loc = s.index[&Digest::of(&replay)];
     assert_eq!((loc.height, loc.code), (2, 0));
     assert_eq!((s.balance(&a), s.balance(&b)), (50, 50));
@@ -171,8 +177,14 @@ fn bad_signature_wrong_chain_and_garbage_are_recorded() {
     .into_encoded();
     let out = s.run(1, &[forged, other_chain, vec![1, 2, 3]]);
     assert_eq!(out[0], TxOutcome::Failed(TxError::InvalidSignature));
-    assert!(matches!(out[1], TxOutcome::Failed(TxError::WrongChain { .. })));
-    assert!(matches!(out[2], TxOutcome::Failed(TxError::Malformed { .. })));
+    assert!(matches!(
+        out[1],
+        TxOutcome::Failed(TxError::WrongChain { .. })
+    ));
+    assert!(matches!(
+        out[2],
+        TxOutcome::Failed(TxError::Malformed { .. })
+    ));
     assert_eq!(s.balance(&a), 100);
 }
 
@@ -193,7 +205,7 @@ fn puts_self_transfers_and_overflow() {
     assert_eq!(out[3], TxOutcome::Failed(TxError::BalanceOverflow));
     assert_eq!(s.data(&a.public_key(), b"k").unwrap().unwrap(), b"v2");
     assert_eq!(s.balance(&a), 100);
-    assert_eq!(s.hash.as_ref().unwrap().root(), s.from_scratch_root());
+    assert_eq!(s.hash.as_ref().unwrap().root(), s.recomputed_root());
 }
 
 #[test]
@@ -204,7 +216,7 @@ fn emptied_default_account_disappears_from_state() {
     let mut s = MemState::genesis(&[(a.public_key(), 10)]);
     s.run(1, &[transfer(&a, 0, &b, 0)]);
     assert!(s.account(&b.public_key()).unwrap().is_none());
-    assert_eq!(s.hash.as_ref().unwrap().root(), s.from_scratch_root());
+    assert_eq!(s.hash.as_ref().unwrap().root(), s.recomputed_root());
 }
 
 proptest! {
@@ -234,7 +246,7 @@ proptest! {
                 nonces[k] = s.account(&keys[k].public_key()).unwrap().unwrap_or_default().nonce;
             }
             prop_assert_eq!(outcomes.len(), txs.len());
-            prop_assert_eq!(s.hash.as_ref().unwrap().root(), s.from_scratch_root());
+            prop_assert_eq!(s.hash.as_ref().unwrap().root(), s.recomputed_root());
             let total: u64 = keys.iter().map(|k| s.balance(k)).sum();
             prop_assert_eq!(total, 500);
         }

@@ -9,12 +9,21 @@ use tally_ledger::{Action, SignedTransaction, TX_DOMAIN, Transaction, check_tran
 fn vectors() -> Vec<HashMap<String, String>> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/transactions.md");
     let doc = std::fs::read_to_string(path).expect("docs/transactions.md");
-    let section = doc.split("## Test vectors").nth(1).expect("a test vector section");
+    let section = doc
+        .split("## Test vectors")
+        .nth(1)
+        .expect("a test vector section");
     section
         .split("### Vector ")
         .skip(1)
         .map(|v| {
-            let block = v.split("```text").nth(1).unwrap().split("```").next().unwrap();
+            let block = v
+                .split("```text")
+                .nth(1)
+                .unwrap()
+                .split("```")
+                .next()
+                .unwrap();
             block
                 .lines()
                 .filter_map(|l| l.split_once(':'))

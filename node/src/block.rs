@@ -41,7 +41,11 @@ impl StoredBlock {
         for o in &self.outcomes {
             out.extend_from_slice(&o.encode());
         }
-        let cert = self.certificate.as_ref().map(|c| c.encode()).unwrap_or_default();
+        let cert = self
+            .certificate
+            .as_ref()
+            .map(|c| c.encode())
+            .unwrap_or_default();
         out.extend_from_slice(&(cert.len() as u32).to_le_bytes());
         out.extend_from_slice(&cert);
         out

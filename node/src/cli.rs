@@ -106,7 +106,11 @@ pub enum ActionArgs {
         #[arg(long)]
         data_key: String,
         /// The value as UTF-8 text.
-        #[arg(long, conflicts_with = "data_value_hex", required_unless_present = "data_value_hex")]
+        #[arg(
+            long,
+            conflicts_with = "data_value_hex",
+            required_unless_present = "data_value_hex"
+        )]
         data_value: Option<String>,
         /// The value as hex bytes.
         #[arg(long)]
@@ -187,7 +191,11 @@ pub fn run(cli: Cli) -> Result<()> {
             for n in &info.nodes {
                 eprintln!("  {}  rpc {}  home {}", n.name, n.rpc, n.home.display());
             }
-            eprintln!("  {} funded accounts in {}/accounts", info.accounts.len(), a.out.display());
+            eprintln!(
+                "  {} funded accounts in {}/accounts",
+                info.accounts.len(),
+                a.out.display()
+            );
             eprintln!("details: {}/network.json", a.out.display());
             Ok(())
         }

@@ -41,6 +41,11 @@ pub const META_LATEST_HEIGHT: &[u8] = b"latest_height";
 /// Meta key that [`Store::initialize`] writes; its presence means "initialised".
 pub const META_INITIALIZED: &[u8] = b"initialized";
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+/// A key and its new value: `Some` puts, `None` deletes.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
 /// One block and everything it changes, written atomically.
 #[derive(Clone, Debug, Default)]
 pub struct BlockCommit {
@@ -48,9 +53,9 @@ pub struct BlockCommit {
     pub block: Vec<u8>,
     pub tx_index: Vec<(Digest, Vec<u8>)>,
     /// State entries to put (`Some`) or delete (`None`).
-    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub state: Vec<Write>,
     /// Extra meta entries (e.g. the state hash) written in the same batch.
-    pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+    pub meta: Vec<Entry>,
     /// fsync the write-ahead log before returning.
     pub sync: bool,
 }
@@ -84,36 +89,24 @@ pub trait Store: Send + Sync {
 
     /// Up to `limit` state entries with keys strictly after `after` (from the start when
     /// `None`), in key order.
-    fn state_scan(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError>;
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Writes the genesis state and meta entries atomically, once: fails with
     /// [`StorageError::AlreadyInitialized`] if the store was initialised before.
-    fn initialize(
-        &self,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
-        meta: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StorageError>;
+    fn initialize(&self, state: Vec<Entry>, meta: Vec<Entry>) -> Result<(), StorageError>;
 
     /// Writes meta entries outside a block (e.g. the genesis hash at initialisation).
-    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError>;
+    fn meta_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError>;
 
     /// Writes consensus records (puts and deletes) atomically; with `sync`, durable on return.
-    fn write_consensus(
-        &self,
-        writes: &[(Vec<u8>, Option<Vec<u8>>)],
-        sync: bool,
-    ) -> Result<(), StorageError>;
+    fn write_consensus(&self, writes: &[Write], sync: bool) -> Result<(), StorageError>;
 
     fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Every consensus record whose key starts with `prefix`, in key order.
-    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StorageError>;
 
     /// Approximate bytes on disk (or in memory).
     fn size_bytes(&self) -> u64;

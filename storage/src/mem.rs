@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use tally_crypto::Digest;
 
 use crate::{
-    BlockCommit, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, decode_height,
+    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, Write,
+    decode_height,
 };
 
 #[derive(Default)]
@@ -89,11 +90,7 @@ impl Store for MemStore {
         Ok(self.lock().state.get(key).cloned())
     }
 
-    fn state_scan(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
         use std::ops::Bound;
         let inner = self.lock();
         let lower = match after {
@@ -112,11 +109,7 @@ impl Store for MemStore {
         Ok(self.lock().meta.get(key).cloned())
     }
 
-    fn initialize(
-        &self,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
-        meta: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StorageError> {
+    fn initialize(&self, state: Vec<Entry>, meta: Vec<Entry>) -> Result<(), StorageError> {
         let mut inner = self.lock();
         if inner.meta.contains_key(META_INITIALIZED) {
             return Err(StorageError::AlreadyInitialized);
@@ -127,7 +120,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], _sync: bool) -> Result<(), StorageError> {
+    fn meta_put(&self, entries: &[Entry], _sync: bool) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for (k, v) in entries {
             inner.meta.insert(k.clone(), v.clone());
@@ -135,11 +128,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn write_consensus(
-        &self,
-        writes: &[(Vec<u8>, Option<Vec<u8>>)],
-        _sync: bool,
-    ) -> Result<(), StorageError> {
+    fn write_consensus(&self, writes: &[Write], _sync: bool) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for (k, v) in writes {
             match v {
@@ -154,7 +143,7 @@ impl Store for MemStore {
         Ok(self.lock().consensus.get(key).cloned())
     }
 
-    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StorageError> {
         Ok(self
             .lock()
             .consensus

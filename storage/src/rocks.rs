@@ -10,7 +10,8 @@ use rocksdb::{
 use tally_crypto::Digest;
 
 use crate::{
-    BlockCommit, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, decode_height,
+    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, Write,
+    decode_height,
 };
 
 const CF_BLOCKS: &str = "blocks";
@@ -129,11 +130,7 @@ impl Store for RocksStore {
         self.get(CF_STATE, key)
     }
 
-    fn state_scan(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
         let mode = match after {
             Some(a) => IteratorMode::From(a, Direction::Forward),
             None => IteratorMode::Start,
@@ -156,11 +153,7 @@ impl Store for RocksStore {
         self.get(CF_META, key)
     }
 
-    fn initialize(
-        &self,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
-        meta: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StorageError> {
+    fn initialize(&self, state: Vec<Entry>, meta: Vec<Entry>) -> Result<(), StorageError> {
         let _guard = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         if self.get(CF_META, META_INITIALIZED)?.is_some() {
             return Err(StorageError::AlreadyInitialized);
@@ -176,7 +169,7 @@ impl Store for RocksStore {
         self.write(batch, true)
     }
 
-    fn meta_put(&self, entries: &[(Vec<u8>, Vec<u8>)], sync: bool) -> Result<(), StorageError> {
+    fn meta_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         for (k, v) in entries {
             batch.put_cf(self.cf(CF_META), k, v);
@@ -184,11 +177,7 @@ impl Store for RocksStore {
         self.write(batch, sync)
     }
 
-    fn write_consensus(
-        &self,
-        writes: &[(Vec<u8>, Option<Vec<u8>>)],
-        sync: bool,
-    ) -> Result<(), StorageError> {
+    fn write_consensus(&self, writes: &[Write], sync: bool) -> Result<(), StorageError> {
         let cf = self.cf(CF_CONSENSUS);
         let mut batch = WriteBatch::default();
         for (k, v) in writes {
@@ -204,7 +193,7 @@ impl Store for RocksStore {
         self.get(CF_CONSENSUS, key)
     }
 
-    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
         let mode = IteratorMode::From(prefix, Direction::Forward);
         for item in self.db.iterator_cf(self.cf(CF_CONSENSUS), mode) {

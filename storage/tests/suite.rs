@@ -13,7 +13,7 @@ fn commit(height: u64) -> BlockCommit {
             (b"counter".to_vec(), Some(height.to_le_bytes().to_vec())),
         ],
         meta: vec![(b"state_hash".to_vec(), vec![height as u8; 4])],
-        sync: height % 2 == 0,
+        sync: height.is_multiple_of(2),
     }
 }
 
@@ -100,8 +100,11 @@ fn meta_outside_blocks(s: &dyn Store) {
 }
 
 fn initialize_once(s: &dyn Store) {
-    s.initialize(vec![(b"a".to_vec(), vec![1])], vec![(b"g".to_vec(), vec![2])])
-        .unwrap();
+    s.initialize(
+        vec![(b"a".to_vec(), vec![1])],
+        vec![(b"g".to_vec(), vec![2])],
+    )
+    .unwrap();
     assert_eq!(s.state_get(b"a").unwrap(), Some(vec![1]));
     assert_eq!(s.meta_get(b"g").unwrap(), Some(vec![2]));
     assert_eq!(
