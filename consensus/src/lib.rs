@@ -1,7 +1,21 @@
-//! Tally's consensus protocols, as pure state machines (no I/O, clock, RNG or runtime).
+//! Tally's consensus protocols, as pure state machines: no I/O, no clock, no randomness, no
+//! runtime. A driver (the node, or the simulator) feeds [`Input`]s and carries out
+//! [`Output`]s in order; see [`protocol`] for the diagram and the ordering rule.
+//!
+//! * [`pbft`]: PBFT, the default (Byzantine faults);
+//! * [`sim`]: a deterministic simulator that runs whole clusters under faults, with
+//!   one checker per invariant.
 
+pub mod batch;
 pub mod certificate;
+pub mod pbft;
+pub mod protocol;
+pub mod signer;
+pub mod sim;
 pub mod types;
 
-pub use certificate::{COMMIT_DOMAIN, CommitCertificate, commit_body};
+pub use batch::{Batch, batch_digest};
+pub use certificate::{COMMIT_DOMAIN, CertificateError, CommitCertificate, commit_body};
+pub use protocol::{Event, Input, Millis, Output, Protocol};
+pub use signer::{KeySigner, Signer};
 pub use types::{Seq, ValidatorId, ValidatorSet, View};

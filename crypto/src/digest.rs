@@ -8,7 +8,18 @@ use sha2::Digest as _;
 use crate::CryptoError;
 
 /// A SHA-256 digest: block hashes, batch digests, transaction hashes, state roots.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    borsh::BorshSerialize,
+    borsh::BorshDeserialize,
+)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {

@@ -12,11 +12,21 @@ use crate::{ChainId, CryptoError, Domain};
 
 /// An ed25519 public key (32 bytes, the compressed point). An account's address is its public
 /// key in hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    borsh::BorshSerialize,
+    borsh::BorshDeserialize,
+)]
 pub struct PublicKey(pub [u8; 32]);
 
 /// An ed25519 signature: `R ‖ S`, 64 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, borsh::BorshSerialize, borsh::BorshDeserialize)]
 pub struct Signature(pub [u8; 64]);
 
 /// An ed25519 secret key. The seed is zeroed when the key is dropped (ed25519-dalek's
