@@ -102,6 +102,28 @@ impl CommitCertificate {
         Ok(())
     }
 
+    /// [`CommitCertificate::verify`] with a cache of signatures already checked (the COMMITs
+    /// a replica received are the certificate's signatures).
+    pub fn verify_cached(
+        &self,
+        validators: &ValidatorSet,
+        chain_id: &ChainId,
+        expected: Option<(Seq, Digest)>,
+        cache: &mut dyn tally_crypto::SignatureCache,
+    ) -> Result<(), CertificateError> {
+        if let Some((seq, digest)) = expected
+            && (seq, digest) != (self.seq, self.digest)
+        {
+            return Err(CertificateError::WrongTarget {
+                expected: format!("{seq:?} {digest:?}"),
+                got: format!("{:?} {:?}", self.seq, self.digest),
+            });
+        }
+        self.check_structure(validators)?;
+        tally_crypto::verify_cached(validators, chain_id, self.clone(), cache)?;
+        Ok(())
+    }
+
     fn check_structure(&self, validators: &ValidatorSet) -> Result<(), CertificateError> {
         let mut seen = HashSet::new();
         for (id, _) in &self.signatures {

@@ -39,7 +39,10 @@ use std::fmt;
 
 pub use digest::{Digest, Hasher};
 pub use keys::{PublicKey, SecretKey, Signature, ValidKey, signing_message};
-pub use verify::{SignatureCheck, Verifiable, Verified, raw, verify, verify_batch, verify_one};
+pub use verify::{
+    SignatureCache, SignatureCheck, Verifiable, Verified, raw, verify, verify_batch, verify_cached,
+    verify_one,
+};
 
 /// Errors of this crate. Every one is a rejection of input, never a bug.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -141,6 +141,51 @@ pub fn verify<T: Verifiable>(
     Ok(Verified(item))
 }
 
+/// Remembers signatures already found valid, so a signature relayed inside another message
+/// (a VIEW-CHANGE inside a NEW-VIEW, the COMMITs inside a certificate) is checked once.
+pub trait SignatureCache {
+    fn contains(&self, key: &crate::Digest) -> bool;
+    fn insert(&mut self, key: crate::Digest);
+}
+
+impl SignatureCache for std::collections::HashSet<crate::Digest> {
+    fn contains(&self, key: &crate::Digest) -> bool {
+        std::collections::HashSet::contains(self, key)
+    }
+    fn insert(&mut self, key: crate::Digest) {
+        std::collections::HashSet::insert(self, key);
+    }
+}
+
+/// The cache key of a check: SHA-256 of everything the rule looks at.
+fn cache_key(chain_id: &ChainId, check: &SignatureCheck) -> crate::Digest {
+    let mut h = crate::Digest::hasher();
+    h.update(&check.key.public_key().0)
+        .update(&signing_message(check.domain, chain_id, &check.body))
+        .update(&check.signature.0);
+    h.finalize()
+}
+
+/// [`verify`], skipping signatures `cache` holds and adding those that pass. The result is
+/// the same as [`verify`]'s: only valid signatures ever enter the cache.
+pub fn verify_cached<T: Verifiable>(
+    context: &T::Context,
+    chain_id: &ChainId,
+    item: T,
+    cache: &mut dyn SignatureCache,
+) -> Result<Verified<T>, CryptoError> {
+    let mut checks = Vec::new();
+    item.signature_checks(context, &mut checks)?;
+    for check in &checks {
+        let key = cache_key(chain_id, check);
+        if !cache.contains(&key) {
+            verify_one(chain_id, check)?;
+            cache.insert(key);
+        }
+    }
+    Ok(Verified(item))
+}
+
 /// Verifies many items with one batch equation (about twice as fast per signature as one by
 /// one). When the batch fails, each item is checked on its own so that one bad signature
 /// rejects only its own item. The result for each item is exactly what [`verify`] returns.

@@ -31,6 +31,9 @@ pub enum Command {
     /// Transactions: sign offline.
     #[command(subcommand)]
     Tx(TxCommand),
+    /// Run the deterministic consensus simulator over many seeds (faults, Byzantine
+    /// validators, twins) and check every invariant.
+    Sim(crate::sim_cmd::SimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -199,6 +202,7 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("details: {}/network.json", a.out.display());
             Ok(())
         }
+        Command::Sim(a) => crate::sim_cmd::run(a),
         Command::Tx(TxCommand::Sign(a)) => {
             let key = keyfile::load(&a.from)?;
             let signed = sign_tx(&key, &a.chain_id, a.nonce, &a.action)?;

@@ -3,3 +3,4 @@
 pub mod block;
 pub mod chain;
 pub mod cli;
+pub mod sim_cmd;

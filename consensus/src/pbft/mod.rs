@@ -148,6 +148,10 @@ pub struct Pbft {
     pub(crate) view_changes: BTreeMap<View, BTreeMap<ValidatorId, Signed<ViewChange>>>,
     /// The highest view each peer was seen in.
     pub(crate) peer_views: BTreeMap<ValidatorId, View>,
+    /// The highest sequence number each peer was seen COMMITting.
+    pub(crate) peer_commits: BTreeMap<ValidatorId, Seq>,
+    /// `next_commit` when last checked for being stuck behind peers, and when.
+    pub(crate) stuck_check: (Seq, Millis),
     pub(crate) future: VecDeque<Message>,
     /// Number of successive view changes without a commit: the timeout's exponent.
     pub(crate) backoff: u32,
@@ -197,6 +201,8 @@ impl Pbft {
             batch_requested: false,
             view_changes: BTreeMap::new(),
             peer_views: BTreeMap::new(),
+            peer_commits: BTreeMap::new(),
+            stuck_check: (Seq(0), 0),
             future: VecDeque::new(),
             backoff: 0,
             progress_deadline: None,
@@ -398,6 +404,7 @@ impl Pbft {
             self.retransmit(out);
         }
         self.retry_fetch(out);
+        self.check_behind_peers(out);
         self.maybe_request_batch(out);
     }
 

@@ -212,6 +212,10 @@ impl Pbft {
             self.buffer_future(Message::Commit(m));
             return;
         }
+        let seen = self.peer_commits.entry(from).or_default();
+        if seq > *seen {
+            *seen = seq;
+        }
         if view < self.view || !self.in_window(seq) {
             return;
         }
@@ -237,19 +241,23 @@ impl Pbft {
 
     /// Committed-local: prepared, and 2f+1 matching COMMITs from distinct replicas
     /// (TOCS'02 §4.3). Those COMMITs are the block's commit certificate.
+    ///
+    /// A replica that holds the PRE-PREPARE but missed the PREPAREs (it lagged) also commits
+    /// on 2f+1 matching COMMITs: at least f+1 of their senders are honest and prepared the
+    /// digest, which is exactly what makes committed-local safe, and the COMMITs are the same
+    /// certificate that state transfer would hand it.
     fn check_committed(&mut self, seq: Seq, completed_by: ValidatorId, out: &mut Vec<Output>) {
         let quorum = self.validators.quorum();
         let view = self.view;
         let Some(slot) = self.log.get_mut(&seq) else {
             return;
         };
-        if !slot.prepared || slot.committed.is_some() {
+        if slot.committed.is_some() {
             return;
         }
-        let pp = slot
-            .pre_prepare
-            .as_ref()
-            .expect("prepared implies pre-prepared");
+        let Some(pp) = slot.pre_prepare.as_ref() else {
+            return;
+        };
         let digest = pp.body.batch.digest();
         let Some(votes) = slot.commits.get(&digest) else {
             return;
@@ -311,6 +319,9 @@ impl Pbft {
                 for (_, slot) in self.log.iter().rev() {
                     if slot.committed.is_some() {
                         if recent < RECENT_COMMITS {
+                            if primary && let Some(pp) = &slot.pre_prepare {
+                                out.push(Output::Broadcast(Message::PrePrepare(pp.clone())));
+                            }
                             if let Some(c) = &slot.own_commit {
                                 out.push(Output::Broadcast(Message::Commit(c.clone())));
                             }

@@ -27,6 +27,36 @@ impl Pbft {
         out.push(Output::FetchState { target, state_root });
     }
 
+    /// f + 1 peers (so at least one honest) COMMIT sequence numbers this replica cannot
+    /// commit, and it made no progress for two retransmission intervals: it missed messages
+    /// it will not get again, so it fetches the certified blocks up to there. (The state root
+    /// is unknown here; every block's certificate is checked instead.)
+    pub(crate) fn check_behind_peers(&mut self, out: &mut Vec<Output>) {
+        let need = self.validators.weak_quorum();
+        let mut seqs: Vec<Seq> = self
+            .peer_commits
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(_, s)| *s)
+            .collect();
+        if seqs.len() < need {
+            return;
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        let target = seqs[need - 1];
+        if target < self.next_commit {
+            self.stuck_check = (self.next_commit, self.now);
+            return;
+        }
+        let (at, since) = self.stuck_check;
+        if at != self.next_commit {
+            self.stuck_check = (self.next_commit, self.now);
+        } else if self.now >= since + 2 * self.config.retransmit_ms {
+            self.stuck_check = (self.next_commit, self.now);
+            self.start_fetch(target, Digest::ZERO, out);
+        }
+    }
+
     /// Asks again when a fetch has not completed in time (the peer asked may be faulty or
     /// gone).
     pub(crate) fn retry_fetch(&mut self, out: &mut Vec<Output>) {
