@@ -26,11 +26,14 @@ lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 
 ## make test: every test: formatting, lints, unit and property tests, the storage suite on both
-## backends, the kill-during-commit test, CLI tests, doc tests, and the vectors in Python.
+## backends, the kill-during-commit test, CLI tests, doc tests, the vectors in Python, and
+## SIM_SEEDS (default 2000) simulated PBFT runs with the negative control.
 test: lint
 	cargo nextest run --workspace --no-fail-fast
 	cargo test --workspace --doc
 	python3 scripts/check_vectors.py docs/transactions.md
+	cargo build --bin tally
+	scripts/sim-suite.sh
 
 ## make devnet: a local 4-validator network, and a transaction signed for it.
 devnet: build

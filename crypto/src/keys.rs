@@ -72,6 +72,7 @@ impl Signature {
 
 impl SecretKey {
     /// A fresh key from the operating system's random source.
+    #[cfg(feature = "os-rng")]
     pub fn generate() -> SecretKey {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut()).expect("the OS random source is available");
