@@ -28,7 +28,7 @@ impl Pbft {
         {
             self.fetching = None;
         }
-        if seq.0 % self.config.checkpoint_interval == 0 && seq > self.stable.seq {
+        if seq.0.is_multiple_of(self.config.checkpoint_interval) && seq > self.stable.seq {
             self.own_roots.insert(seq, state_root);
             let cp = Checkpoint { seq, state_root };
             if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {

@@ -212,11 +212,12 @@ impl Byzantine {
             out.push(forged);
             faults.push(Behavior::ForgedSignatures.fault_name());
         }
-        if self.has(Behavior::ReplayOld) && rng.chance(0.2) {
-            if let Some(old) = rng.pick(&self.seen) {
-                out.push(old.clone());
-                faults.push(Behavior::ReplayOld.fault_name());
-            }
+        if self.has(Behavior::ReplayOld)
+            && rng.chance(0.2)
+            && let Some(old) = rng.pick(&self.seen)
+        {
+            out.push(old.clone());
+            faults.push(Behavior::ReplayOld.fault_name());
         }
         out
     }

@@ -13,8 +13,9 @@ use tally_crypto::{ChainId, Digest};
 use crate::pbft::Message;
 use crate::{Batch, CommitCertificate, Seq, ValidatorId, ValidatorSet, View};
 
-#[derive(Default)]
 pub struct Checker {
+    validators: ValidatorSet,
+    chain: ChainId,
     /// The first digest any honest replica committed at each sequence number.
     committed: HashMap<Seq, (Digest, usize)>,
     /// What each honest validator signed, per (kind, view, seq).
@@ -27,6 +28,18 @@ pub struct Checker {
 }
 
 impl Checker {
+    pub fn new(validators: ValidatorSet, chain: ChainId) -> Checker {
+        Checker {
+            validators,
+            chain,
+            committed: HashMap::new(),
+            signed: HashMap::new(),
+            proposed: HashSet::new(),
+            views: HashMap::new(),
+            violations: Vec::new(),
+        }
+    }
+
     fn violation(&mut self, v: String) {
         if self.violations.len() < 20 {
             self.violations.push(v);
@@ -73,24 +86,18 @@ impl Checker {
         }
     }
 
-    /// Records a PRE-PREPARE signed by the primary of its view (normal case or NEW-VIEW).
-    pub fn record_proposal(&mut self, view: View, seq: Seq, digest: Digest) {
-        self.proposed.insert((view, seq, digest));
-    }
-
-    pub fn record_proposals_in(&mut self, msg: &Message, validators: &ValidatorSet) {
-        match msg {
-            Message::PrePrepare(m) if m.from == validators.primary(m.body.view) => {
-                self.record_proposal(m.body.view, m.body.seq, m.body.batch.digest())
+    /// Records PRE-PREPAREs signed by the primary of their view (normal case or NEW-VIEW).
+    pub fn record_proposals_in(&mut self, msg: &Message) {
+        let pre_prepares = match msg {
+            Message::PrePrepare(m) => std::slice::from_ref(m),
+            Message::NewView(m) => m.body.pre_prepares.as_slice(),
+            _ => return,
+        };
+        for pp in pre_prepares {
+            if pp.from == self.validators.primary(pp.body.view) {
+                self.proposed
+                    .insert((pp.body.view, pp.body.seq, pp.body.batch.digest()));
             }
-            Message::NewView(m) => {
-                for pp in &m.body.pre_prepares {
-                    if pp.from == validators.primary(pp.body.view) {
-                        self.record_proposal(pp.body.view, pp.body.seq, pp.body.batch.digest());
-                    }
-                }
-            }
-            _ => {}
         }
     }
 
@@ -113,11 +120,10 @@ impl Checker {
         seq: Seq,
         batch: &Batch,
         cert: &CommitCertificate,
-        validators: &ValidatorSet,
-        chain: &ChainId,
         cache: &mut dyn tally_crypto::SignatureCache,
     ) {
-        if let Err(e) = cert.verify_cached(validators, chain, Some((seq, batch.digest())), cache) {
+        let target = Some((seq, batch.digest()));
+        if let Err(e) = cert.verify_cached(&self.validators, &self.chain, target, cache) {
             self.violation(format!(
                 "certificate: node {node} committed {seq:?} with an invalid certificate: {e}"
             ));

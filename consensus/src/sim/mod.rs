@@ -274,6 +274,7 @@ impl Sim {
             nodes.push(make(i, &mut rng));
         }
 
+        let checker = Checker::new(validators.clone(), chain.clone());
         let mut sim = Sim {
             cfg,
             rng,
@@ -292,7 +293,7 @@ impl Sim {
             healed_at: None,
             verified: HashMap::new(),
             signatures: HashSet::new(),
-            checker: Checker::default(),
+            checker,
             report: SeedReport {
                 seed,
                 ..Default::default()
@@ -667,7 +668,7 @@ impl Sim {
         };
         for m in msgs {
             if self.verify(&m).is_some() {
-                self.checker.record_proposals_in(&m, &self.validators);
+                self.checker.record_proposals_in(&m);
             }
             for dest in 0..self.nodes.len() {
                 if dest != from_node && self.nodes[dest].validator == to {
@@ -731,15 +732,8 @@ impl Sim {
         let executed = self.nodes[node].executed.len() as u64;
         if honest {
             self.checker.check_prefix(node, executed, seq);
-            self.checker.check_certificate(
-                node,
-                seq,
-                &batch,
-                &cert,
-                &self.validators,
-                &self.chain,
-                &mut self.signatures,
-            );
+            self.checker
+                .check_certificate(node, seq, &batch, &cert, &mut self.signatures);
             self.checker.check_agreement(node, seq, batch.digest());
             self.checker.check_validity(node, &cert);
         }
