@@ -31,6 +31,11 @@ pub enum Command {
     /// Transactions: sign offline.
     #[command(subcommand)]
     Tx(TxCommand),
+    /// Run a validator node from its home folder (config.toml, key, data).
+    Start {
+        #[arg(long)]
+        home: PathBuf,
+    },
     /// Run the deterministic consensus simulator over many seeds (faults, Byzantine
     /// validators, twins) and check every invariant.
     Sim(crate::sim_cmd::SimArgs),
@@ -203,6 +208,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(a) => crate::sim_cmd::run(a),
+        Command::Start { home } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("tally")
+                .build()?;
+            runtime.block_on(crate::daemon::run(&home))
+        }
         Command::Tx(TxCommand::Sign(a)) => {
             let key = keyfile::load(&a.from)?;
             let signed = sign_tx(&key, &a.chain_id, a.nonce, &a.action)?;

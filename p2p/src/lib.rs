@@ -51,7 +51,10 @@ pub struct P2pConfig {
 #[derive(Debug)]
 pub enum P2pEvent {
     /// A consensus message from a validator (not yet verified).
-    Consensus { from: PublicKey, bytes: Vec<u8> },
+    Consensus {
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
     /// A gossiped transaction bundle; answer with [`P2pHandle::report_gossip`].
     Gossip {
         from: PublicKey,
@@ -119,17 +122,32 @@ impl P2pStats {
 }
 
 pub(crate) enum Command {
-    Send { to: PublicKey, bytes: Vec<u8> },
-    Broadcast { bytes: Vec<u8> },
-    Publish { bytes: Vec<u8> },
-    Report { id: GossipId, accept: bool },
+    Send {
+        to: PublicKey,
+        bytes: Vec<u8>,
+    },
+    Broadcast {
+        bytes: Vec<u8>,
+    },
+    Publish {
+        bytes: Vec<u8>,
+    },
+    Report {
+        id: GossipId,
+        accept: bool,
+    },
     Request {
         to: PublicKey,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, P2pError>>,
     },
-    Respond { id: u64, bytes: Vec<u8> },
-    Peers { reply: oneshot::Sender<Vec<PublicKey>> },
+    Respond {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PublicKey>>,
+    },
 }
 
 /// The node's side of the p2p task.
@@ -195,14 +213,19 @@ impl P2pHandle {
 
 /// The libp2p peer id of a Tally key.
 pub fn peer_id(key: &PublicKey) -> Result<libp2p::PeerId, P2pError> {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).map_err(|_| P2pError::Key)?;
-    Ok(libp2p::PeerId::from_public_key(&libp2p::identity::PublicKey::from(pk)))
+    let pk =
+        libp2p::identity::ed25519::PublicKey::try_from_bytes(&key.0).map_err(|_| P2pError::Key)?;
+    Ok(libp2p::PeerId::from_public_key(
+        &libp2p::identity::PublicKey::from(pk),
+    ))
 }
 
 /// `host:port` to a multiaddr (`/ip4`, `/ip6` or `/dns`).
 pub fn multiaddr(address: &str) -> Result<libp2p::Multiaddr, P2pError> {
     let bad = |why: &str| P2pError::Address(address.to_string(), why.to_string());
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
     let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let text = if let Ok(ip) = host.parse::<std::net::IpAddr>() {

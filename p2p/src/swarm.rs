@@ -9,8 +9,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, noise,
+    ping, tcp, yamux,
 };
 use tally_crypto::PublicKey;
 use tokio::sync::{mpsc, oneshot};
@@ -18,9 +18,8 @@ use tracing::{debug, info, warn};
 
 use crate::codec::FrameCodec;
 use crate::{
-    CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE, GOSSIP_MESSAGE_MAX, GossipId,
-    INFLIGHT_PER_PEER_MAX, P2pConfig, P2pError, P2pEvent, P2pHandle, P2pStats, SYNC_FRAME_MAX,
-    multiaddr, peer_id,
+    CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE, GOSSIP_MESSAGE_MAX, GossipId, INFLIGHT_PER_PEER_MAX,
+    P2pConfig, P2pError, P2pEvent, P2pHandle, P2pStats, SYNC_FRAME_MAX, multiaddr, peer_id,
 };
 
 #[derive(NetworkBehaviour)]
@@ -67,8 +66,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
     let mut seed = config.secret_seed.clone();
     let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(seed.as_mut())
         .map_err(|_| P2pError::Key)?;
-    let keypair =
-        libp2p::identity::Keypair::from(libp2p::identity::ed25519::Keypair::from(secret));
+    let keypair = libp2p::identity::Keypair::from(libp2p::identity::ed25519::Keypair::from(secret));
     let me = keypair.public().to_peer_id();
     let local_key = {
         let ed = keypair
@@ -151,8 +149,10 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                 .build()
                 .map_err(|e| e.to_string())?;
             // Client transactions carry their own signatures; gossipsub's would only cost.
-            let mut gossip =
-                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
+            let mut gossip = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Anonymous,
+                gossip_config,
+            )?;
             gossip.with_peer_score(
                 peer_score_params(&score_topic),
                 gossipsub::PeerScoreThresholds::default(),
@@ -331,11 +331,10 @@ impl Task {
                     P2pStats::add(&self.stats.gossip_rejected, 1);
                     MessageAcceptance::Reject
                 };
-                self.swarm.behaviour_mut().gossip.report_message_validation_result(
-                    &id.message_id,
-                    &id.source,
-                    acceptance,
-                );
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(&id.message_id, &id.source, acceptance);
             }
             Command::Request { to, bytes, reply } => {
                 let Ok(id) = peer_id(&to) else {
@@ -348,7 +347,8 @@ impl Task {
                 };
                 if p.inflight_sync >= INFLIGHT_PER_PEER_MAX / 16 {
                     P2pStats::add(&self.stats.dropped_outbound, 1);
-                    let _ = reply.send(Err(P2pError::Request("too many requests in flight".into())));
+                    let _ =
+                        reply.send(Err(P2pError::Request("too many requests in flight".into())));
                     return;
                 }
                 p.inflight_sync += 1;
@@ -360,7 +360,11 @@ impl Task {
             Command::Respond { id, bytes } => {
                 if let Some(channel) = self.inbound_sync.remove(&id) {
                     P2pStats::add(&self.stats.sync_out_bytes, bytes.len() as u64);
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, bytes);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, bytes);
                 }
             }
             Command::Peers { reply } => {
@@ -387,7 +391,11 @@ impl Task {
         p.inflight_consensus += 1;
         P2pStats::add(&self.stats.consensus_out_messages, 1);
         P2pStats::add(&self.stats.consensus_out_bytes, bytes.len() as u64);
-        let rid = self.swarm.behaviour_mut().consensus.send_request(&id, bytes);
+        let rid = self
+            .swarm
+            .behaviour_mut()
+            .consensus
+            .send_request(&id, bytes);
         self.consensus_requests.insert(rid, id);
     }
 
@@ -473,15 +481,20 @@ impl Task {
                         bytes: message.data,
                     }),
                     None => {
-                        self.swarm.behaviour_mut().gossip.report_message_validation_result(
-                            &id.message_id,
-                            &id.source,
-                            MessageAcceptance::Ignore,
-                        );
+                        self.swarm
+                            .behaviour_mut()
+                            .gossip
+                            .report_message_validation_result(
+                                &id.message_id,
+                                &id.source,
+                                MessageAcceptance::Ignore,
+                            );
                     }
                 }
             }
-            BehaviourEvent::Consensus(request_response::Event::Message { peer, message, .. }) => {
+            BehaviourEvent::Consensus(request_response::Event::Message {
+                peer, message, ..
+            }) => {
                 match message {
                     request_response::Message::Request {
                         request, channel, ..

@@ -1,0 +1,390 @@
+//! Every metric Tally exports. Names follow Prometheus conventions: `tally_` prefix,
+//! counters end in `_total`, durations in `_seconds`, sizes in `_bytes`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseValidatorLabels {
+    pub phase: String,
+    pub validator: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidatorLabels {
+    pub validator: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct P2pLabels {
+    pub protocol: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeInfoLabels {
+    pub chain_id: String,
+    pub consensus: String,
+    pub validator: String,
+    pub version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~33 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+fn size_histogram() -> Histogram {
+    // 1 … 65536 transactions
+    Histogram::new(exponential_buckets(1.0, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub transactions_committed: Family<OutcomeLabels, Counter>,
+    pub blocks_committed: Counter,
+    pub height: Gauge,
+    pub block_transactions: Histogram,
+    pub phase_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    pub quorum_completed_by: Family<PhaseValidatorLabels, Counter>,
+    pub vote_lateness: Family<PhaseValidatorLabels, Histogram, fn() -> Histogram>,
+    pub votes_missing: Family<ValidatorLabels, Counter>,
+    pub transaction_latency: Histogram,
+    pub view: Gauge,
+    pub leader: Gauge,
+    pub view_changes: Family<ReasonLabels, Counter>,
+    pub stable_checkpoint: Gauge,
+    pub state_transfers: Counter,
+    pub state_transfer_blocks: Counter,
+    pub syncing: Gauge,
+    pub mempool_transactions: Gauge,
+    pub mempool_bytes: Gauge,
+    pub mempool_admitted: Family<SourceLabels, Counter>,
+    pub mempool_rejected: Family<ReasonLabels, Counter>,
+    pub peers: Gauge,
+    pub p2p_messages: Family<P2pLabels, Counter>,
+    pub p2p_bytes: Family<P2pLabels, Counter>,
+    pub p2p_dropped: Family<DirectionLabels, Counter>,
+    pub storage_write_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    pub storage_written_bytes: Family<KindLabels, Counter>,
+    pub storage_size: Gauge,
+    pub evidence: Family<KindLabels, Counter>,
+    pub consensus_rejections: Family<ReasonLabels, Counter>,
+    pub signature_rejections: Family<KindLabels, Counter>,
+    pub process_cpu: Counter<f64, AtomicU64>,
+    pub process_resident_memory: Gauge,
+    pub process_open_fds: Gauge,
+    pub rpc_requests: Family<MethodLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(info: NodeInfoLabels) -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            transactions_committed: Family::default(),
+            blocks_committed: Counter::default(),
+            height: Gauge::default(),
+            block_transactions: size_histogram(),
+            phase_duration: Family::new_with_constructor(latency_histogram),
+            quorum_completed_by: Family::default(),
+            vote_lateness: Family::new_with_constructor(latency_histogram),
+            votes_missing: Family::default(),
+            transaction_latency: latency_histogram(),
+            view: Gauge::default(),
+            leader: Gauge::default(),
+            view_changes: Family::default(),
+            stable_checkpoint: Gauge::default(),
+            state_transfers: Counter::default(),
+            state_transfer_blocks: Counter::default(),
+            syncing: Gauge::default(),
+            mempool_transactions: Gauge::default(),
+            mempool_bytes: Gauge::default(),
+            mempool_admitted: Family::default(),
+            mempool_rejected: Family::default(),
+            peers: Gauge::default(),
+            p2p_messages: Family::default(),
+            p2p_bytes: Family::default(),
+            p2p_dropped: Family::default(),
+            storage_write_duration: Family::new_with_constructor(latency_histogram),
+            storage_written_bytes: Family::default(),
+            storage_size: Gauge::default(),
+            evidence: Family::default(),
+            consensus_rejections: Family::default(),
+            signature_rejections: Family::default(),
+            process_cpu: Counter::default(),
+            process_resident_memory: Gauge::default(),
+            process_open_fds: Gauge::default(),
+            rpc_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "tally_node",
+            "Static facts about this node",
+            Info::new(info),
+        );
+        r.register(
+            "tally_transactions_committed",
+            "Transactions in committed blocks, by outcome (ok or the error's name)",
+            m.transactions_committed.clone(),
+        );
+        r.register(
+            "tally_blocks_committed",
+            "Blocks committed and executed",
+            m.blocks_committed.clone(),
+        );
+        r.register(
+            "tally_height",
+            "Height of the latest executed block",
+            m.height.clone(),
+        );
+        r.register(
+            "tally_block_transactions",
+            "Transactions per committed block",
+            m.block_transactions.clone(),
+        );
+        r.register_with_unit(
+            "tally_consensus_phase_duration",
+            "Time between consensus phases at this node: pre_prepare_to_prepared, prepared_to_committed, committed_to_executed",
+            Unit::Seconds,
+            m.phase_duration.clone(),
+        );
+        r.register(
+            "tally_quorum_completed_by",
+            "Which validator's vote completed a quorum, by phase (prepared, committed)",
+            m.quorum_completed_by.clone(),
+        );
+        r.register_with_unit(
+            "tally_vote_lateness",
+            "How long after this node's quorum a validator's vote arrived (0 when it was part of the quorum), by phase",
+            Unit::Seconds,
+            m.vote_lateness.clone(),
+        );
+        r.register(
+            "tally_votes_missing",
+            "Sequence numbers that committed without a vote from this validator",
+            m.votes_missing.clone(),
+        );
+        r.register_with_unit(
+            "tally_transaction_latency",
+            "Time from admission at this node to commit, for transactions submitted to it",
+            Unit::Seconds,
+            m.transaction_latency.clone(),
+        );
+        r.register(
+            "tally_view",
+            "Current consensus view (term, round)",
+            m.view.clone(),
+        );
+        r.register(
+            "tally_leader",
+            "Index of the current primary (leader) in the genesis",
+            m.leader.clone(),
+        );
+        r.register(
+            "tally_view_changes",
+            "View changes started, by reason",
+            m.view_changes.clone(),
+        );
+        r.register(
+            "tally_stable_checkpoint",
+            "Sequence number of the latest stable checkpoint",
+            m.stable_checkpoint.clone(),
+        );
+        r.register(
+            "tally_state_transfers",
+            "State transfers started",
+            m.state_transfers.clone(),
+        );
+        r.register(
+            "tally_state_transfer_blocks",
+            "Blocks fetched from peers, verified and applied",
+            m.state_transfer_blocks.clone(),
+        );
+        r.register(
+            "tally_syncing",
+            "1 while catching up from peers, else 0",
+            m.syncing.clone(),
+        );
+        r.register(
+            "tally_mempool_transactions",
+            "Transactions in the mempool",
+            m.mempool_transactions.clone(),
+        );
+        r.register_with_unit(
+            "tally_mempool",
+            "Size of the transactions in the mempool",
+            Unit::Bytes,
+            m.mempool_bytes.clone(),
+        );
+        r.register(
+            "tally_mempool_admitted",
+            "Transactions admitted to the mempool, by source (rpc, gossip, fetch)",
+            m.mempool_admitted.clone(),
+        );
+        r.register(
+            "tally_mempool_rejected",
+            "Transactions refused at admission, by reason",
+            m.mempool_rejected.clone(),
+        );
+        r.register("tally_peers_connected", "Connected peers", m.peers.clone());
+        r.register(
+            "tally_p2p_messages",
+            "p2p messages, by protocol and direction",
+            m.p2p_messages.clone(),
+        );
+        r.register_with_unit(
+            "tally_p2p",
+            "p2p payload, by protocol and direction",
+            Unit::Bytes,
+            m.p2p_bytes.clone(),
+        );
+        r.register(
+            "tally_p2p_dropped_messages",
+            "Messages dropped by bounded queues, by direction",
+            m.p2p_dropped.clone(),
+        );
+        r.register_with_unit(
+            "tally_storage_write_duration",
+            "Duration of storage writes, by kind (block, consensus)",
+            Unit::Seconds,
+            m.storage_write_duration.clone(),
+        );
+        r.register_with_unit(
+            "tally_storage_written",
+            "Bytes written to storage, by kind",
+            Unit::Bytes,
+            m.storage_written_bytes.clone(),
+        );
+        r.register_with_unit(
+            "tally_storage_size",
+            "Approximate size of the database",
+            Unit::Bytes,
+            m.storage_size.clone(),
+        );
+        r.register(
+            "tally_evidence",
+            "Equivocation evidence seen, by message kind",
+            m.evidence.clone(),
+        );
+        r.register(
+            "tally_consensus_rejections",
+            "Validly signed consensus messages the protocol refused, by reason",
+            m.consensus_rejections.clone(),
+        );
+        r.register(
+            "tally_signature_rejections",
+            "Messages or transactions refused for an invalid signature, by kind",
+            m.signature_rejections.clone(),
+        );
+        r.register_with_unit(
+            "tally_process_cpu",
+            "CPU time used by the node process",
+            Unit::Seconds,
+            m.process_cpu.clone(),
+        );
+        r.register_with_unit(
+            "tally_process_resident_memory",
+            "Resident memory of the node process",
+            Unit::Bytes,
+            m.process_resident_memory.clone(),
+        );
+        r.register(
+            "tally_process_open_fds",
+            "Open file descriptors of the node process",
+            m.process_open_fds.clone(),
+        );
+        r.register(
+            "tally_rpc_requests",
+            "JSON-RPC calls, by method",
+            m.rpc_requests.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn encode_openmetrics(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
+        s
+    }
+
+    pub fn phase(&self, phase: &str, seconds: f64) {
+        self.phase_duration
+            .get_or_create(&PhaseLabels {
+                phase: phase.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn inc_reason(family: &Family<ReasonLabels, Counter>, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn inc_kind(family: &Family<KindLabels, Counter>, kind: &str, by: u64) {
+        family
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc_by(by);
+    }
+}
+
+/// Reads this process's CPU seconds, resident bytes and open file descriptors from /proc.
+pub fn process_usage() -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields after the command: state is index 0; utime 11, stime 12 (in clock ticks).
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(((utime + stime) / ticks, resident_pages * 4096, fds))
+}

@@ -1,0 +1,339 @@
+//! Getting transactions and consensus messages in: decode, stateless checks, batch signature
+//! verification off the event loop, then the mempool (transactions) or the driver
+//! (consensus messages). Locally admitted transactions are gossiped in bundles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_consensus::pbft::Message;
+use tally_crypto::{CryptoError, Digest, PublicKey, Verified};
+use tally_ledger::{SignedTransaction, TX_BYTES_MAX, TxError, decode_for_chain};
+use tally_monitoring::{Metrics, SourceLabels};
+use tally_p2p::{GossipId, P2pHandle};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::chain::StoreView;
+use crate::driver::DriverInput;
+use crate::mempool::AdmitError;
+use crate::shared::Shared;
+use crate::verify::VerifyPool;
+use crate::wire::{self, SyncRequest, SyncResponse, TxBundle};
+
+type TxReply = oneshot::Sender<Result<Verified<SignedTransaction>, CryptoError>>;
+
+/// Why a submitted transaction was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error("node overloaded: verification queue full")]
+    Overloaded,
+}
+
+impl SubmitError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SubmitError::Tx(e) => e.name(),
+            SubmitError::Admit(e) => e.reason(),
+            SubmitError::Overloaded => "overloaded",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Rpc,
+    Gossip,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Rpc => "rpc",
+            Source::Gossip => "gossip",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admission {
+    shared: Arc<Shared>,
+    verify: VerifyPool<SignedTransaction, TxReply>,
+    gossip: mpsc::UnboundedSender<Vec<u8>>,
+    p2p: P2pHandle,
+}
+
+impl Admission {
+    pub fn new(shared: Arc<Shared>, p2p: P2pHandle) -> Admission {
+        let verify = VerifyPool::spawn(
+            Arc::new(()),
+            shared.chain_id.clone(),
+            512,
+            200_000,
+            Arc::new(|reply: TxReply, result| {
+                let _ = reply.send(result);
+            }),
+        );
+        let (gossip, rx) = mpsc::unbounded_channel();
+        tokio::spawn(bundle_gossip(rx, p2p.clone()));
+        Admission {
+            shared,
+            verify,
+            gossip,
+            p2p,
+        }
+    }
+
+    fn reject(&self, e: &SubmitError) {
+        Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason());
+        if matches!(e, SubmitError::Tx(TxError::InvalidSignature)) {
+            Metrics::inc_kind(&self.shared.metrics.signature_rejections, "transaction", 1);
+        }
+    }
+
+    /// Stateless checks without the signature.
+    fn decode(&self, bytes: &[u8]) -> Result<SignedTransaction, SubmitError> {
+        if bytes.len() > TX_BYTES_MAX {
+            return Err(TxError::TooLarge {
+                bytes: bytes.len(),
+                max: TX_BYTES_MAX,
+            }
+            .into());
+        }
+        Ok(decode_for_chain(&self.shared.chain_id, bytes)?)
+    }
+
+    /// Starts verification; the receiver yields the verified transaction.
+    fn start_verify(
+        &self,
+        tx: SignedTransaction,
+    ) -> Result<oneshot::Receiver<Result<Verified<SignedTransaction>, CryptoError>>, SubmitError>
+    {
+        let (reply, rx) = oneshot::channel();
+        if !self.verify.submit(tx, reply) {
+            return Err(SubmitError::Overloaded);
+        }
+        Ok(rx)
+    }
+
+    fn admit(
+        &self,
+        tx: Verified<SignedTransaction>,
+        source: Source,
+    ) -> Result<Digest, SubmitError> {
+        use tally_ledger::StateView;
+        let account = StoreView(&*self.shared.store)
+            .account(&tx.tx().sender)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let bytes = (source == Source::Rpc).then(|| tx.encoded().to_vec());
+        let hash = self.shared.mempool().admit(tx, account)?;
+        self.shared
+            .metrics
+            .mempool_admitted
+            .get_or_create(&SourceLabels {
+                source: source.label().into(),
+            })
+            .inc();
+        if let Some(b) = bytes {
+            let _ = self.gossip.send(b);
+        }
+        self.shared.mempool_changed.notify_one();
+        Ok(hash)
+    }
+
+    /// Admits one transaction submitted by a client.
+    pub async fn submit(&self, bytes: &[u8]) -> Result<Digest, SubmitError> {
+        let result = async {
+            let tx = self.decode(bytes)?;
+            if self.shared.mempool().contains(&tx.hash()) {
+                return Err(AdmitError::Duplicate.into());
+            }
+            let verified = self
+                .start_verify(tx)?
+                .await
+                .map_err(|_| SubmitError::Overloaded)?
+                .map_err(|_| TxError::InvalidSignature)?;
+            self.admit(verified, Source::Rpc)
+        }
+        .await;
+        if let Err(e) = &result {
+            self.reject(e);
+        }
+        result
+    }
+
+    /// Admits many transactions; they are verified together. One result per transaction,
+    /// in order.
+    pub async fn submit_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Digest, SubmitError>> {
+        let mut pending = Vec::with_capacity(txs.len());
+        for bytes in txs {
+            pending.push(self.decode(bytes).and_then(|tx| self.start_verify(tx)));
+        }
+        let mut out = Vec::with_capacity(txs.len());
+        for p in pending {
+            let r = match p {
+                Err(e) => Err(e),
+                Ok(rx) => match rx.await {
+                    Err(_) => Err(SubmitError::Overloaded),
+                    Ok(Err(_)) => Err(TxError::InvalidSignature.into()),
+                    Ok(Ok(v)) => self.admit(v, Source::Rpc),
+                },
+            };
+            if let Err(e) = &r {
+                self.reject(e);
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    /// A gossiped bundle: accepted only if every transaction passes the stateless checks
+    /// (which every honest node applies identically); valid ones are admitted.
+    pub async fn on_gossip(&self, id: GossipId, bytes: Vec<u8>) {
+        let bundle: Option<TxBundle> = wire::decode(&bytes);
+        let Some(bundle) = bundle.filter(|b| b.txs.len() <= 65_536) else {
+            self.p2p.report_gossip(id, false);
+            return;
+        };
+        let mut receivers = Vec::with_capacity(bundle.txs.len());
+        for bytes in &bundle.txs {
+            let tx = match self.decode(bytes) {
+                Ok(tx) => tx,
+                Err(_) => {
+                    self.p2p.report_gossip(id, false);
+                    return;
+                }
+            };
+            if self.shared.mempool().contains(&tx.hash()) {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            if !self.verify.submit_wait(tx, reply).await {
+                return;
+            }
+            receivers.push(rx);
+        }
+        let mut valid = true;
+        for rx in receivers {
+            match rx.await {
+                Ok(Ok(tx)) => {
+                    if let Err(e) = self.admit(tx, Source::Gossip) {
+                        Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason());
+                    }
+                }
+                _ => valid = false,
+            }
+        }
+        if !valid {
+            Metrics::inc_kind(&self.shared.metrics.signature_rejections, "gossip", 1);
+        }
+        self.p2p.report_gossip(id, valid);
+    }
+}
+
+/// Sends locally admitted transactions to peers in bundles: every 10 ms, or sooner at
+/// 512 KiB.
+async fn bundle_gossip(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, p2p: P2pHandle) {
+    const BUNDLE_BYTES: usize = 512 * 1024;
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        let mut size = first.len();
+        let mut txs = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
+        while size < BUNDLE_BYTES {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(tx)) => {
+                    size += tx.len();
+                    txs.push(tx);
+                }
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        p2p.publish(wire::encode(&TxBundle { txs }));
+    }
+}
+
+/// Verifies consensus messages off the loop and hands the valid ones to the driver.
+pub fn consensus_verifier(
+    shared: Arc<Shared>,
+    driver: mpsc::Sender<DriverInput>,
+) -> VerifyPool<Message, ()> {
+    let metrics = shared.metrics.clone();
+    VerifyPool::spawn(
+        Arc::new(shared.validators.clone()),
+        shared.chain_id.clone(),
+        256,
+        65_536,
+        Arc::new(
+            move |(), result: Result<Verified<Message>, CryptoError>| match result {
+                Ok(m) => {
+                    if driver.try_send(DriverInput::Message(m)).is_err() {
+                        metrics
+                            .p2p_dropped
+                            .get_or_create(&tally_monitoring::DirectionLabels {
+                                direction: "in".into(),
+                            })
+                            .inc();
+                    }
+                }
+                Err(e) => {
+                    debug!("consensus message refused: {e}");
+                    Metrics::inc_kind(&metrics.signature_rejections, "consensus", 1);
+                }
+            },
+        ),
+    )
+}
+
+/// Fetches transaction bodies from `prefer` first, then the other connected peers; verified
+/// bodies are remembered by the mempool. Returns whether all were found.
+pub async fn fetch_bodies(
+    shared: &Shared,
+    p2p: &P2pHandle,
+    hashes: Vec<Digest>,
+    prefer: Option<PublicKey>,
+) -> bool {
+    let mut missing: std::collections::HashSet<Digest> = hashes.into_iter().collect();
+    let mut peers = shared.status().peers;
+    if let Some(p) = prefer {
+        peers.retain(|k| *k != p);
+        peers.insert(0, p);
+    }
+    for peer in peers {
+        if missing.is_empty() {
+            break;
+        }
+        let want: Vec<Digest> = missing.iter().take(wire::SYNC_TXS_MAX).copied().collect();
+        let request = wire::encode(&SyncRequest::Txs { hashes: want });
+        let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(5), p2p.request(peer, request)).await
+        else {
+            continue;
+        };
+        let Some(SyncResponse::Txs(bodies)) = wire::decode::<SyncResponse>(&response) else {
+            continue;
+        };
+        let txs: Vec<SignedTransaction> = bodies
+            .iter()
+            .filter_map(|b| decode_for_chain(&shared.chain_id, b).ok())
+            .filter(|t| missing.contains(&t.hash()))
+            .collect();
+        let chain = shared.chain_id.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&(), &chain, txs))
+                .await
+                .unwrap_or_default();
+        let mut pool = shared.mempool();
+        for v in verified.into_iter().flatten() {
+            missing.remove(&v.hash());
+            pool.remember(v);
+        }
+    }
+    missing.is_empty()
+}

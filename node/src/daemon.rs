@@ -1,0 +1,377 @@
+//! `tally start`: wires the node together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tally_consensus::pbft::{Message, Pbft, PbftConfig};
+use tally_consensus::{KeySigner, Seq, ValidatorId, ValidatorSet};
+use tally_crypto::{Digest, PublicKey, keyfile};
+use tally_genesis::{Genesis, NodeConfig};
+use tally_monitoring::{DirectionLabels, Metrics, NodeInfoLabels, P2pLabels};
+use tally_p2p::{P2pConfig, P2pEvent, P2pStats};
+use tally_storage::{RocksStore, Store};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tracing::{info, warn};
+
+use crate::admission::{self, Admission};
+use crate::chain::Chain;
+use crate::driver::{Driver, DriverInput, load_records};
+use crate::mempool::Mempool;
+use crate::rpc::{self, RpcCtx};
+use crate::shared::{Shared, Status};
+use crate::sync;
+
+fn socket(address: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("address {address}"))?
+        .next()
+        .with_context(|| format!("address {address} resolves to nothing"))
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(home: &Path) -> Result<()> {
+    let config = NodeConfig::load(home)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .try_init();
+    let genesis = Genesis::load(&config.genesis_file)?;
+    let genesis_hash = genesis.hash();
+    let key = keyfile::load(&config.key_file)?;
+    let keys: Vec<PublicKey> = genesis.validators.iter().map(|v| v.public_key).collect();
+    let validators = ValidatorSet::new(&keys)?;
+    let Some(me) = validators.id_of(&key.public_key()) else {
+        bail!(
+            "the key in {} ({}) is not one of the genesis validators",
+            config.key_file.display(),
+            key.public_key()
+        );
+    };
+    if genesis.consensus.protocol != tally_genesis::Protocol::Pbft {
+        bail!(
+            "consensus protocol {} is not implemented yet; this node runs pbft",
+            genesis.consensus.protocol
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir)?);
+    let chain = Chain::open(store.clone(), &genesis)?;
+    info!(
+        node = %config.name,
+        chain_id = %genesis.chain_id,
+        genesis = %genesis_hash,
+        height = chain.height(),
+        "starting"
+    );
+
+    let params = &genesis.consensus;
+    let records = load_records(&*store).map_err(|e| anyhow::anyhow!("consensus records: {e}"))?;
+    let core = Pbft::new(
+        PbftConfig::new(
+            params.checkpoint_interval,
+            params.watermark_window,
+            params.view_change_timeout_ms,
+        ),
+        validators.clone(),
+        me,
+        Box::new(KeySigner::new(key.clone(), genesis.chain_id.clone())),
+        &records,
+        Seq(chain.height()),
+    );
+
+    let metrics = Arc::new(Metrics::new(NodeInfoLabels {
+        chain_id: genesis.chain_id.to_string(),
+        consensus: params.protocol.to_string(),
+        validator: config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }));
+    metrics.height.set(chain.height() as i64);
+    let (blocks, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        chain_id: genesis.chain_id.clone(),
+        genesis: genesis.clone(),
+        genesis_hash,
+        validators: validators.clone(),
+        me: Some(me),
+        store: store.clone(),
+        mempool: Mutex::new(Mempool::new(
+            config.mempool.max_txs as usize,
+            config.mempool.max_bytes as usize,
+        )),
+        status: std::sync::RwLock::new(Status {
+            height: chain.height(),
+            latest_hash: chain.last_hash(),
+            ..Default::default()
+        }),
+        tx_waiters: Mutex::new(Default::default()),
+        blocks,
+        evidence: Mutex::new(Default::default()),
+        metrics: metrics.clone(),
+        mempool_changed: Notify::new(),
+    });
+
+    let (p2p, mut p2p_events) = tally_p2p::spawn(P2pConfig {
+        secret_seed: key.seed(),
+        listen: config.p2p.listen.clone(),
+        genesis_hash,
+        validators: genesis
+            .validators
+            .iter()
+            .map(|v| (v.public_key, v.p2p.clone()))
+            .collect(),
+        observers: config.p2p.observers.clone(),
+    })?;
+
+    let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
+    let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+    let (executed_tx, executed_rx) = mpsc::unbounded_channel();
+    let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+    let admission = Admission::new(shared.clone(), p2p.clone());
+    let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
+
+    // Transaction bodies a proposal names but this node lacks: fetched once at a time.
+    let inflight: Arc<Mutex<HashSet<Digest>>> = Arc::default();
+    let fetch_for_driver = {
+        let (shared, p2p, driver_tx) = (shared.clone(), p2p.clone(), driver_tx.clone());
+        Arc::new(move |hashes: Vec<Digest>, from: Option<ValidatorId>| {
+            let fresh: Vec<Digest> = {
+                let mut set = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                hashes.into_iter().filter(|h| set.insert(*h)).collect()
+            };
+            if fresh.is_empty() {
+                return;
+            }
+            let (shared, p2p, driver_tx, inflight) = (
+                shared.clone(),
+                p2p.clone(),
+                driver_tx.clone(),
+                inflight.clone(),
+            );
+            let prefer = from.and_then(|id| shared.validators.public_key(id));
+            tokio::spawn(async move {
+                admission::fetch_bodies(&shared, &p2p, fresh.clone(), prefer).await;
+                {
+                    let mut set = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    for h in &fresh {
+                        set.remove(h);
+                    }
+                }
+                let _ = driver_tx.send(DriverInput::BodiesArrived).await;
+            });
+        })
+    };
+    let fetch_for_executor = {
+        let (shared, p2p) = (shared.clone(), p2p.clone());
+        let handle = tokio::runtime::Handle::current();
+        Arc::new(move |hashes: Vec<Digest>| {
+            handle.block_on(admission::fetch_bodies(&shared, &p2p, hashes, None))
+        })
+    };
+    let _executor = crate::executor::spawn(
+        chain,
+        shared.clone(),
+        exec_rx,
+        executed_tx,
+        fetch_for_executor,
+    );
+
+    let driver = Driver::new(
+        core,
+        shared.clone(),
+        p2p.clone(),
+        exec_tx.clone(),
+        sync_tx,
+        fetch_for_driver,
+        params.batch_bytes_max as usize,
+        Duration::from_millis(params.batch_delay_ms),
+        Duration::from_millis(params.view_change_timeout_ms * 2),
+    );
+    tokio::spawn(driver.run(driver_rx, executed_rx));
+    tokio::spawn(sync::run(shared.clone(), p2p.clone(), exec_tx, sync_rx));
+
+    // p2p events → verifier, admission, sync server, status.
+    {
+        let (shared, p2p, admission) = (shared.clone(), p2p.clone(), admission.clone());
+        tokio::spawn(async move {
+            while let Some(event) = p2p_events.recv().await {
+                match event {
+                    P2pEvent::Consensus { bytes, .. } => match Message::decode(&bytes) {
+                        Ok(msg) => {
+                            if !verifier.submit(msg, ()) {
+                                shared
+                                    .metrics
+                                    .p2p_dropped
+                                    .get_or_create(&DirectionLabels {
+                                        direction: "in".into(),
+                                    })
+                                    .inc();
+                            }
+                        }
+                        Err(_) => {
+                            Metrics::inc_reason(&shared.metrics.consensus_rejections, "undecodable")
+                        }
+                    },
+                    P2pEvent::Gossip { id, bytes, .. } => {
+                        let admission = admission.clone();
+                        tokio::spawn(async move { admission.on_gossip(id, bytes).await });
+                    }
+                    P2pEvent::SyncRequest { id, bytes, .. } => {
+                        let (shared, p2p) = (shared.clone(), p2p.clone());
+                        tokio::task::spawn_blocking(move || {
+                            p2p.respond(id, sync::serve(&shared, &bytes));
+                        });
+                    }
+                    P2pEvent::PeerConnected(k) => shared.update_status(|s| {
+                        if !s.peers.contains(&k) {
+                            s.peers.push(k);
+                        }
+                    }),
+                    P2pEvent::PeerDisconnected(k) => {
+                        shared.update_status(|s| s.peers.retain(|p| *p != k))
+                    }
+                }
+            }
+        });
+    }
+
+    let rpc_addr = socket(&config.rpc.listen)?;
+    let rpc_handle = rpc::serve(
+        rpc_addr,
+        config.rpc.max_body_bytes,
+        config.rpc.max_connections,
+        RpcCtx {
+            shared: shared.clone(),
+            admission,
+            max_batch: config.rpc.max_batch as usize,
+        },
+    )
+    .await?;
+    info!("JSON-RPC on http://{rpc_addr} (WebSocket on ws://{rpc_addr})");
+
+    let metrics_addr = socket(&config.metrics.listen)?;
+    let refresh = refresher(shared.clone(), p2p.stats.clone());
+    tokio::spawn(async move {
+        if let Err(e) = tally_monitoring::serve(metrics_addr, metrics, refresh).await {
+            warn!("metrics endpoint: {e}");
+        }
+    });
+    info!("metrics on http://{metrics_addr}/metrics");
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = rpc_handle.stop();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Refreshes, at each scrape, the gauges and counters fed from elsewhere.
+fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Refresh {
+    let last: Arc<Mutex<std::collections::HashMap<&'static str, u64>>> = Arc::default();
+    let last_cpu = Arc::new(Mutex::new(0.0f64));
+    Arc::new(move || {
+        let m = &shared.metrics;
+        {
+            let pool = shared.mempool();
+            m.mempool_transactions.set(pool.len() as i64);
+            m.mempool_bytes.set(pool.bytes() as i64);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        m.peers.set(stats.connected_peers.load(Relaxed) as i64);
+        m.storage_size.set(shared.store.size_bytes() as i64);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut delta = |name: &'static str, now: u64| {
+            let before = last.insert(name, now).unwrap_or(0);
+            now.saturating_sub(before)
+        };
+        for (protocol, direction, msgs, bytes) in [
+            (
+                "consensus",
+                "in",
+                &stats.consensus_in_messages,
+                &stats.consensus_in_bytes,
+            ),
+            (
+                "consensus",
+                "out",
+                &stats.consensus_out_messages,
+                &stats.consensus_out_bytes,
+            ),
+            (
+                "gossip",
+                "in",
+                &stats.gossip_in_messages,
+                &stats.gossip_in_bytes,
+            ),
+            (
+                "gossip",
+                "out",
+                &stats.gossip_out_messages,
+                &stats.gossip_out_bytes,
+            ),
+            ("sync", "in", &stats.sync_in_messages, &stats.sync_in_bytes),
+            (
+                "sync",
+                "out",
+                &stats.sync_out_messages,
+                &stats.sync_out_bytes,
+            ),
+        ] {
+            let labels = P2pLabels {
+                protocol: protocol.into(),
+                direction: direction.into(),
+            };
+            let key_m: &'static str =
+                Box::leak(format!("{protocol}_{direction}_m").into_boxed_str());
+            let key_b: &'static str =
+                Box::leak(format!("{protocol}_{direction}_b").into_boxed_str());
+            m.p2p_messages
+                .get_or_create(&labels)
+                .inc_by(delta(key_m, msgs.load(Relaxed)));
+            m.p2p_bytes
+                .get_or_create(&labels)
+                .inc_by(delta(key_b, bytes.load(Relaxed)));
+        }
+        for (direction, c) in [
+            ("out", &stats.dropped_outbound),
+            ("in", &stats.dropped_inbound),
+        ] {
+            let key: &'static str = if direction == "out" {
+                "dropped_out"
+            } else {
+                "dropped_in"
+            };
+            m.p2p_dropped
+                .get_or_create(&DirectionLabels {
+                    direction: direction.into(),
+                })
+                .inc_by(delta(key, c.load(Relaxed)));
+        }
+        if let Some((cpu, rss, fds)) = tally_monitoring::process_usage() {
+            let mut last_cpu = last_cpu.lock().unwrap_or_else(|e| e.into_inner());
+            if cpu > *last_cpu {
+                m.process_cpu.inc_by(cpu - *last_cpu);
+                *last_cpu = cpu;
+            }
+            m.process_resident_memory.set(rss as i64);
+            m.process_open_fds.set(fds as i64);
+        }
+    })
+}

@@ -1,0 +1,485 @@
+//! The driver: the node's only consensus event loop. It feeds the PBFT core verified
+//! messages, ticks, batches and execution reports, and carries out the core's outputs in
+//! order: every record of a step is written (one synced write) before any message of that
+//! step is sent; commits go to the executor; batch requests are answered from the mempool.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_consensus::pbft::{Message, Pbft, Record};
+use tally_consensus::protocol::{Event, Input, Output, Protocol, VoteKind};
+use tally_consensus::{Batch, Seq, ValidatorId};
+use tally_crypto::{Digest, Verified};
+use tally_monitoring::{Metrics, PhaseValidatorLabels, ValidatorLabels};
+use tally_p2p::P2pHandle;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::executor::{ExecCommand, Executed};
+use crate::shared::{EVIDENCE_KEPT, EvidenceRecord, Shared};
+use crate::sync::SyncCommand;
+
+pub enum DriverInput {
+    Message(Verified<Message>),
+    /// Transaction bodies arrived: messages waiting for them may proceed.
+    BodiesArrived,
+}
+
+/// How long a proposal may wait for its transaction bodies before it is dropped (the
+/// protocol's retransmission brings it again).
+const BODY_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Driver {
+    pub core: Pbft,
+    pub shared: Arc<Shared>,
+    pub p2p: P2pHandle,
+    pub exec: mpsc::UnboundedSender<ExecCommand>,
+    pub sync: mpsc::UnboundedSender<SyncCommand>,
+    pub fetch_bodies: Arc<dyn Fn(Vec<Digest>, Option<ValidatorId>) + Send + Sync>,
+    pub batch_bytes_max: usize,
+    pub batch_delay: Duration,
+    pub repropose_after: Duration,
+    pub started: Instant,
+    batch_requested: bool,
+    waiting: Vec<(Verified<Message>, Instant)>,
+    timing: Timing,
+}
+
+/// Per-sequence-number timestamps for the phase and lateness metrics.
+#[derive(Default)]
+struct Timing {
+    pre_prepared: BTreeMap<u64, Instant>,
+    prepared: BTreeMap<u64, Instant>,
+    committed: BTreeMap<u64, Instant>,
+    /// Voters seen per (phase, seq) before the quorum completed.
+    early_votes: HashMap<(VoteKind, u64), Vec<ValidatorId>>,
+    commit_voters: BTreeMap<u64, HashSet<ValidatorId>>,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: Pbft,
+        shared: Arc<Shared>,
+        p2p: P2pHandle,
+        exec: mpsc::UnboundedSender<ExecCommand>,
+        sync: mpsc::UnboundedSender<SyncCommand>,
+        fetch_bodies: Arc<dyn Fn(Vec<Digest>, Option<ValidatorId>) + Send + Sync>,
+        batch_bytes_max: usize,
+        batch_delay: Duration,
+        repropose_after: Duration,
+    ) -> Driver {
+        Driver {
+            core,
+            shared,
+            p2p,
+            exec,
+            sync,
+            fetch_bodies,
+            batch_bytes_max,
+            batch_delay,
+            repropose_after,
+            started: Instant::now(),
+            batch_requested: false,
+            waiting: Vec::new(),
+            timing: Timing::default(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<DriverInput>,
+        mut executed: mpsc::UnboundedReceiver<Executed>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let shared = self.shared.clone();
+        loop {
+            tokio::select! {
+                biased;
+                Some(e) = executed.recv() => {
+                    self.step(Input::Executed { seq: e.seq, state_root: e.state_root });
+                }
+                input = inbound.recv() => match input {
+                    Some(DriverInput::Message(m)) => self.on_message(m),
+                    Some(DriverInput::BodiesArrived) => self.retry_waiting(),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let pending = !self.shared.mempool().is_empty();
+                    self.step(Input::Tick { pending_requests: pending });
+                    self.retry_waiting();
+                    self.maybe_cut_batch();
+                }
+                _ = shared.mempool_changed.notified() => self.maybe_cut_batch(),
+            }
+        }
+    }
+
+    /// Transaction hashes a message needs bodies for before the core may see it.
+    fn needed_txs(msg: &Message) -> Vec<Digest> {
+        match msg {
+            Message::PrePrepare(m) => m.body.batch.txs.clone(),
+            Message::NewView(m) => m
+                .body
+                .pre_prepares
+                .iter()
+                .flat_map(|p| p.body.batch.txs.iter().copied())
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    fn on_message(&mut self, msg: Verified<Message>) {
+        let needed = Self::needed_txs(&msg);
+        if !needed.is_empty() {
+            let missing: Vec<Digest> = {
+                let pool = self.shared.mempool();
+                needed
+                    .iter()
+                    .filter(|h| pool.body(h).is_none())
+                    .copied()
+                    .collect()
+            };
+            if !missing.is_empty() {
+                (self.fetch_bodies)(missing, Some(msg.from()));
+                self.waiting.push((msg, Instant::now()));
+                return;
+            }
+            // Someone proposed these: do not propose them again while that is in flight.
+            self.shared.mempool().mark_proposed(&needed, Instant::now());
+        }
+        self.step(Input::Message(msg));
+    }
+
+    fn retry_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut still = Vec::new();
+        for (msg, since) in waiting {
+            let ready = {
+                let pool = self.shared.mempool();
+                Self::needed_txs(&msg)
+                    .iter()
+                    .all(|h| pool.body(h).is_some())
+            };
+            if ready {
+                self.step(Input::Message(msg));
+            } else if now < since + BODY_WAIT {
+                still.push((msg, since));
+            } else {
+                Metrics::inc_reason(&self.shared.metrics.consensus_rejections, "missing_bodies");
+            }
+        }
+        self.waiting.extend(still);
+    }
+
+    fn maybe_cut_batch(&mut self) {
+        if !self.batch_requested {
+            return;
+        }
+        let now = Instant::now();
+        let batch = {
+            let mut pool = self.shared.mempool();
+            let Some(oldest) = pool.oldest_eligible(now, self.repropose_after) else {
+                return;
+            };
+            let full = pool.eligible_bytes(now, self.repropose_after, self.batch_bytes_max)
+                >= self.batch_bytes_max;
+            if !full && now < oldest + self.batch_delay {
+                return;
+            }
+            pool.take_batch(
+                self.batch_bytes_max,
+                tally_consensus::batch::BATCH_TXS_MAX,
+                now,
+                self.repropose_after,
+            )
+        };
+        if batch.is_empty() {
+            return;
+        }
+        self.batch_requested = false;
+        self.step(Input::Propose(Batch { txs: batch }));
+    }
+
+    fn step(&mut self, input: Input) {
+        let mut out = Vec::new();
+        let now = self.now_ms();
+        self.core.step(now, input, &mut out);
+        if !out.is_empty() {
+            self.carry_out(out);
+        }
+    }
+
+    /// Persist (one synced write) → send → the rest, in order.
+    fn carry_out(&mut self, out: Vec<Output>) {
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for o in &out {
+            if let Output::Persist(r) = o {
+                match r.key() {
+                    Some(k) => writes.push((k, Some(r.encode()))),
+                    None => {
+                        // A prune: delete every stored record it covers.
+                        for prefix in [b"s".as_slice(), b"p", b"w"] {
+                            if let Ok(entries) = self.shared.store.consensus_scan(prefix) {
+                                for (k, _) in entries {
+                                    if r.prunes(&k) {
+                                        writes.push((k, None));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let started = Instant::now();
+            let bytes: usize = writes
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum();
+            let store = self.shared.store.clone();
+            let result = tokio::task::block_in_place(|| store.write_consensus(&writes, true));
+            if let Err(e) = result {
+                // Without its records a replica could equivocate after a restart: stop.
+                tracing::error!("cannot persist consensus records: {e}; stopping");
+                std::process::exit(70);
+            }
+            let m = &self.shared.metrics;
+            m.storage_write_duration
+                .get_or_create(&tally_monitoring::KindLabels {
+                    kind: "consensus".into(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            Metrics::inc_kind(&m.storage_written_bytes, "consensus", bytes as u64);
+        }
+        for o in out {
+            match o {
+                Output::Persist(_) => {}
+                Output::Send { to, msg } => {
+                    if let Some(key) = self.shared.validators.public_key(to) {
+                        self.p2p.send(key, msg.encode());
+                    }
+                }
+                Output::Broadcast(msg) => self.p2p.broadcast(msg.encode()),
+                Output::Commit {
+                    seq,
+                    batch,
+                    certificate,
+                } => {
+                    let _ = self.exec.send(ExecCommand::Commit {
+                        seq,
+                        batch,
+                        certificate,
+                        committed_at: self
+                            .timing
+                            .committed
+                            .get(&seq.0)
+                            .copied()
+                            .unwrap_or_else(Instant::now),
+                    });
+                }
+                Output::RequestBatch => self.batch_requested = true,
+                Output::FetchState { target, .. } => {
+                    let _ = self.sync.send(SyncCommand::Fetch { target: target.0 });
+                }
+                Output::Evidence(e) => {
+                    let validator = e.validator();
+                    let kind = e.kind();
+                    warn!(validator = validator.0, kind, "equivocation evidence");
+                    Metrics::inc_kind(&self.shared.metrics.evidence, kind, 1);
+                    let mut list = self
+                        .shared
+                        .evidence
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    list.push_front(EvidenceRecord {
+                        validator,
+                        kind,
+                        evidence: e,
+                    });
+                    list.truncate(EVIDENCE_KEPT);
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        let (view, leader, stable) = (
+            self.core.view().0,
+            self.core.leader().0,
+            self.core.stable_checkpoint().0,
+        );
+        let m = &self.shared.metrics;
+        m.view.set(view as i64);
+        m.leader.set(leader as i64);
+        m.stable_checkpoint.set(stable as i64);
+        self.shared.update_status(|s| {
+            s.view = view;
+            s.leader = leader;
+            s.stable_checkpoint = stable;
+        });
+    }
+
+    fn name(&self, id: ValidatorId) -> String {
+        self.shared
+            .genesis
+            .validators
+            .get(id.0 as usize)
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| id.0.to_string())
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let now = Instant::now();
+        let m = self.shared.metrics.clone();
+        let t = &mut self.timing;
+        match e {
+            Event::PrePrepareAccepted { seq, .. } => {
+                t.pre_prepared.insert(seq.0, now);
+            }
+            Event::Prepared {
+                seq, completed_by, ..
+            } => {
+                if let Some(at) = t.pre_prepared.get(&seq.0) {
+                    m.phase("pre_prepare_to_prepared", (now - *at).as_secs_f64());
+                }
+                t.prepared.insert(seq.0, now);
+                self.quorum(VoteKind::Prepare, seq, completed_by, &m);
+            }
+            Event::CommittedLocal {
+                seq, completed_by, ..
+            } => {
+                if let Some(at) = self.timing.prepared.get(&seq.0) {
+                    m.phase("prepared_to_committed", (now - *at).as_secs_f64());
+                }
+                self.timing.committed.insert(seq.0, now);
+                self.quorum(VoteKind::Commit, seq, completed_by, &m);
+            }
+            Event::Vote {
+                kind, seq, from, ..
+            } => {
+                if kind == VoteKind::Commit {
+                    self.timing
+                        .commit_voters
+                        .entry(seq.0)
+                        .or_default()
+                        .insert(from);
+                }
+                let quorum_at = match kind {
+                    VoteKind::Prepare => self.timing.prepared.get(&seq.0),
+                    VoteKind::Commit => self.timing.committed.get(&seq.0),
+                };
+                match quorum_at {
+                    Some(at) => {
+                        let late = (now - *at).as_secs_f64();
+                        self.lateness(kind, from, late, &m);
+                    }
+                    None => self
+                        .timing
+                        .early_votes
+                        .entry((kind, seq.0))
+                        .or_default()
+                        .push(from),
+                }
+            }
+            Event::ViewChangeStarted { to, reason } => {
+                warn!(view = to.0, reason = reason.as_str(), "view change");
+                Metrics::inc_reason(&m.view_changes, reason.as_str());
+            }
+            Event::NewView { view, primary } => {
+                info!(view = view.0, primary = %self.name(primary), "entered new view");
+            }
+            Event::StableCheckpoint { seq } => {
+                self.gc_timing(seq);
+            }
+            Event::StateTransfer { from, target } => {
+                info!(from = from.0, target = target.0, "state transfer");
+                m.state_transfers.inc();
+            }
+            Event::Rejected { reason } => Metrics::inc_reason(&m.consensus_rejections, reason),
+        }
+    }
+
+    fn quorum(&mut self, kind: VoteKind, seq: Seq, by: ValidatorId, m: &Metrics) {
+        let phase = match kind {
+            VoteKind::Prepare => "prepared",
+            VoteKind::Commit => "committed",
+        };
+        m.quorum_completed_by
+            .get_or_create(&PhaseValidatorLabels {
+                phase: phase.into(),
+                validator: self.name(by),
+            })
+            .inc();
+        if let Some(early) = self.timing.early_votes.remove(&(kind, seq.0)) {
+            for v in early {
+                self.lateness(kind, v, 0.0, m);
+            }
+        }
+    }
+
+    fn lateness(&self, kind: VoteKind, from: ValidatorId, seconds: f64, m: &Metrics) {
+        let phase = match kind {
+            VoteKind::Prepare => "prepare",
+            VoteKind::Commit => "commit",
+        };
+        m.vote_lateness
+            .get_or_create(&PhaseValidatorLabels {
+                phase: phase.into(),
+                validator: self.name(from),
+            })
+            .observe(seconds);
+    }
+
+    /// At a stable checkpoint: count validators whose COMMIT never came, forget the rest.
+    fn gc_timing(&mut self, stable: Seq) {
+        let m = self.shared.metrics.clone();
+        let me = self.shared.me;
+        let done: Vec<u64> = self
+            .timing
+            .commit_voters
+            .range(..=stable.0)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            let voters = self.timing.commit_voters.remove(&s).unwrap_or_default();
+            if !self.timing.committed.contains_key(&s) {
+                continue;
+            }
+            for id in self.shared.validators.ids() {
+                if Some(id) != me && !voters.contains(&id) {
+                    m.votes_missing
+                        .get_or_create(&ValidatorLabels {
+                            validator: self.name(id),
+                        })
+                        .inc();
+                }
+            }
+        }
+        let keep = stable.0 + 1;
+        let t = &mut self.timing;
+        t.pre_prepared = t.pre_prepared.split_off(&keep);
+        t.prepared = t.prepared.split_off(&keep);
+        t.committed = t.committed.split_off(&keep);
+        t.early_votes.retain(|(_, s), _| *s >= keep);
+    }
+}
+
+/// Restores the core's persisted records from the store.
+pub fn load_records(store: &dyn tally_storage::Store) -> Result<Vec<Record>, String> {
+    store
+        .consensus_scan(b"")
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(_, v)| Record::decode(&v))
+        .collect()
+}

@@ -1,0 +1,243 @@
+//! The executor: applies committed batches (from consensus) and certified blocks (from state
+//! transfer) strictly in height order. Each block with all its effects is one RocksDB write;
+//! then RPC waiters, subscribers, the mempool and the driver hear of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tally_consensus::{Batch, CommitCertificate, Seq};
+use tally_crypto::Digest;
+use tally_ledger::{CheckedTx, check_transactions};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::chain::Chain;
+use crate::shared::Shared;
+
+pub enum ExecCommand {
+    /// Consensus committed `batch` (transaction hashes) at `seq`.
+    Commit {
+        seq: Seq,
+        batch: Batch,
+        certificate: CommitCertificate,
+        committed_at: Instant,
+    },
+    /// A block fetched by state transfer, its certificate already verified.
+    Block {
+        height: u64,
+        txs: Vec<Vec<u8>>,
+        certificate: Option<CommitCertificate>,
+    },
+}
+
+/// What the executor tells the driver after each block.
+pub struct Executed {
+    pub seq: Seq,
+    pub state_root: Digest,
+}
+
+/// Fetches missing transaction bodies from peers (blocking the executor until it has them).
+pub type BodyFetcher = Arc<dyn Fn(Vec<Digest>) -> bool + Send + Sync>;
+
+pub fn spawn(
+    mut chain: Chain,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<ExecCommand>,
+    executed: mpsc::UnboundedSender<Executed>,
+    fetch: BodyFetcher,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("executor".into())
+        .spawn(move || {
+            let mut pending: BTreeMap<u64, ExecCommand> = BTreeMap::new();
+            while let Some(cmd) = commands.blocking_recv() {
+                let height = match &cmd {
+                    ExecCommand::Commit { seq, .. } => seq.0,
+                    ExecCommand::Block { height, .. } => *height,
+                };
+                if height <= chain.height() {
+                    continue;
+                }
+                pending.insert(height, cmd);
+                while let Some(cmd) = pending.remove(&(chain.height() + 1)) {
+                    match apply(&mut chain, &shared, cmd, &fetch) {
+                        Ok(Some(e)) => {
+                            if executed.send(e).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // A node that cannot write its chain must not go on voting.
+                            error!("execution failed, stopping: {e}");
+                            std::process::exit(70);
+                        }
+                    }
+                }
+                // Anything at or below the chain is done.
+                let h = chain.height();
+                pending.retain(|k, _| *k > h);
+            }
+        })
+        .expect("spawning the executor thread")
+}
+
+fn apply(
+    chain: &mut Chain,
+    shared: &Shared,
+    cmd: ExecCommand,
+    fetch: &BodyFetcher,
+) -> Result<Option<Executed>, crate::chain::ChainError> {
+    let started = Instant::now();
+    let (height, raw, checked, certificate, committed_at, from_sync) = match cmd {
+        ExecCommand::Commit {
+            seq,
+            batch,
+            certificate,
+            committed_at,
+        } => {
+            // Bodies come from the mempool, already verified at admission: each transaction's
+            // signature is checked once per validator.
+            let mut missing: Vec<Digest> = {
+                let pool = shared.mempool();
+                batch
+                    .txs
+                    .iter()
+                    .filter(|h| pool.body(h).is_none())
+                    .copied()
+                    .collect()
+            };
+            let mut attempts = 0;
+            while !missing.is_empty() {
+                attempts += 1;
+                if attempts > 1 {
+                    warn!(
+                        seq = seq.0,
+                        missing = missing.len(),
+                        "fetching transaction bodies"
+                    );
+                }
+                fetch(missing.clone());
+                missing = {
+                    let pool = shared.mempool();
+                    missing
+                        .into_iter()
+                        .filter(|h| pool.body(h).is_none())
+                        .collect()
+                };
+                if attempts >= 50 && !missing.is_empty() {
+                    warn!(
+                        seq = seq.0,
+                        "bodies unavailable; waiting for state transfer"
+                    );
+                    return Ok(None);
+                }
+            }
+            let pool = shared.mempool();
+            let mut raw = Vec::with_capacity(batch.txs.len());
+            let mut checked = Vec::with_capacity(batch.txs.len());
+            for h in &batch.txs {
+                let tx = pool.body(h).expect("checked above").clone();
+                raw.push(tx.encoded().to_vec());
+                checked.push(CheckedTx {
+                    hash: *h,
+                    tx: Ok(tx),
+                });
+            }
+            drop(pool);
+            (
+                seq.0,
+                raw,
+                checked,
+                Some(certificate),
+                Some(committed_at),
+                false,
+            )
+        }
+        ExecCommand::Block {
+            height,
+            txs,
+            certificate,
+        } => {
+            let checked = check_transactions(&shared.chain_id, &txs);
+            (height, txs, checked, certificate, None, true)
+        }
+    };
+    let write_started = Instant::now();
+    let block = chain.apply(height, raw, &checked, certificate, false)?;
+    let m = &shared.metrics;
+    m.storage_write_duration
+        .get_or_create(&tally_monitoring::KindLabels {
+            kind: "block".into(),
+        })
+        .observe(write_started.elapsed().as_secs_f64());
+    let encoded_len = block.txs.iter().map(|t| t.len() as u64 + 21).sum::<u64>() + 300;
+    tally_monitoring::Metrics::inc_kind(&m.storage_written_bytes, "block", encoded_len);
+    if let Some(t) = committed_at {
+        m.phase("committed_to_executed", t.elapsed().as_secs_f64());
+    }
+    if from_sync {
+        m.state_transfer_blocks.inc();
+    }
+    m.blocks_committed.inc();
+    m.height.set(height as i64);
+    m.block_transactions.observe(block.txs.len() as f64);
+    for o in &block.outcomes {
+        let outcome = match o {
+            tally_ledger::TxOutcome::Ok => "ok",
+            tally_ledger::TxOutcome::Failed(e) => e.name(),
+        };
+        m.transactions_committed
+            .get_or_create(&tally_monitoring::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    // The mempool drops what committed; local transactions report their latency.
+    let hashes: Vec<Digest> = checked.iter().map(|c| c.hash).collect();
+    let touched: Vec<_> = {
+        let view = crate::chain::StoreView(&**chain.store());
+        let mut senders: Vec<_> = checked
+            .iter()
+            .filter_map(|c| c.tx.as_ref().ok().map(|t| t.tx().sender))
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        senders
+            .into_iter()
+            .map(|s| {
+                use tally_ledger::StateView;
+                (s, view.account(&s).ok().flatten().unwrap_or_default())
+            })
+            .collect()
+    };
+    let arrivals = shared.mempool().on_block(&hashes, &touched);
+    for (_, arrived) in arrivals {
+        m.transaction_latency
+            .observe(arrived.elapsed().as_secs_f64());
+    }
+    for h in &hashes {
+        shared.wake_tx(h);
+    }
+    let hash = block.hash();
+    let state_root = block.header.state_root;
+    shared.update_status(|s| {
+        s.height = height;
+        s.latest_hash = hash;
+    });
+    if height.is_multiple_of(1000) {
+        info!(
+            height,
+            txs = block.txs.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "block"
+        );
+    }
+    let _ = shared.blocks.send(Arc::new(block));
+    Ok(Some(Executed {
+        seq: Seq(height),
+        state_root,
+    }))
+}

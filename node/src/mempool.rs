@@ -1,0 +1,323 @@
+//! The mempool: verified transactions waiting to be proposed, bounded by count and bytes,
+//! deduplicated by hash, ordered by nonce per sender; plus a bounded cache of bodies seen
+//! recently, so a proposal naming a just-committed transaction can still be resolved.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tally_crypto::{Digest, PublicKey, Verified};
+use tally_ledger::{Account, SignedTransaction};
+
+/// How far ahead of the account's nonce a transaction may be (a client pipelining).
+pub const NONCE_GAP_MAX: u64 = 1024;
+/// Bodies kept after they leave the pool.
+const KNOWN_MAX: usize = 200_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("duplicate transaction (already pending)")]
+    Duplicate,
+    #[error("stale nonce: the account's next nonce is {expected}, the transaction has {got}")]
+    StaleNonce { expected: u64, got: u64 },
+    #[error(
+        "nonce {got} is more than {NONCE_GAP_MAX} ahead of the account's next nonce {expected}"
+    )]
+    NonceTooFar { expected: u64, got: u64 },
+    #[error("another transaction from this sender with nonce {nonce} is already pending")]
+    NonceTaken { nonce: u64 },
+    #[error("mempool full ({count} transactions, {bytes} bytes)")]
+    Full { count: usize, bytes: usize },
+}
+
+impl AdmitError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmitError::Duplicate => "duplicate",
+            AdmitError::StaleNonce { .. } => "stale_nonce",
+            AdmitError::NonceTooFar { .. } => "nonce_too_far",
+            AdmitError::NonceTaken { .. } => "nonce_taken",
+            AdmitError::Full { .. } => "full",
+        }
+    }
+}
+
+struct Entry {
+    tx: Verified<SignedTransaction>,
+    len: usize,
+    arrived: Instant,
+    proposed_at: Option<Instant>,
+}
+
+pub struct Mempool {
+    max_txs: usize,
+    max_bytes: usize,
+    txs: HashMap<Digest, Entry>,
+    by_sender: HashMap<PublicKey, BTreeMap<u64, Digest>>,
+    queue: VecDeque<Digest>,
+    bytes: usize,
+    /// Committed nonce of senders with pending transactions.
+    nonces: HashMap<PublicKey, u64>,
+    known: HashMap<Digest, Verified<SignedTransaction>>,
+    known_order: VecDeque<Digest>,
+}
+
+impl Mempool {
+    pub fn new(max_txs: usize, max_bytes: usize) -> Mempool {
+        Mempool {
+            max_txs,
+            max_bytes,
+            txs: HashMap::new(),
+            by_sender: HashMap::new(),
+            queue: VecDeque::new(),
+            bytes: 0,
+            nonces: HashMap::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn contains(&self, hash: &Digest) -> bool {
+        self.txs.contains_key(hash)
+    }
+
+    /// A body by hash, pending or recently seen.
+    pub fn body(&self, hash: &Digest) -> Option<&Verified<SignedTransaction>> {
+        self.txs
+            .get(hash)
+            .map(|e| &e.tx)
+            .or_else(|| self.known.get(hash))
+    }
+
+    /// Remembers a body (verified) without making it pending: bodies fetched to complete a
+    /// proposal, or of transactions that left the pool.
+    pub fn remember(&mut self, tx: Verified<SignedTransaction>) {
+        let hash = tx.hash();
+        if self.known.contains_key(&hash) || self.txs.contains_key(&hash) {
+            return;
+        }
+        self.known.insert(hash, tx);
+        self.known_order.push_back(hash);
+        while self.known_order.len() > KNOWN_MAX {
+            if let Some(old) = self.known_order.pop_front() {
+                self.known.remove(&old);
+            }
+        }
+    }
+
+    /// Admits a verified transaction given its sender's committed account.
+    pub fn admit(
+        &mut self,
+        tx: Verified<SignedTransaction>,
+        account: Account,
+    ) -> Result<Digest, AdmitError> {
+        let hash = tx.hash();
+        if self.txs.contains_key(&hash) {
+            return Err(AdmitError::Duplicate);
+        }
+        let t = tx.tx();
+        let expected = self
+            .nonces
+            .get(&t.sender)
+            .copied()
+            .unwrap_or(0)
+            .max(account.nonce);
+        if t.nonce < expected {
+            return Err(AdmitError::StaleNonce {
+                expected,
+                got: t.nonce,
+            });
+        }
+        if t.nonce > expected + NONCE_GAP_MAX {
+            return Err(AdmitError::NonceTooFar {
+                expected,
+                got: t.nonce,
+            });
+        }
+        if self
+            .by_sender
+            .get(&t.sender)
+            .is_some_and(|m| m.contains_key(&t.nonce))
+        {
+            return Err(AdmitError::NonceTaken { nonce: t.nonce });
+        }
+        let len = tx.encoded().len();
+        if self.txs.len() >= self.max_txs || self.bytes + len > self.max_bytes {
+            return Err(AdmitError::Full {
+                count: self.txs.len(),
+                bytes: self.bytes,
+            });
+        }
+        self.nonces.insert(t.sender, expected);
+        self.by_sender
+            .entry(t.sender)
+            .or_default()
+            .insert(t.nonce, hash);
+        self.queue.push_back(hash);
+        self.bytes += len;
+        self.txs.insert(
+            hash,
+            Entry {
+                tx,
+                len,
+                arrived: Instant::now(),
+                proposed_at: None,
+            },
+        );
+        Ok(hash)
+    }
+
+    /// When the oldest transaction that could be proposed now arrived.
+    pub fn oldest_eligible(&self, now: Instant, repropose_after: Duration) -> Option<Instant> {
+        self.queue
+            .iter()
+            .filter_map(|h| self.txs.get(h))
+            .find(|e| e.proposed_at.is_none_or(|t| now >= t + repropose_after))
+            .map(|e| e.arrived)
+    }
+
+    /// Bytes of transactions that could be proposed now.
+    pub fn eligible_bytes(&self, now: Instant, repropose_after: Duration, cap: usize) -> usize {
+        let mut total = 0;
+        for e in self.queue.iter().filter_map(|h| self.txs.get(h)) {
+            if e.proposed_at.is_none_or(|t| now >= t + repropose_after) {
+                total += e.len;
+                if total >= cap {
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Cuts a batch of up to `max_bytes` in arrival order, taking each sender's
+    /// transactions only in nonce order without gaps, and marks them proposed.
+    pub fn take_batch(
+        &mut self,
+        max_bytes: usize,
+        max_txs: usize,
+        now: Instant,
+        repropose_after: Duration,
+    ) -> Vec<Digest> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next: HashMap<PublicKey, u64> = HashMap::new();
+        // Drop queue entries of transactions that left the pool.
+        while self
+            .queue
+            .front()
+            .is_some_and(|h| !self.txs.contains_key(h))
+        {
+            self.queue.pop_front();
+        }
+        for hash in self.queue.iter() {
+            let Some(e) = self.txs.get(hash) else {
+                continue;
+            };
+            if e.proposed_at.is_some_and(|t| now < t + repropose_after) {
+                continue;
+            }
+            let t = e.tx.tx();
+            let expected = *next.entry(t.sender).or_insert_with(|| {
+                // The lowest nonce not already in flight.
+                let committed = self.nonces.get(&t.sender).copied().unwrap_or(0);
+                let mut n = committed;
+                if let Some(m) = self.by_sender.get(&t.sender) {
+                    for (nonce, h) in m.range(committed..) {
+                        let in_flight = self
+                            .txs
+                            .get(h)
+                            .and_then(|x| x.proposed_at)
+                            .is_some_and(|at| now < at + repropose_after);
+                        if *nonce == n && in_flight {
+                            n += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                n
+            });
+            if t.nonce != expected || bytes + e.len > max_bytes || batch.len() >= max_txs {
+                continue;
+            }
+            next.insert(t.sender, expected + 1);
+            bytes += e.len;
+            batch.push(*hash);
+        }
+        for h in &batch {
+            if let Some(e) = self.txs.get_mut(h) {
+                e.proposed_at = Some(now);
+            }
+        }
+        batch
+    }
+
+    /// Marks transactions another replica proposed, so this one does not propose them again
+    /// while that proposal is in flight.
+    pub fn mark_proposed(&mut self, hashes: &[Digest], now: Instant) {
+        for h in hashes {
+            if let Some(e) = self.txs.get_mut(h) {
+                e.proposed_at = Some(now);
+            }
+        }
+    }
+
+    /// A block executed: its transactions leave the pool (kept as known bodies), senders'
+    /// nonces advance, and transactions made stale by them are dropped. Returns how many
+    /// were removed, and the arrival time of each committed local transaction.
+    pub fn on_block(
+        &mut self,
+        tx_hashes: &[Digest],
+        accounts: &[(PublicKey, Account)],
+    ) -> Vec<(Digest, Instant)> {
+        let mut arrivals = Vec::new();
+        for h in tx_hashes {
+            if let Some(e) = self.remove(h) {
+                arrivals.push((*h, e.arrived));
+                self.remember(e.tx);
+            }
+        }
+        for (who, account) in accounts {
+            if let Some(n) = self.nonces.get_mut(who) {
+                *n = (*n).max(account.nonce);
+            }
+            let stale: Vec<Digest> = self
+                .by_sender
+                .get(who)
+                .map(|m| m.range(..account.nonce).map(|(_, h)| *h).collect())
+                .unwrap_or_default();
+            for h in stale {
+                if let Some(e) = self.remove(&h) {
+                    self.remember(e.tx);
+                }
+            }
+        }
+        arrivals
+    }
+
+    fn remove(&mut self, hash: &Digest) -> Option<Entry> {
+        let e = self.txs.remove(hash)?;
+        self.bytes -= e.len;
+        let t = e.tx.tx();
+        if let Some(m) = self.by_sender.get_mut(&t.sender) {
+            m.remove(&t.nonce);
+            if m.is_empty() {
+                self.by_sender.remove(&t.sender);
+                self.nonces.remove(&t.sender);
+            }
+        }
+        Some(e)
+    }
+}

@@ -1,0 +1,427 @@
+//! JSON-RPC 2.0 over HTTP and WebSocket (`docs/rpc.md` is the contract).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::core::SubscriptionResult;
+use jsonrpsee::server::{
+    BatchRequestConfig, PendingSubscriptionSink, RpcModule, Server, ServerConfig, ServerHandle,
+    SubscriptionMessage,
+};
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tally_crypto::{Digest, PublicKey};
+use tally_ledger::{TxError, TxLocation, TxOutcome};
+use tally_monitoring::MethodLabels;
+
+use crate::admission::{Admission, SubmitError};
+use crate::block::StoredBlock;
+use crate::mempool::AdmitError;
+use crate::shared::Shared;
+
+/// Error codes beyond JSON-RPC's standard ones (-32700 parse error, -32600 invalid request,
+/// -32601 method not found, -32602 invalid params, -32603 internal error).
+pub mod codes {
+    pub const INVALID_SIGNATURE: i32 = -32001;
+    pub const WRONG_CHAIN: i32 = -32002;
+    pub const STALE_NONCE: i32 = -32003;
+    pub const DUPLICATE: i32 = -32004;
+    pub const MEMPOOL_FULL: i32 = -32005;
+    pub const TOO_LARGE: i32 = -32006;
+    pub const MALFORMED: i32 = -32007;
+    pub const NONCE_TOO_FAR: i32 = -32008;
+    pub const NONCE_TAKEN: i32 = -32009;
+    pub const TIMEOUT: i32 = -32010;
+    pub const NOT_FOUND: i32 = -32011;
+    pub const OVERLOADED: i32 = -32012;
+}
+
+pub struct RpcCtx {
+    pub shared: Arc<Shared>,
+    pub admission: Admission,
+    pub max_batch: usize,
+}
+
+fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorObjectOwned {
+    ErrorObject::owned(code, message.into(), data)
+}
+
+fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
+    error(jsonrpsee::types::error::INVALID_PARAMS_CODE, message, None)
+}
+
+pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
+    let reason = json!({ "reason": e.reason() });
+    let code = match e {
+        SubmitError::Tx(TxError::InvalidSignature) => codes::INVALID_SIGNATURE,
+        SubmitError::Tx(TxError::WrongChain { .. }) => codes::WRONG_CHAIN,
+        SubmitError::Tx(TxError::TooLarge { .. }) => codes::TOO_LARGE,
+        SubmitError::Tx(_) => codes::MALFORMED,
+        SubmitError::Admit(AdmitError::StaleNonce { expected, .. }) => {
+            return error(
+                codes::STALE_NONCE,
+                e.to_string(),
+                Some(json!({ "reason": e.reason(), "expected_nonce": expected })),
+            );
+        }
+        SubmitError::Admit(AdmitError::Duplicate) => codes::DUPLICATE,
+        SubmitError::Admit(AdmitError::Full { .. }) => codes::MEMPOOL_FULL,
+        SubmitError::Admit(AdmitError::NonceTooFar { .. }) => codes::NONCE_TOO_FAR,
+        SubmitError::Admit(AdmitError::NonceTaken { .. }) => codes::NONCE_TAKEN,
+        SubmitError::Overloaded => codes::OVERLOADED,
+    };
+    error(code, e.to_string(), Some(reason))
+}
+
+fn parse_hex_tx(s: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
+    hex::decode(s.strip_prefix("0x").unwrap_or(s)).map_err(|_| {
+        error(
+            codes::MALFORMED,
+            "transaction is not hex",
+            Some(json!({"reason": "malformed"})),
+        )
+    })
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ErrorObjectOwned> {
+    Digest::from_hex(s).map_err(|e| invalid_params(format!("hash: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxParams {
+    tx: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxsParams {
+    txs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HashParams {
+    hash: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitParams {
+    hash: String,
+    #[serde(default = "default_wait")]
+    timeout_ms: u64,
+}
+
+fn default_wait() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeightParams {
+    height: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressParams {
+    address: String,
+}
+
+/// `tx_status`'s answer.
+pub fn tx_status(shared: &Shared, hash: &Digest) -> Value {
+    let location = shared
+        .store
+        .tx_index(hash)
+        .ok()
+        .flatten()
+        .and_then(|v| TxLocation::decode(&v));
+    match location {
+        Some(l) if l.code == 0 => json!({
+            "status": "committed", "height": l.height, "index": l.index,
+        }),
+        Some(l) => {
+            let message = shared
+                .store
+                .block(l.height)
+                .ok()
+                .flatten()
+                .and_then(|b| StoredBlock::decode(&b).ok())
+                .and_then(|b| b.outcomes.get(l.index as usize).cloned())
+                .map(|o| match o {
+                    TxOutcome::Failed(e) => (e.name(), e.to_string()),
+                    TxOutcome::Ok => ("ok", "ok".into()),
+                });
+            let (name, message) = message.unwrap_or(("failed", "failed".into()));
+            json!({
+                "status": "failed", "height": l.height, "index": l.index,
+                "error": { "code": l.code, "name": name, "message": message },
+            })
+        }
+        None if shared.mempool().contains(hash) => json!({ "status": "pending" }),
+        None => json!({ "status": "unknown" }),
+    }
+}
+
+pub fn block_json(shared: &Shared, b: &StoredBlock) -> Value {
+    let results: Vec<Value> = b
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            TxOutcome::Ok => json!({ "status": "ok" }),
+            TxOutcome::Failed(e) => json!({
+                "status": "failed",
+                "error": { "code": e.code(), "name": e.name(), "message": e.to_string() },
+            }),
+        })
+        .collect();
+    let certificate = b.certificate.as_ref().map(|c| {
+        json!({
+            "view": c.view.0,
+            "seq": c.seq.0,
+            "digest": c.digest.to_hex(),
+            "signatures": c.signatures.iter().map(|(id, sig)| json!({
+                "validator": id.0,
+                "public_key": shared.validators.public_key(*id).map(|k| k.to_hex()),
+                "signature": sig.to_hex(),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "height": b.header.height,
+        "hash": b.hash().to_hex(),
+        "prev_hash": b.header.prev_hash.to_hex(),
+        "batch_digest": b.header.batch_digest.to_hex(),
+        "state_root": b.header.state_root.to_hex(),
+        "txs": b.txs.iter().map(hex::encode).collect::<Vec<_>>(),
+        "tx_hashes": b.txs.iter().map(|t| Digest::of(t).to_hex()).collect::<Vec<_>>(),
+        "results": results,
+        "certificate": certificate,
+    })
+}
+
+fn block_at(shared: &Shared, height: u64) -> Result<Value, ErrorObjectOwned> {
+    let bytes = shared
+        .store
+        .block(height)
+        .map_err(|e| error(-32603, e.to_string(), None))?
+        .ok_or_else(|| {
+            error(
+                codes::NOT_FOUND,
+                format!("no block at height {height}"),
+                None,
+            )
+        })?;
+    let block = StoredBlock::decode(&bytes).map_err(|e| error(-32603, e.to_string(), None))?;
+    Ok(block_json(shared, &block))
+}
+
+pub fn chain_status(shared: &Shared) -> Value {
+    let s = shared.status();
+    let g = &shared.genesis;
+    json!({
+        "chain_id": shared.chain_id.as_str(),
+        "genesis_hash": shared.genesis_hash.to_hex(),
+        "consensus": g.consensus.protocol.as_str(),
+        "height": s.height,
+        "latest_hash": s.latest_hash.to_hex(),
+        "view": s.view,
+        "leader": g.validators.get(s.leader as usize).map(|v| v.name.clone()),
+        "leader_index": s.leader,
+        "validators": g.validators.iter().map(|v| json!({
+            "name": v.name, "public_key": v.public_key.to_hex(), "p2p": v.p2p,
+        })).collect::<Vec<_>>(),
+        "stable_checkpoint": s.stable_checkpoint,
+        "peers": s.peers.len(),
+        "syncing": s.syncing.is_some(),
+        "sync_target": s.syncing.map(|(_, t)| t),
+        "node": shared.me.and_then(|id| g.validators.get(id.0 as usize)).map(|v| v.name.clone()),
+        "mempool": { "transactions": shared.mempool().len(), "bytes": shared.mempool().bytes() },
+    })
+}
+
+fn count(shared: &Shared, method: &str) {
+    shared
+        .metrics
+        .rpc_requests
+        .get_or_create(&MethodLabels {
+            method: method.into(),
+        })
+        .inc();
+}
+
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    max_body_bytes: u32,
+    max_connections: u32,
+    ctx: RpcCtx,
+) -> anyhow::Result<ServerHandle> {
+    let max_batch = ctx.max_batch as u32;
+    let mut module = RpcModule::new(ctx);
+
+    module.register_async_method("tx_submit", |params, ctx, _| async move {
+        count(&ctx.shared, "tx_submit");
+        let p: TxParams = params.parse()?;
+        let bytes = parse_hex_tx(&p.tx)?;
+        match ctx.admission.submit(&bytes).await {
+            Ok(hash) => Ok::<Value, ErrorObjectOwned>(json!({ "hash": hash.to_hex() })),
+            Err(e) => Err(submit_error(&e)),
+        }
+    })?;
+
+    module.register_async_method("tx_submit_batch", |params, ctx, _| async move {
+        count(&ctx.shared, "tx_submit_batch");
+        let p: TxsParams = params.parse()?;
+        if p.txs.len() > ctx.max_batch {
+            return Err(invalid_params(format!(
+                "{} transactions; at most {} per call",
+                p.txs.len(),
+                ctx.max_batch
+            )));
+        }
+        let mut decoded = Vec::with_capacity(p.txs.len());
+        let mut slots = Vec::with_capacity(p.txs.len());
+        for tx in &p.txs {
+            match parse_hex_tx(tx) {
+                Ok(b) => {
+                    slots.push(None);
+                    decoded.push(b);
+                }
+                Err(e) => slots.push(Some(e)),
+            }
+        }
+        let mut results = ctx.admission.submit_many(&decoded).await.into_iter();
+        let out: Vec<Value> = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(e) => json!({ "error": { "code": e.code(), "message": e.message(), "data": e.data() } }),
+                None => match results.next().expect("one result per decoded transaction") {
+                    Ok(hash) => json!({ "hash": hash.to_hex() }),
+                    Err(e) => {
+                        let e = submit_error(&e);
+                        json!({ "error": { "code": e.code(), "message": e.message(), "data": e.data() } })
+                    }
+                },
+            })
+            .collect();
+        Ok::<Value, ErrorObjectOwned>(Value::Array(out))
+    })?;
+
+    module.register_method("tx_status", |params, ctx, _| {
+        count(&ctx.shared, "tx_status");
+        let p: HashParams = params.parse()?;
+        Ok::<Value, ErrorObjectOwned>(tx_status(&ctx.shared, &parse_digest(&p.hash)?))
+    })?;
+
+    module.register_async_method("tx_wait", |params, ctx, _| async move {
+        count(&ctx.shared, "tx_wait");
+        let p: WaitParams = params.parse()?;
+        let hash = parse_digest(&p.hash)?;
+        let timeout = Duration::from_millis(p.timeout_ms.min(120_000));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notify = ctx.shared.tx_waiter(hash);
+            let notified = notify.notified();
+            let status = tx_status(&ctx.shared, &hash);
+            if matches!(status["status"].as_str(), Some("committed" | "failed")) {
+                return Ok(status);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(error(
+                    codes::TIMEOUT,
+                    format!("not committed within {} ms", timeout.as_millis()),
+                    Some(status),
+                ));
+            }
+        }
+    })?;
+
+    module.register_method("block_get", |params, ctx, _| {
+        count(&ctx.shared, "block_get");
+        let p: HeightParams = params.parse()?;
+        block_at(&ctx.shared, p.height)
+    })?;
+
+    module.register_method("block_latest", |_params, ctx, _| {
+        count(&ctx.shared, "block_latest");
+        let height = ctx.shared.status().height;
+        if height == 0 {
+            return Err(error(codes::NOT_FOUND, "no blocks yet", None));
+        }
+        block_at(&ctx.shared, height)
+    })?;
+
+    module.register_method("account_get", |params, ctx, _| {
+        count(&ctx.shared, "account_get");
+        let p: AddressParams = params.parse()?;
+        let who =
+            PublicKey::from_hex(&p.address).map_err(|e| invalid_params(format!("address: {e}")))?;
+        use tally_ledger::StateView;
+        let account = crate::chain::StoreView(&*ctx.shared.store)
+            .account(&who)
+            .map_err(|e| error(-32603, e.to_string(), None))?
+            .unwrap_or_default();
+        Ok::<Value, ErrorObjectOwned>(json!({ "balance": account.balance, "nonce": account.nonce }))
+    })?;
+
+    module.register_method("chain_status", |_params, ctx, _| {
+        count(&ctx.shared, "chain_status");
+        Ok::<Value, ErrorObjectOwned>(chain_status(&ctx.shared))
+    })?;
+
+    module.register_method("evidence_list", |_params, ctx, _| {
+        count(&ctx.shared, "evidence_list");
+        let list = ctx.shared.evidence.lock().unwrap_or_else(|e| e.into_inner());
+        let out: Vec<Value> = list
+            .iter()
+            .map(|e| {
+                json!({
+                    "validator": e.validator.0,
+                    "name": ctx.shared.genesis.validators.get(e.validator.0 as usize).map(|v| v.name.clone()),
+                    "kind": e.kind,
+                    "detail": format!("{:?}", e.evidence),
+                })
+            })
+            .collect();
+        Ok::<Value, ErrorObjectOwned>(Value::Array(out))
+    })?;
+
+    module.register_subscription(
+        "subscribe_blocks",
+        "block",
+        "unsubscribe_blocks",
+        |_params, pending: PendingSubscriptionSink, ctx, _| async move {
+            count(&ctx.shared, "subscribe_blocks");
+            let mut rx = ctx.shared.blocks.subscribe();
+            let sink = pending.accept().await?;
+            loop {
+                match rx.recv().await {
+                    Ok(block) => {
+                        let msg = SubscriptionMessage::new(
+                            sink.method_name(),
+                            sink.subscription_id(),
+                            &block_json(&ctx.shared, &block),
+                        )?;
+                        if sink.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+            SubscriptionResult::Ok(())
+        },
+    )?;
+
+    let config = ServerConfig::builder()
+        .max_request_body_size(max_body_bytes)
+        .max_response_body_size(64 * 1024 * 1024)
+        .max_connections(max_connections)
+        .set_batch_request_config(BatchRequestConfig::Limit(max_batch))
+        .build();
+    let server = Server::builder().set_config(config).build(listen).await?;
+    Ok(server.start(module))
+}

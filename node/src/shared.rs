@@ -1,0 +1,97 @@
+//! State shared by the node's tasks: read by RPC, written by the driver and the executor.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tally_consensus::pbft::Evidence;
+use tally_consensus::{ValidatorId, ValidatorSet};
+use tally_crypto::{ChainId, Digest, PublicKey};
+use tally_genesis::Genesis;
+use tally_monitoring::Metrics;
+use tally_storage::Store;
+use tokio::sync::{Notify, broadcast};
+
+use crate::block::StoredBlock;
+use crate::mempool::Mempool;
+
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub height: u64,
+    pub latest_hash: Digest,
+    pub view: u64,
+    pub leader: u16,
+    pub stable_checkpoint: u64,
+    /// `(height, target)` while catching up from peers.
+    pub syncing: Option<(u64, u64)>,
+    pub peers: Vec<PublicKey>,
+}
+
+/// Evidence kept for RPC (the most recent first).
+#[derive(Clone, Debug)]
+pub struct EvidenceRecord {
+    pub validator: ValidatorId,
+    pub kind: &'static str,
+    pub evidence: Evidence,
+}
+
+pub const EVIDENCE_KEPT: usize = 1024;
+
+pub struct Shared {
+    pub chain_id: ChainId,
+    pub genesis: Genesis,
+    pub genesis_hash: Digest,
+    pub validators: ValidatorSet,
+    pub me: Option<ValidatorId>,
+    pub store: Arc<dyn Store>,
+    pub mempool: Mutex<Mempool>,
+    pub status: RwLock<Status>,
+    /// Woken when a transaction is committed or fails: RPC `tx_wait` re-reads the index.
+    pub tx_waiters: Mutex<HashMap<Digest, Arc<Notify>>>,
+    pub blocks: broadcast::Sender<Arc<StoredBlock>>,
+    pub evidence: Mutex<VecDeque<EvidenceRecord>>,
+    pub metrics: Arc<Metrics>,
+    /// Woken when the mempool gets new transactions (the driver may cut a batch).
+    pub mempool_changed: Notify,
+}
+
+impl Shared {
+    pub fn status(&self) -> Status {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn update_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn mempool(&self) -> std::sync::MutexGuard<'_, Mempool> {
+        self.mempool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The notifier `tx_wait` waits on for `hash`.
+    pub fn tx_waiter(&self, hash: Digest) -> Arc<Notify> {
+        self.tx_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(hash)
+            .or_default()
+            .clone()
+    }
+
+    pub fn wake_tx(&self, hash: &Digest) {
+        let n = self
+            .tx_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    pub fn f(&self) -> usize {
+        self.validators.f()
+    }
+}

@@ -1,0 +1,237 @@
+//! Block sync (state transfer): serving peers, and catching up from them.
+//!
+//! A node catches up when consensus asks (`FetchState`), or when f + 1 peers (at least one
+//! honest) report a height above its own. It fetches stored blocks from peers, checks each
+//! block's commit certificate against the genesis validators — a quorum of valid COMMIT
+//! signatures for exactly this height and this batch — and only then executes it itself. No
+//! peer's word is taken for anything: a block whose certificate fails is discarded and the
+//! peer is skipped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_consensus::{CommitCertificate, Seq, batch_digest};
+use tally_crypto::{Digest, PublicKey};
+use tally_p2p::P2pHandle;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::block::StoredBlock;
+use crate::executor::ExecCommand;
+use crate::shared::Shared;
+use crate::wire::{self, SYNC_BLOCKS_MAX, SyncRequest, SyncResponse};
+
+pub enum SyncCommand {
+    Fetch { target: u64 },
+}
+
+/// Answers a peer's sync request.
+pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
+    let response = match wire::decode::<SyncRequest>(request) {
+        None => SyncResponse::Error("malformed request".into()),
+        Some(SyncRequest::Status) => {
+            let s = shared.status();
+            SyncResponse::Status {
+                height: s.height,
+                latest_hash: s.latest_hash,
+            }
+        }
+        Some(SyncRequest::Blocks { from, max }) => {
+            let mut blocks = Vec::new();
+            let mut bytes = 0;
+            for h in from..from.saturating_add(max.min(SYNC_BLOCKS_MAX) as u64) {
+                match shared.store.block(h) {
+                    Ok(Some(b)) => {
+                        bytes += b.len();
+                        blocks.push(b);
+                        if bytes > 32 * 1024 * 1024 {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            SyncResponse::Blocks(blocks)
+        }
+        Some(SyncRequest::Txs { hashes }) => {
+            let pool = shared.mempool();
+            SyncResponse::Txs(
+                hashes
+                    .iter()
+                    .take(wire::SYNC_TXS_MAX)
+                    .filter_map(|h| pool.body(h).map(|t| t.encoded().to_vec()))
+                    .collect(),
+            )
+        }
+    };
+    wire::encode(&response)
+}
+
+/// Checks a block from a peer: its certificate must be a valid quorum for this height and
+/// for the batch the block's transactions make.
+pub fn verify_block(
+    shared: &Shared,
+    bytes: &[u8],
+    height: u64,
+) -> Result<(Vec<Vec<u8>>, CommitCertificate), String> {
+    let block = StoredBlock::decode(bytes).map_err(|e| e.to_string())?;
+    if block.header.height != height {
+        return Err(format!(
+            "block for height {} instead of {height}",
+            block.header.height
+        ));
+    }
+    let certificate = block.certificate.ok_or("block has no certificate")?;
+    let hashes: Vec<Digest> = block.txs.iter().map(|t| Digest::of(t)).collect();
+    let digest = batch_digest(&hashes);
+    certificate
+        .verify(
+            &shared.validators,
+            &shared.chain_id,
+            Some((Seq(height), digest)),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((block.txs, certificate))
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    exec: mpsc::UnboundedSender<ExecCommand>,
+    mut commands: mpsc::UnboundedReceiver<SyncCommand>,
+) {
+    let mut target = 0u64;
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut next_peer = 0usize;
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(SyncCommand::Fetch { target: t }) => target = target.max(t),
+                None => return,
+            },
+            _ = poll.tick() => {
+                if let Some(t) = peers_height(&shared, &p2p).await {
+                    target = target.max(t);
+                }
+            }
+        }
+        let height = shared.status().height;
+        if target <= height {
+            continue;
+        }
+        let started = Instant::now();
+        let start_height = height;
+        info!(height, target, "catching up from peers");
+        shared.metrics.syncing.set(1);
+        let mut last_log = Instant::now();
+        let mut failures = 0;
+        loop {
+            let height = shared.status().height;
+            shared.update_status(|s| s.syncing = Some((height, target)));
+            if height >= target || failures > 20 {
+                break;
+            }
+            let peers = shared.status().peers;
+            if peers.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                failures += 1;
+                continue;
+            }
+            next_peer = (next_peer + 1) % peers.len();
+            let peer = peers[next_peer];
+            match fetch_from(&shared, &p2p, &exec, peer, height).await {
+                Ok(0) | Err(_) => failures += 1,
+                Ok(n) => {
+                    failures = 0;
+                    // Let the executor catch up before asking for more.
+                    let want = height + n;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while shared.status().height < want && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            if last_log.elapsed() > Duration::from_secs(1) {
+                last_log = Instant::now();
+                let h = shared.status().height;
+                let rate = (h - start_height) as f64 / started.elapsed().as_secs_f64();
+                info!(
+                    height = h,
+                    target,
+                    blocks_per_second = rate as u64,
+                    "syncing"
+                );
+            }
+        }
+        let h = shared.status().height;
+        info!(
+            height = h,
+            target,
+            seconds = started.elapsed().as_secs_f64(),
+            "caught up"
+        );
+        shared.update_status(|s| s.syncing = None);
+        shared.metrics.syncing.set(0);
+    }
+}
+
+/// Fetches, verifies and hands to the executor the blocks after `height` one peer has.
+async fn fetch_from(
+    shared: &Shared,
+    p2p: &P2pHandle,
+    exec: &mpsc::UnboundedSender<ExecCommand>,
+    peer: PublicKey,
+    height: u64,
+) -> Result<u64, String> {
+    let request = wire::encode(&SyncRequest::Blocks {
+        from: height + 1,
+        max: SYNC_BLOCKS_MAX,
+    });
+    let response = tokio::time::timeout(Duration::from_secs(20), p2p.request(peer, request))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(SyncResponse::Blocks(blocks)) = wire::decode::<SyncResponse>(&response) else {
+        return Err("unexpected response".into());
+    };
+    let mut n = 0;
+    for (i, bytes) in blocks.iter().enumerate() {
+        let h = height + 1 + i as u64;
+        match verify_block(shared, bytes, h) {
+            Ok((txs, certificate)) => {
+                let _ = exec.send(ExecCommand::Block {
+                    height: h,
+                    txs,
+                    certificate: Some(certificate),
+                });
+                n += 1;
+            }
+            Err(e) => {
+                warn!(peer = %peer, height = h, "discarding block from peer: {e}");
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The height at least f + 1 peers report (so at least one honest peer has it).
+async fn peers_height(shared: &Shared, p2p: &P2pHandle) -> Option<u64> {
+    let peers = shared.status().peers;
+    let need = shared.f() + 1;
+    let mut heights = Vec::new();
+    let request = wire::encode(&SyncRequest::Status);
+    for peer in peers {
+        if let Ok(Ok(bytes)) =
+            tokio::time::timeout(Duration::from_secs(2), p2p.request(peer, request.clone())).await
+            && let Some(SyncResponse::Status { height, .. }) = wire::decode(&bytes)
+        {
+            heights.push(height);
+        }
+    }
+    if heights.len() < need {
+        return None;
+    }
+    heights.sort_unstable_by(|a, b| b.cmp(a));
+    Some(heights[need - 1])
+}
