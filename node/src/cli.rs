@@ -31,6 +31,33 @@ pub enum Command {
     /// Transactions: sign offline.
     #[command(subcommand)]
     Tx(TxCommand),
+    /// Run a local network (one process per validator) with demo transactions and a live
+    /// status line.
+    Devnet(crate::devnet::DevnetArgs),
+    /// Chain status from a node (--verify: 2f+1 nodes agree on a recent block).
+    Status {
+        #[command(flatten)]
+        endpoints: crate::client::Endpoints,
+        #[arg(long)]
+        verify: bool,
+    },
+    /// A block (--verify: 2f+1 nodes agree, and its commit certificate checks out against
+    /// the genesis keys).
+    Block {
+        height: u64,
+        #[command(flatten)]
+        endpoints: crate::client::Endpoints,
+        #[arg(long)]
+        verify: bool,
+    },
+    /// An account's balance and next nonce (--verify: 2f+1 nodes agree).
+    Account {
+        address: String,
+        #[command(flatten)]
+        endpoints: crate::client::Endpoints,
+        #[arg(long)]
+        verify: bool,
+    },
     /// Run a validator node from its home folder (config.toml, key, data).
     Start {
         #[arg(long)]
@@ -82,6 +109,27 @@ pub struct TestnetArgs {
 pub enum TxCommand {
     /// Sign a transaction offline and print `{"hash": HEX, "tx": HEX}`.
     Sign(SignArgs),
+    /// Sign, submit and wait: prints the block and a summary of its commit certificate.
+    Send(SendArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The sender's key file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Default: the node's chain id.
+    #[arg(long)]
+    pub chain_id: Option<String>,
+    /// Default: the account's next nonce, from the node.
+    #[arg(long)]
+    pub nonce: Option<u64>,
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub endpoints: crate::client::Endpoints,
+    #[command(subcommand)]
+    pub action: ActionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +198,12 @@ impl ActionArgs {
     }
 }
 
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// Signs a transaction from CLI arguments.
 pub fn sign_tx(
     key: &SecretKey,
@@ -208,6 +262,28 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(a) => crate::sim_cmd::run(a),
+        Command::Devnet(a) => crate::devnet::run(a),
+        Command::Status { endpoints, verify } => {
+            client_runtime()?.block_on(crate::client::status(&endpoints, verify))
+        }
+        Command::Block {
+            height,
+            endpoints,
+            verify,
+        } => client_runtime()?.block_on(crate::client::block(&endpoints, height, verify)),
+        Command::Account {
+            address,
+            endpoints,
+            verify,
+        } => client_runtime()?.block_on(crate::client::account(&endpoints, &address, verify)),
+        Command::Tx(TxCommand::Send(a)) => client_runtime()?.block_on(crate::client::send(
+            &a.endpoints,
+            &a.from,
+            a.chain_id,
+            a.nonce,
+            &a.action,
+            a.timeout_ms,
+        )),
         Command::Start { home } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -103,6 +103,7 @@ pub async fn run(
     let mut target = 0u64;
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     let mut next_peer = 0usize;
+    let mut height_at_last_poll = 0u64;
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -110,9 +111,15 @@ pub async fn run(
                 None => return,
             },
             _ = poll.tick() => {
-                if let Some(t) = peers_height(&shared, &p2p).await {
+                // Peers a block or two ahead is normal pipelining; catch up when well behind,
+                // or when consensus made no progress since the last poll.
+                let height = shared.status().height;
+                if let Some(t) = peers_height(&shared, &p2p).await
+                    && (t >= height + 16 || height == height_at_last_poll)
+                {
                     target = target.max(t);
                 }
+                height_at_last_poll = height;
             }
         }
         let height = shared.status().height;

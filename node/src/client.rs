@@ -1,0 +1,336 @@
+//! The CLI's client commands: `tx send`, `status`, `block`, `account`, with `--verify`
+//! reads that ask 2f+1 nodes and check certificates against the genesis keys.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::{Value, json};
+use tally_consensus::{CommitCertificate, Seq, ValidatorId, ValidatorSet, View, batch_digest};
+use tally_crypto::{Digest, PublicKey, Signature, keyfile};
+use tally_genesis::Genesis;
+use tally_genesis::testnet::NetworkInfo;
+use tally_ledger::BlockHeader;
+
+use crate::cli::ActionArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct Endpoints {
+    /// A node's JSON-RPC URL (repeat for several). Default: http://127.0.0.1:26601.
+    #[arg(long)]
+    pub rpc: Vec<String>,
+    /// network.json of a `tally testnet` folder: every node's URL and the genesis.
+    #[arg(long)]
+    pub network: Option<PathBuf>,
+    /// The genesis file (for --verify), when not given by --network.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+}
+
+impl Endpoints {
+    fn network(&self) -> Result<Option<NetworkInfo>> {
+        match &self.network {
+            Some(p) => Ok(Some(NetworkInfo::load(p)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn urls(&self) -> Result<Vec<String>> {
+        if !self.rpc.is_empty() {
+            return Ok(self.rpc.clone());
+        }
+        if let Some(n) = self.network()? {
+            return Ok(n.nodes.iter().map(|n| n.rpc.clone()).collect());
+        }
+        Ok(vec!["http://127.0.0.1:26601".into()])
+    }
+
+    pub fn genesis(&self) -> Result<Genesis> {
+        if let Some(g) = &self.genesis {
+            return Ok(Genesis::load(g)?);
+        }
+        if let Some(n) = self.network()? {
+            return Ok(Genesis::load(&n.genesis)?);
+        }
+        bail!("--verify needs the genesis: pass --genesis FILE or --network network.json")
+    }
+}
+
+pub fn client(url: &str) -> Result<HttpClient> {
+    Ok(HttpClientBuilder::default()
+        .request_timeout(Duration::from_secs(30))
+        .build(url)?)
+}
+
+pub async fn call(c: &HttpClient, method: &str, params: Value) -> Result<Value> {
+    let mut p = ObjectParams::new();
+    if let Value::Object(map) = params {
+        for (k, v) in map {
+            p.insert(&k, v)?;
+        }
+    }
+    Ok(c.request(method, p).await?)
+}
+
+/// Checks a block from JSON with only the genesis: the header hash, the batch digest of its
+/// transactions, and a quorum of valid COMMIT signatures for (seq = height, digest).
+pub fn verify_block_json(block: &Value, genesis: &Genesis) -> Result<String> {
+    let hexd = |k: &str| -> Result<Digest> {
+        Ok(Digest::from_hex(
+            block[k].as_str().context("missing field")?,
+        )?)
+    };
+    let height = block["height"].as_u64().context("height")?;
+    let txs: Vec<Vec<u8>> = block["txs"]
+        .as_array()
+        .context("txs")?
+        .iter()
+        .map(|t| hex::decode(t.as_str().unwrap_or_default()))
+        .collect::<Result<_, _>>()?;
+    let digest = batch_digest(&txs.iter().map(|t| Digest::of(t)).collect::<Vec<_>>());
+    if digest != hexd("batch_digest")? {
+        bail!("the block's transactions do not hash to its batch digest");
+    }
+    let header = BlockHeader {
+        height,
+        prev_hash: hexd("prev_hash")?,
+        batch_digest: digest,
+        state_root: hexd("state_root")?,
+    };
+    if header.hash() != hexd("hash")? {
+        bail!("the block's header does not hash to its hash");
+    }
+    let c = &block["certificate"];
+    let certificate = CommitCertificate {
+        view: View(c["view"].as_u64().context("certificate.view")?),
+        seq: Seq(c["seq"].as_u64().context("certificate.seq")?),
+        digest: Digest::from_hex(c["digest"].as_str().context("certificate.digest")?)?,
+        signatures: c["signatures"]
+            .as_array()
+            .context("certificate.signatures")?
+            .iter()
+            .map(|s| -> Result<(ValidatorId, Signature)> {
+                Ok((
+                    ValidatorId(s["validator"].as_u64().context("validator")? as u16),
+                    Signature::from_hex(s["signature"].as_str().context("signature")?)?,
+                ))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let keys: Vec<PublicKey> = genesis.validators.iter().map(|v| v.public_key).collect();
+    let set = ValidatorSet::new(&keys)?;
+    certificate.verify(&set, &genesis.chain_id, Some((Seq(height), digest)))?;
+    let signers: Vec<&str> = certificate
+        .signatures
+        .iter()
+        .filter_map(|(id, _)| {
+            genesis
+                .validators
+                .get(id.0 as usize)
+                .map(|v| v.name.as_str())
+        })
+        .collect();
+    Ok(format!(
+        "certificate valid: view {}, {} of {} validators signed ({}; quorum {})",
+        certificate.view.0,
+        signers.len(),
+        keys.len(),
+        signers.join(", "),
+        set.quorum()
+    ))
+}
+
+/// Asks every endpoint; requires a quorum (2f+1) of identical answers. Returns it.
+async fn quorum_read(
+    urls: &[String],
+    genesis: &Genesis,
+    method: &str,
+    params: Value,
+    key: impl Fn(&Value) -> Value,
+) -> Result<Value> {
+    let n = genesis.validators.len();
+    let f = (n - 1) / 3;
+    let need = (n + f + 1).div_ceil(2);
+    if urls.len() < need {
+        bail!("--verify needs {need} nodes (2f+1), {} given", urls.len());
+    }
+    let mut answers: Vec<(Value, Value)> = Vec::new();
+    for url in urls {
+        if let Ok(c) = client(url)
+            && let Ok(v) = call(&c, method, params.clone()).await
+        {
+            answers.push((key(&v), v));
+        }
+    }
+    for (k, v) in &answers {
+        let same = answers.iter().filter(|(k2, _)| k2 == k).count();
+        if same >= need {
+            return Ok(v.clone());
+        }
+    }
+    bail!(
+        "no {need} of {} nodes gave the same answer ({} answered)",
+        urls.len(),
+        answers.len()
+    )
+}
+
+pub async fn status(e: &Endpoints, verify: bool) -> Result<()> {
+    let urls = e.urls()?;
+    let c = client(&urls[0])?;
+    let s = call(&c, "chain_status", json!({})).await?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    if verify {
+        let genesis = e.genesis()?;
+        // Heights differ between nodes; agree on a block every node has.
+        let mut min = u64::MAX;
+        for url in &urls {
+            if let Ok(c) = client(url)
+                && let Ok(s) = call(&c, "chain_status", json!({})).await
+            {
+                min = min.min(s["height"].as_u64().unwrap_or(0));
+            }
+        }
+        if min == 0 || min == u64::MAX {
+            bail!("no committed block common to the nodes yet");
+        }
+        let b = quorum_read(&urls, &genesis, "block_get", json!({"height": min}), |v| {
+            v["hash"].clone()
+        })
+        .await?;
+        println!(
+            "verified: block {min} has hash {} at 2f+1 nodes",
+            b["hash"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn block(e: &Endpoints, height: u64, verify: bool) -> Result<()> {
+    let urls = e.urls()?;
+    let b = if verify {
+        let genesis = e.genesis()?;
+        let b = quorum_read(
+            &urls,
+            &genesis,
+            "block_get",
+            json!({"height": height}),
+            |v| v["hash"].clone(),
+        )
+        .await?;
+        let summary = verify_block_json(&b, &genesis)?;
+        println!("{}", serde_json::to_string_pretty(&b)?);
+        println!("verified: 2f+1 nodes agree on block {height}; {summary}");
+        return Ok(());
+    } else {
+        call(&client(&urls[0])?, "block_get", json!({"height": height})).await?
+    };
+    println!("{}", serde_json::to_string_pretty(&b)?);
+    Ok(())
+}
+
+pub async fn account(e: &Endpoints, address: &str, verify: bool) -> Result<()> {
+    let urls = e.urls()?;
+    let params = json!({"address": address});
+    let a = if verify {
+        let genesis = e.genesis()?;
+        let mut last = Err(anyhow::anyhow!("no answer"));
+        // Nodes may be a block apart: retry briefly until a quorum agrees.
+        for _ in 0..10 {
+            last = quorum_read(&urls, &genesis, "account_get", params.clone(), |v| {
+                v.clone()
+            })
+            .await;
+            if last.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let a = last?;
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        println!("verified: 2f+1 nodes report the same account");
+        return Ok(());
+    } else {
+        call(&client(&urls[0])?, "account_get", params).await?
+    };
+    println!("{}", serde_json::to_string_pretty(&a)?);
+    Ok(())
+}
+
+pub async fn send(
+    e: &Endpoints,
+    from: &PathBuf,
+    chain_id: Option<String>,
+    nonce: Option<u64>,
+    action: &ActionArgs,
+    timeout_ms: u64,
+) -> Result<()> {
+    let urls = e.urls()?;
+    let c = client(&urls[0])?;
+    let key = keyfile::load(from)?;
+    let chain_id = match chain_id {
+        Some(c) => c,
+        None => call(&c, "chain_status", json!({})).await?["chain_id"]
+            .as_str()
+            .context("chain_status.chain_id")?
+            .to_string(),
+    };
+    let nonce = match nonce {
+        Some(n) => n,
+        None => call(
+            &c,
+            "account_get",
+            json!({"address": key.public_key().to_hex()}),
+        )
+        .await?["nonce"]
+            .as_u64()
+            .context("account_get.nonce")?,
+    };
+    let signed = crate::cli::sign_tx(&key, &chain_id, nonce, action)?;
+    let started = Instant::now();
+    let r = call(
+        &c,
+        "tx_submit",
+        json!({"tx": hex::encode(signed.encoded())}),
+    )
+    .await?;
+    println!(
+        "submitted {} (nonce {nonce})",
+        r["hash"].as_str().unwrap_or("")
+    );
+    let status = call(
+        &c,
+        "tx_wait",
+        json!({"hash": signed.hash().to_hex(), "timeout_ms": timeout_ms}),
+    )
+    .await?;
+    let height = status["height"].as_u64().context("tx_wait.height")?;
+    println!(
+        "{} in block {height} (index {}) after {} ms",
+        status["status"].as_str().unwrap_or(""),
+        status["index"],
+        started.elapsed().as_millis()
+    );
+    if let Some(err) = status.get("error") {
+        println!("error: {}", err["message"].as_str().unwrap_or(""));
+    }
+    let b = call(&c, "block_get", json!({"height": height})).await?;
+    let cert = &b["certificate"];
+    println!(
+        "block {height} hash {}; commit certificate: view {}, {} signatures",
+        b["hash"].as_str().unwrap_or(""),
+        cert["view"],
+        cert["signatures"].as_array().map_or(0, |s| s.len()),
+    );
+    if let Ok(genesis) = e.genesis() {
+        println!("{}", verify_block_json(&b, &genesis)?);
+    }
+    if status["status"] == "failed" {
+        bail!("the transaction failed");
+    }
+    Ok(())
+}
