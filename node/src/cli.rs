@@ -103,6 +103,17 @@ pub struct TestnetArgs {
     /// Loopback (or other) address every node listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Consensus parameters (defaults in docs/genesis.md).
+    #[arg(long)]
+    pub view_change_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub batch_delay_ms: Option<u64>,
+    #[arg(long)]
+    pub batch_bytes_max: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_interval: Option<u64>,
+    #[arg(long)]
+    pub watermark_window: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +252,23 @@ pub fn run(cli: Cli) -> Result<()> {
             opts.account_balance = a.balance;
             opts.base_port = a.base_port;
             opts.host = a.host;
+            let mut params = tally_genesis::ConsensusParams::new(a.consensus);
+            if let Some(v) = a.view_change_timeout_ms {
+                params.view_change_timeout_ms = v;
+            }
+            if let Some(v) = a.batch_delay_ms {
+                params.batch_delay_ms = v;
+            }
+            if let Some(v) = a.batch_bytes_max {
+                params.batch_bytes_max = v;
+            }
+            if let Some(v) = a.checkpoint_interval {
+                params.checkpoint_interval = v;
+            }
+            if let Some(v) = a.watermark_window {
+                params.watermark_window = v;
+            }
+            opts.params = Some(params);
             let info = generate(&opts)?;
             eprintln!(
                 "wrote a {}-validator {} network (chain id {}, genesis {}) to {}",

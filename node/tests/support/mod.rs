@@ -1,0 +1,254 @@
+//! A real network of `tally` processes on loopback, for end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use serde_json::{Value, json};
+use tally_crypto::{ChainId, SecretKey, keyfile};
+use tally_genesis::testnet::NetworkInfo;
+use tally_ledger::{Action, SignedTransaction, Transaction};
+
+pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub info: NetworkInfo,
+    pub procs: Vec<Option<Child>>,
+    pub clients: Vec<HttpClient>,
+    pub chain: ChainId,
+}
+
+/// A base port with `count` consecutive free ports above it (probed, then released).
+fn free_base(count: u16) -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 997) % 2_000) as u16 * 20;
+        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+impl Net {
+    /// Writes a network with `tally testnet` (extra args passed through) and starts it.
+    pub fn start(validators: usize, extra: &[&str]) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("net");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let base = free_base(validators as u16 * 10 + 3).to_string();
+            let mut args = vec![
+                "testnet",
+                "--validators",
+                "4",
+                "--out",
+                out.to_str().unwrap(),
+                "--base-port",
+                &base,
+            ];
+            let n = validators.to_string();
+            args[2] = &n;
+            args.extend_from_slice(extra);
+            let o = Command::new(TALLY).args(&args).output().unwrap();
+            if o.status.success() {
+                last.clear();
+                break;
+            }
+            last = String::from_utf8_lossy(&o.stderr).to_string();
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        assert!(last.is_empty(), "tally testnet failed: {last}");
+        let info = NetworkInfo::load(&out.join("network.json")).unwrap();
+        let clients = info
+            .nodes
+            .iter()
+            .map(|n| {
+                HttpClientBuilder::default()
+                    .request_timeout(Duration::from_secs(30))
+                    .build(&n.rpc)
+                    .unwrap()
+            })
+            .collect();
+        let chain = ChainId::new(info.chain_id.clone()).unwrap();
+        let mut net = Net {
+            dir,
+            procs: (0..info.nodes.len()).map(|_| None).collect(),
+            info,
+            clients,
+            chain,
+        };
+        for i in 0..net.info.nodes.len() {
+            net.launch(i);
+        }
+        net
+    }
+
+    pub fn home(&self, i: usize) -> PathBuf {
+        self.info.nodes[i].home.clone()
+    }
+
+    pub fn launch(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home(i).join("node.log"))
+            .unwrap();
+        let child = Command::new(TALLY)
+            .args(["start", "--home", self.home(i).to_str().unwrap()])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.procs[i] = Some(child);
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.procs[i].as_ref().expect("running").id();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.home(i).join("node.log")).unwrap_or_default()
+    }
+
+    pub async fn rpc(&self, i: usize, method: &str, params: Value) -> Result<Value, String> {
+        let mut p = ObjectParams::new();
+        if let Value::Object(m) = params {
+            for (k, v) in m {
+                p.insert(&k, v).unwrap();
+            }
+        }
+        self.clients[i]
+            .request::<Value, _>(method, p)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        self.rpc(i, "chain_status", json!({})).await.ok()
+    }
+
+    pub async fn height(&self, i: usize) -> u64 {
+        self.status(i)
+            .await
+            .map_or(0, |s| s["height"].as_u64().unwrap())
+    }
+
+    /// Waits until every node in `nodes` answers.
+    pub async fn wait_up(&self, nodes: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &i in nodes {
+            while self.status(i).await.is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} did not come up:\n{}",
+                    self.log(i)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Waits until `pred` holds, at most `secs` seconds; returns how long it took.
+    pub async fn until<F, Fut>(&self, secs: u64, what: &str, mut pred: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !pred().await {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        start.elapsed()
+    }
+
+    pub fn account_key(&self, a: usize) -> SecretKey {
+        keyfile::load(&self.info.accounts[a].key_file).unwrap()
+    }
+
+    pub fn transfer(
+        &self,
+        from: &SecretKey,
+        nonce: u64,
+        to: usize,
+        amount: u64,
+    ) -> SignedTransaction {
+        Transaction {
+            chain_id: self.chain.clone(),
+            sender: from.public_key(),
+            nonce,
+            action: Action::Transfer {
+                to: self.info.accounts[to].address,
+                amount,
+            },
+        }
+        .sign(from)
+        .unwrap()
+    }
+
+    pub async fn nonce(&self, node: usize, key: &SecretKey) -> u64 {
+        self.rpc(
+            node,
+            "account_get",
+            json!({"address": key.public_key().to_hex()}),
+        )
+        .await
+        .unwrap()["nonce"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Identical block hashes at every height up to `height` on the given nodes.
+    pub async fn assert_same_chain(&self, nodes: &[usize], height: u64) {
+        for h in 1..=height {
+            let mut hashes = Vec::new();
+            for &i in nodes {
+                let b = self
+                    .rpc(i, "block_get", json!({"height": h}))
+                    .await
+                    .unwrap_or_else(|e| panic!("node {i} block {h}: {e}"));
+                hashes.push(b["hash"].as_str().unwrap().to_string());
+            }
+            assert!(
+                hashes.windows(2).all(|w| w[0] == w[1]),
+                "height {h}: {hashes:?}"
+            );
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().flatten() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
