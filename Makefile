@@ -35,15 +35,12 @@ test: lint
 	cargo build --bin tally
 	scripts/sim-suite.sh
 
-## make devnet: a local 4-validator network, and a transaction signed for it.
+## make devnet: a local 4-validator PBFT network (one process per validator, real libp2p and
+## RocksDB on loopback) with a stream of demo transfers and a live status line. Ctrl-C stops it.
+## DEVNET_SECONDS=N stops it after N seconds.
 devnet: build
-	rm -rf $(DEVNET_DIR)
-	$(TALLY) testnet --validators 4 --consensus pbft --out $(DEVNET_DIR)
-	@echo "signing a transfer from account0 to account1 (nonce 0):"
-	$(TALLY) tx sign --from $(DEVNET_DIR)/accounts/account0.key \
-		--chain-id $$(python3 -c 'import json;print(json.load(open("$(DEVNET_DIR)/network.json"))["chain_id"])') \
-		--nonce 0 transfer --amount 25 \
-		--to $$(python3 -c 'import json;print(json.load(open("$(DEVNET_DIR)/network.json"))["accounts"][1]["address"])')
+	$(TALLY) devnet --validators 4 --consensus pbft --data $(DEVNET_DIR) --fresh \
+		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
 
 clean-devnet:
 	rm -rf $(DEVNET_DIR)

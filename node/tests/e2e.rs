@@ -75,6 +75,22 @@ async fn four_validators_end_to_end() {
     let all = [0, 1, 2, 3];
     net.wait_up(&all).await;
 
+    // Block subscription over WebSocket, on the RPC port.
+    use jsonrpsee::core::client::SubscriptionClientT;
+    let ws_url = net.info.nodes[1].rpc.replace("http://", "ws://");
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(&ws_url)
+        .await
+        .unwrap();
+    let mut blocks = ws
+        .subscribe::<serde_json::Value, _>(
+            "subscribe_blocks",
+            jsonrpsee::rpc_params![],
+            "unsubscribe_blocks",
+        )
+        .await
+        .unwrap();
+
     // 1. A thousand transactions, all committed, identical chains.
     let started = Instant::now();
     let hashes = load(&net, &all, 250).await;
