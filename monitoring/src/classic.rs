@@ -5,13 +5,14 @@
 pub fn openmetrics_to_classic(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut counters = std::collections::HashSet::new();
+    let mut infos = std::collections::HashSet::new();
     for line in text.lines() {
-        if line.starts_with("# TYPE ")
-            && let Some(name) = line
-                .strip_prefix("# TYPE ")
-                .and_then(|r| r.strip_suffix(" counter"))
-        {
-            counters.insert(name.to_string());
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            } else if let Some(name) = rest.strip_suffix(" info") {
+                infos.insert(name.to_string());
+            }
         }
     }
     for line in text.lines() {
@@ -37,6 +38,10 @@ pub fn openmetrics_to_classic(text: &str) -> String {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
             if counters.contains(name) {
                 out.push_str(&format!("# HELP {name}_total {help}\n"));
+                continue;
+            }
+            if infos.contains(name) {
+                out.push_str(&format!("# HELP {name}_info {help}\n"));
                 continue;
             }
         }

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub process_resident_memory: Gauge,
     pub process_open_fds: Gauge,
     pub rpc_requests: Family<MethodLabels, Counter>,
+    pub validators: Gauge,
+    pub quorum_size: Gauge,
 }
 
 impl Metrics {
@@ -157,6 +159,8 @@ impl Metrics {
             process_resident_memory: Gauge::default(),
             process_open_fds: Gauge::default(),
             rpc_requests: Family::default(),
+            validators: Gauge::default(),
+            quorum_size: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -341,6 +345,84 @@ impl Metrics {
             m.rpc_requests.clone(),
         );
         Metrics { registry: r, ..m }
+    }
+
+    /// Creates every series whose label values are known in advance, at zero, so that
+    /// queries and dashboards see them before the first event (Prometheus practice).
+    pub fn init_labels(&self, validators: &[String]) {
+        for v in validators {
+            for phase in ["prepared", "committed"] {
+                let _ = self.quorum_completed_by.get_or_create(&PhaseValidatorLabels {
+                    phase: phase.into(),
+                    validator: v.clone(),
+                });
+            }
+            for phase in ["prepare", "commit"] {
+                let _ = self.vote_lateness.get_or_create(&PhaseValidatorLabels {
+                    phase: phase.into(),
+                    validator: v.clone(),
+                });
+            }
+            let _ = self.votes_missing.get_or_create(&ValidatorLabels {
+                validator: v.clone(),
+            });
+        }
+        for phase in [
+            "pre_prepare_to_prepared",
+            "prepared_to_committed",
+            "committed_to_executed",
+        ] {
+            let _ = self.phase_duration.get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            });
+        }
+        for reason in ["timeout", "join_higher_view", "view_change_timeout"] {
+            let _ = self.view_changes.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        for reason in [
+            "malformed", "too_large", "wrong_chain", "invalid_signature", "duplicate",
+            "stale_nonce", "nonce_too_far", "nonce_taken", "full", "overloaded",
+        ] {
+            let _ = self.mempool_rejected.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        for source in ["rpc", "gossip"] {
+            let _ = self.mempool_admitted.get_or_create(&SourceLabels {
+                source: source.into(),
+            });
+        }
+        for kind in ["pre_prepare", "prepare", "commit", "checkpoint"] {
+            let _ = self.evidence.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        for kind in ["transaction", "gossip", "consensus"] {
+            let _ = self
+                .signature_rejections
+                .get_or_create(&KindLabels { kind: kind.into() });
+        }
+        for kind in ["block", "consensus"] {
+            let _ = self
+                .storage_write_duration
+                .get_or_create(&KindLabels { kind: kind.into() });
+            let _ = self
+                .storage_written_bytes
+                .get_or_create(&KindLabels { kind: kind.into() });
+        }
+        for outcome in ["ok", "bad_nonce", "insufficient_balance", "invalid_signature"] {
+            let _ = self.transactions_committed.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        for direction in ["in", "out"] {
+            let _ = self.p2p_dropped.get_or_create(&DirectionLabels {
+                direction: direction.into(),
+            });
+        }
+        let _ = self.consensus_rejections.get_or_create(&ReasonLabels {
+            reason: "none".into(),
+        });
     }
 
     pub fn encode_openmetrics(&self) -> String {

@@ -96,6 +96,15 @@ pub async fn run(home: &Path) -> Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
     }));
     metrics.height.set(chain.height() as i64);
+    metrics.validators.set(validators.len() as i64);
+    metrics.quorum_size.set(validators.quorum() as i64);
+    metrics.init_labels(
+        &genesis
+            .validators
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>(),
+    );
     let (blocks, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         chain_id: genesis.chain_id.clone(),
