@@ -16,7 +16,7 @@ DEVNET_DIR ?= devnet-data
 all: build
 
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh promtool:prometheus
 
 build: deps
 	cargo build --workspace --bins

@@ -344,6 +344,16 @@ impl Metrics {
             "JSON-RPC calls, by method",
             m.rpc_requests.clone(),
         );
+        r.register(
+            "tally_validators",
+            "Validators in the genesis (n)",
+            m.validators.clone(),
+        );
+        r.register(
+            "tally_quorum_size",
+            "Votes a quorum needs (2f+1 for PBFT), this node included",
+            m.quorum_size.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -352,10 +362,12 @@ impl Metrics {
     pub fn init_labels(&self, validators: &[String]) {
         for v in validators {
             for phase in ["prepared", "committed"] {
-                let _ = self.quorum_completed_by.get_or_create(&PhaseValidatorLabels {
-                    phase: phase.into(),
-                    validator: v.clone(),
-                });
+                let _ = self
+                    .quorum_completed_by
+                    .get_or_create(&PhaseValidatorLabels {
+                        phase: phase.into(),
+                        validator: v.clone(),
+                    });
             }
             for phase in ["prepare", "commit"] {
                 let _ = self.vote_lateness.get_or_create(&PhaseValidatorLabels {
@@ -382,8 +394,16 @@ impl Metrics {
             });
         }
         for reason in [
-            "malformed", "too_large", "wrong_chain", "invalid_signature", "duplicate",
-            "stale_nonce", "nonce_too_far", "nonce_taken", "full", "overloaded",
+            "malformed",
+            "too_large",
+            "wrong_chain",
+            "invalid_signature",
+            "duplicate",
+            "stale_nonce",
+            "nonce_too_far",
+            "nonce_taken",
+            "full",
+            "overloaded",
         ] {
             let _ = self.mempool_rejected.get_or_create(&ReasonLabels {
                 reason: reason.into(),
@@ -395,7 +415,9 @@ impl Metrics {
             });
         }
         for kind in ["pre_prepare", "prepare", "commit", "checkpoint"] {
-            let _ = self.evidence.get_or_create(&KindLabels { kind: kind.into() });
+            let _ = self
+                .evidence
+                .get_or_create(&KindLabels { kind: kind.into() });
         }
         for kind in ["transaction", "gossip", "consensus"] {
             let _ = self
@@ -410,7 +432,12 @@ impl Metrics {
                 .storage_written_bytes
                 .get_or_create(&KindLabels { kind: kind.into() });
         }
-        for outcome in ["ok", "bad_nonce", "insufficient_balance", "invalid_signature"] {
+        for outcome in [
+            "ok",
+            "bad_nonce",
+            "insufficient_balance",
+            "invalid_signature",
+        ] {
             let _ = self.transactions_committed.get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
             });
