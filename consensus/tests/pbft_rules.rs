@@ -774,3 +774,39 @@ fn signatures_are_domain_separated() {
     let other = ChainId::new("other").unwrap();
     assert!(tally_crypto::verify(&h.set, &other, Message::Prepare(p)).is_err());
 }
+
+/// §4.3 with crash recovery: a replica that executed a checkpoint sequence number but crashed
+/// before signing its CHECKPOINT signs it when the driver reports the execution again after
+/// the restart; otherwise its vote would be missing forever (found by the simulator, seed
+/// 4129: two such replicas of four kept the checkpoint from becoming stable and the window
+/// full).
+#[test]
+fn restarted_replica_signs_the_checkpoints_it_owes() {
+    let h = H::new(4);
+    let r = h.replica(1, &[], K);
+    assert_eq!(r.unsigned_checkpoints(), vec![Seq(K)]);
+    let mut r = r;
+    let root = Digest::of(b"root at K");
+    let out = step(
+        &mut r,
+        0,
+        Input::Executed {
+            seq: Seq(K),
+            state_root: root,
+        },
+    );
+    assert!(
+        matches!(broadcasts(&out)[0], Message::Checkpoint(c) if c.body.seq == Seq(K) && c.body.state_root == root)
+    );
+    assert!(r.unsigned_checkpoints().is_empty());
+    // Reported twice, it is signed once.
+    let out = step(
+        &mut r,
+        0,
+        Input::Executed {
+            seq: Seq(K),
+            state_root: root,
+        },
+    );
+    assert!(broadcasts(&out).is_empty());
+}

@@ -263,7 +263,7 @@ pub async fn account(e: &Endpoints, address: &str, verify: bool) -> Result<()> {
 
 pub async fn send(
     e: &Endpoints,
-    from: &PathBuf,
+    from: &std::path::Path,
     chain_id: Option<String>,
     nonce: Option<u64>,
     action: &ActionArgs,

@@ -96,6 +96,22 @@ impl Driver {
         mut inbound: mpsc::Receiver<DriverInput>,
         mut executed: mpsc::UnboundedReceiver<Executed>,
     ) {
+        // Checkpoints executed before a restart but never signed: report them again.
+        for seq in self.core.unsigned_checkpoints() {
+            let block = self
+                .shared
+                .store
+                .block(seq.0)
+                .ok()
+                .flatten()
+                .and_then(|b| crate::block::StoredBlock::decode(&b).ok());
+            if let Some(b) = block {
+                self.step(Input::Executed {
+                    seq,
+                    state_root: b.header.state_root,
+                });
+            }
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let shared = self.shared.clone();

@@ -175,6 +175,9 @@ pub fn run(a: SimArgs) -> Result<()> {
         for v in r.violations.iter().take(5) {
             println!("    {v}");
         }
+        for d in &r.diagnostics {
+            println!("    {d}");
+        }
         println!(
             "    replay: tally sim --protocol pbft --validators {} --seeds 1 --seed {} --byzantine {} --twins {} --safety-ms {} --liveness-bound-ms {}",
             a.validators, r.seed, a.byzantine, a.twins, a.safety_ms, a.liveness_bound_ms

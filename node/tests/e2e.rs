@@ -110,6 +110,16 @@ async fn four_validators_end_to_end() {
         "1000 transactions committed in {secs:.2} s ({:.0} tx/s) in {height} blocks; chains identical",
         1000.0 / secs
     );
+    let first = tokio::time::timeout(Duration::from_secs(10), blocks.next())
+        .await
+        .expect("a block notification")
+        .expect("the subscription is open")
+        .expect("a block");
+    assert_eq!(
+        first["height"], 1,
+        "subscription delivers block 1 first: {first}"
+    );
+    assert!(first["certificate"]["signatures"].as_array().unwrap().len() >= 3);
 
     // 2. Kill the primary.
     let status = net.status(1).await.unwrap();

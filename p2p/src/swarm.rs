@@ -53,10 +53,12 @@ struct Task {
     topic: IdentTopic,
     protocol_version: String,
     consensus_requests: HashMap<OutboundRequestId, PeerId>,
-    sync_requests: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Vec<u8>, P2pError>>)>,
+    sync_requests: HashMap<OutboundRequestId, (PeerId, SyncReply)>,
     inbound_sync: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
 }
+
+type SyncReply = oneshot::Sender<Result<Vec<u8>, P2pError>>;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -453,15 +455,15 @@ impl Task {
 
     fn on_behaviour(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if info.protocol_version != self.protocol_version {
-                    P2pStats::add(&self.stats.genesis_mismatch, 1);
-                    warn!(
-                        "peer {peer_id} runs another network ({}); disconnecting",
-                        info.protocol_version
-                    );
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocol_version != self.protocol_version =>
+            {
+                P2pStats::add(&self.stats.genesis_mismatch, 1);
+                warn!(
+                    "peer {peer_id} runs another network ({}); disconnecting",
+                    info.protocol_version
+                );
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,

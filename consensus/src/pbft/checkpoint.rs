@@ -14,10 +14,9 @@ impl Pbft {
     /// The driver executed `seq`. At checkpoint sequence numbers this replica signs and
     /// broadcasts its state root.
     pub(crate) fn on_executed(&mut self, seq: Seq, state_root: Digest, out: &mut Vec<Output>) {
-        if seq < self.last_executed {
-            return;
+        if seq > self.last_executed {
+            self.last_executed = seq;
         }
-        self.last_executed = seq;
         if seq >= self.next_commit {
             // Executed by state transfer, not by our own commits: skip ahead.
             self.next_commit = seq.next();
@@ -28,7 +27,12 @@ impl Pbft {
         {
             self.fetching = None;
         }
-        if seq.0.is_multiple_of(self.config.checkpoint_interval) && seq > self.stable.seq {
+        // A checkpoint is signed once per sequence number, also when the report comes late
+        // (after a restart: see [`Pbft::unsigned_checkpoints`]).
+        if seq.0.is_multiple_of(self.config.checkpoint_interval)
+            && seq > self.stable.seq
+            && !self.own_roots.contains_key(&seq)
+        {
             self.own_roots.insert(seq, state_root);
             let cp = Checkpoint { seq, state_root };
             if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {
@@ -48,6 +52,23 @@ impl Pbft {
         }
         self.emit_commits(out);
         self.maybe_request_batch(out);
+    }
+
+    /// Checkpoint sequence numbers above the stable checkpoint that this replica executed
+    /// but has not signed — after a restart, all of them. The driver reports each again with
+    /// its state root (`Input::Executed`); otherwise a replica that crashed between executing
+    /// a checkpoint and signing it would withhold its vote forever, and with enough such
+    /// replicas the checkpoint never becomes stable and the window stays full. Only the
+    /// latest two matter: a newer stable checkpoint supersedes older ones.
+    pub fn unsigned_checkpoints(&self) -> Vec<Seq> {
+        let k = self.config.checkpoint_interval;
+        let last = self.last_executed.0 / k * k;
+        (0..2)
+            .map(|i| last.saturating_sub(i * k))
+            .filter(|s| *s > self.stable.seq.0 && !self.own_roots.contains_key(&Seq(*s)))
+            .rev()
+            .map(Seq)
+            .collect()
     }
 
     pub(crate) fn on_checkpoint(&mut self, m: Signed<Checkpoint>, out: &mut Vec<Output>) {

@@ -289,6 +289,50 @@ impl Pbft {
         }
     }
 
+    /// A one-line summary of the replica's state, for diagnosing simulator runs.
+    pub fn debug_state(&self) -> String {
+        let slots: Vec<String> = self
+            .log
+            .iter()
+            .take(12)
+            .map(|(s, slot)| {
+                format!(
+                    "{}:{}{}{}{}",
+                    s.0,
+                    if slot.pre_prepare.is_some() { "P" } else { "-" },
+                    if slot.prepared { "p" } else { "-" },
+                    if slot.committed.is_some() { "c" } else { "-" },
+                    slot.prepares.values().map(|v| v.len()).max().unwrap_or(0),
+                )
+            })
+            .collect();
+        format!(
+            "K {} L {} checkpoints {:?} own_roots {:?} view {} {:?} stable {} executed {} next_commit {} next_propose {} requested {} fetching {:?} pending_stable {:?} backoff {} vcs {:?} slots [{}]",
+            self.config.checkpoint_interval,
+            self.config.watermark_window,
+            self.checkpoints
+                .iter()
+                .map(|(s, v)| (s.0, v.keys().map(|k| k.0).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            self.own_roots.keys().map(|s| s.0).collect::<Vec<_>>(),
+            self.view.0,
+            self.status,
+            self.stable.seq.0,
+            self.last_executed.0,
+            self.next_commit.0,
+            self.next_propose.0,
+            self.batch_requested,
+            self.fetching.map(|(t, _, _)| t.0),
+            self.pending_stable.as_ref().map(|p| p.seq.0),
+            self.backoff,
+            self.view_changes
+                .iter()
+                .map(|(v, m)| (v.0, m.len()))
+                .collect::<Vec<_>>(),
+            slots.join(" ")
+        )
+    }
+
     pub fn status(&self) -> Status {
         self.status
     }

@@ -71,6 +71,8 @@ pub struct SeedReport {
     pub violations: Vec<String>,
     pub liveness_ms: Option<u64>,
     pub simulated_ms: u64,
+    /// For failing runs: each replica's final state.
+    pub diagnostics: Vec<String>,
 }
 
 /// Per-seed parameters.
@@ -364,10 +366,16 @@ impl Sim {
             Seq(node.executed.len() as u64),
         );
         let view = core.view();
+        let unsigned = core.unsigned_checkpoints();
         self.nodes[i].core = Some(core);
         self.nodes[i].batch_requested = false;
         if !self.nodes[i].faulty {
             self.checker.check_view_grows(i, view);
+        }
+        // As the node's driver does at start: report executed checkpoints not yet signed.
+        for seq in unsigned {
+            let state_root = self.nodes[i].roots[seq.0 as usize - 1];
+            self.step(i, Input::Executed { seq, state_root });
         }
     }
 
@@ -879,6 +887,20 @@ impl Sim {
             let (missing, laggards) = self.liveness_missing();
             self.checker
                 .check_liveness(missing, self.cfg.liveness_bound_ms, &laggards);
+            if missing > 0 {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let state = n.core.as_ref().map_or("down".into(), |c| c.debug_state());
+                    self.report.diagnostics.push(format!(
+                        "node {i} (validator {}, executed {}, batch requested {}): {state}",
+                        n.validator.0,
+                        n.executed.len(),
+                        n.batch_requested
+                    ));
+                }
+                self.report
+                    .diagnostics
+                    .push(format!("pending requests {}", self.pending.len()));
+            }
         } else if self.healed_at.is_none() {
             self.checker
                 .check_liveness(1, self.cfg.liveness_bound_ms, &[]);
