@@ -121,6 +121,64 @@ async fn four_validators_end_to_end() {
     );
     assert!(first["certificate"]["signatures"].as_array().unwrap().len() >= 3);
 
+    // The CLI's client commands against the live network.
+    let network = net.dir.path().join("net/network.json");
+    let nw = network.to_str().unwrap();
+    let key0 = net.info.accounts[0].key_file.to_str().unwrap().to_string();
+    let to = net.info.accounts[3].address.to_hex();
+    let out = std::process::Command::new(support::TALLY)
+        .args([
+            "tx",
+            "send",
+            "--network",
+            nw,
+            "--from",
+            &key0,
+            "transfer",
+            "--to",
+            &to,
+            "--amount",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tx send: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("committed in block") && text.contains("certificate valid"),
+        "{text}"
+    );
+    let out = std::process::Command::new(support::TALLY)
+        .args(["block", "3", "--verify", "--network", nw])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("2f+1 nodes agree")
+            && text.contains("certificate valid"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        vec!["account", to.as_str(), "--verify", "--network", nw],
+        vec!["status", "--verify", "--network", nw],
+    ] {
+        let out = std::process::Command::new(support::TALLY)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // 2. Kill the primary.
     let status = net.status(1).await.unwrap();
     let view = status["view"].as_u64().unwrap();
