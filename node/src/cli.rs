@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Benchmark: open-loop load through JSON-RPC against a local network of validator
+    /// processes; throughput, latency, CPU, memory and the verification ceiling.
+    Bench(crate::bench::BenchArgs),
     /// Run a validator node from its home folder (config.toml, key, data).
     Start {
         #[arg(long)]
@@ -291,6 +294,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Sim(a) => crate::sim_cmd::run(a),
         Command::Devnet(a) => crate::devnet::run(a),
+        Command::Bench(a) => crate::bench::run(a),
         Command::Status { endpoints, verify } => {
             client_runtime()?.block_on(crate::client::status(&endpoints, verify))
         }

@@ -2,6 +2,7 @@
 //! loop), the mempool, p2p admission, block sync, JSON-RPC, and the `tally` command.
 
 pub mod admission;
+pub mod bench;
 pub mod block;
 pub mod chain;
 pub mod cli;

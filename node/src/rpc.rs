@@ -392,17 +392,33 @@ pub async fn serve(
         "subscribe_blocks",
         "block",
         "unsubscribe_blocks",
-        |_params, pending: PendingSubscriptionSink, ctx, _| async move {
+        |params, pending: PendingSubscriptionSink, ctx, _| async move {
             count(&ctx.shared, "subscribe_blocks");
+            #[derive(Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct SubscribeParams {
+                #[serde(default)]
+                include_txs: Option<bool>,
+            }
+            let p: SubscribeParams = if params.is_object() {
+                params.parse()?
+            } else {
+                SubscribeParams::default()
+            };
+            let include_txs = p.include_txs.unwrap_or(true);
             let mut rx = ctx.shared.blocks.subscribe();
             let sink = pending.accept().await?;
             loop {
                 match rx.recv().await {
                     Ok(block) => {
+                        let mut json = block_json(&ctx.shared, &block);
+                        if !include_txs {
+                            json.as_object_mut().map(|o| o.remove("txs"));
+                        }
                         let msg = SubscriptionMessage::new(
                             sink.method_name(),
                             sink.subscription_id(),
-                            &block_json(&ctx.shared, &block),
+                            &json,
                         )?;
                         if sink.send(msg).await.is_err() {
                             break;

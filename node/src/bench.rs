@@ -1,0 +1,803 @@
+//! `tally bench`: open-loop load through the public JSON-RPC against a local network of
+//! validator processes (or a running one), with throughput, latency, resource use and the
+//! signature-verification ceiling measured in the same run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
+use serde_json::{Value, json};
+use tally_crypto::{ChainId, Digest, Domain, SecretKey, SignatureCheck, ValidKey, Verifiable};
+use tally_genesis::Protocol;
+use tally_genesis::testnet::{NetworkInfo, TestnetOptions, generate};
+use tally_ledger::{Action, Transaction};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    #[arg(long, default_value = "pbft")]
+    pub consensus: Protocol,
+    /// Size of each transaction (a data put padded to this many bytes).
+    #[arg(long, default_value_t = 512)]
+    pub tx_bytes: usize,
+    /// Offered load, transactions per second (open loop).
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Measured duration, e.g. 60s.
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    pub duration: u64,
+    /// Load before measuring starts.
+    #[arg(long, default_value = "5s", value_parser = parse_secs)]
+    pub warmup: u64,
+    /// Distinct sending accounts.
+    #[arg(long, default_value_t = 2000)]
+    pub accounts: usize,
+    /// Target a running network (its network.json) instead of starting one.
+    #[arg(long)]
+    pub network: Option<PathBuf>,
+    #[arg(long, default_value_t = 36600)]
+    pub base_port: u16,
+    #[arg(long)]
+    pub batch_delay_ms: Option<u64>,
+    #[arg(long)]
+    pub batch_bytes_max: Option<u64>,
+    #[arg(long)]
+    pub watermark_window: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_interval: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw throughput and latency over time into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Keep the started network's folder (printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (n, mult) = if let Some(m) = t.strip_suffix("ms") {
+        return m
+            .parse::<u64>()
+            .map(|v| v.div_ceil(1000))
+            .map_err(|e| e.to_string());
+    } else if let Some(m) = t.strip_suffix('m') {
+        (m, 60)
+    } else if let Some(sec) = t.strip_suffix('s') {
+        (sec, 1)
+    } else {
+        (t, 1)
+    };
+    n.parse::<u64>()
+        .map(|v| v * mult)
+        .map_err(|e| e.to_string())
+}
+
+/// Batch verifications per second on all cores, with the validity rule the nodes use.
+pub fn measure_ceiling() -> f64 {
+    const D: Domain = Domain::new("bench/ceiling/v1");
+    struct Item(SignatureCheck);
+    impl Verifiable for Item {
+        type Context = ();
+        fn signature_checks(
+            &self,
+            _: &(),
+            out: &mut Vec<SignatureCheck>,
+        ) -> Result<(), tally_crypto::CryptoError> {
+            out.push(self.0.clone());
+            Ok(())
+        }
+    }
+    let chain = ChainId::new("ceiling").expect("valid");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let keys: Vec<SecretKey> = (0..64u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
+    let per_thread = 8192;
+    let checks: Vec<SignatureCheck> = (0..per_thread)
+        .map(|i| {
+            let k = &keys[i % keys.len()];
+            let body = vec![i as u8; 512];
+            SignatureCheck {
+                key: ValidKey::new(&k.public_key()).expect("valid"),
+                domain: D,
+                signature: k.sign(D, &chain, &body),
+                body,
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for chunk in checks.chunks(256) {
+                    let items: Vec<Item> = chunk.iter().cloned().map(Item).collect();
+                    let ok = tally_crypto::verify_batch(&(), &chain, items);
+                    assert!(ok.iter().all(|r| r.is_ok()));
+                }
+            });
+        }
+    });
+    (threads * per_thread) as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Nodes {
+    children: Vec<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &self.children {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some((cpu, hwm * 1024))
+}
+
+async fn metric_sum(url: &str, name: &str) -> f64 {
+    let addr = url.trim_start_matches("http://").to_string();
+    let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+        return 0.0;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0.0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
+    if let Some(path) = &a.network {
+        return Ok((
+            NetworkInfo::load(path)?,
+            Nodes {
+                children: vec![],
+                _dir: None,
+            },
+        ));
+    }
+    let dir = tempfile::Builder::new().prefix("tally-bench").tempdir()?;
+    let out = dir.path().join("net");
+    let mut opts = TestnetOptions::new(a.validators, a.consensus, out.clone());
+    opts.chain_id = "tally-bench".into();
+    opts.base_port = a.base_port;
+    opts.accounts = 1;
+    let mut params = tally_genesis::ConsensusParams::new(a.consensus);
+    if let Some(v) = a.batch_delay_ms {
+        params.batch_delay_ms = v;
+    }
+    if let Some(v) = a.batch_bytes_max {
+        params.batch_bytes_max = v;
+    }
+    if let Some(v) = a.watermark_window {
+        params.watermark_window = v;
+    }
+    if let Some(v) = a.checkpoint_interval {
+        params.checkpoint_interval = v;
+    }
+    opts.params = Some(params);
+    let info = generate(&opts)?;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for n in &info.nodes {
+        // Quieter logs: a benchmark measures the node, not its terminal.
+        let config = n.home.join("config.toml");
+        let text = std::fs::read_to_string(&config)?.replace("log = \"info\"", "log = \"warn\"");
+        std::fs::write(&config, text)?;
+        let log = std::fs::File::create(n.home.join("node.log"))?;
+        children.push(
+            Command::new(&exe)
+                .args(["start", "--home"])
+                .arg(&n.home)
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()?,
+        );
+    }
+    let keep = a.keep.then(|| dir.path().to_path_buf());
+    if let Some(k) = keep {
+        eprintln!("network folder: {} (kept)", k.display());
+        return Ok((
+            info,
+            Nodes {
+                children,
+                _dir: None,
+            },
+        ))
+        .map(|(i, n)| {
+            std::mem::forget(dir);
+            (i, n)
+        });
+    }
+    Ok((
+        info,
+        Nodes {
+            children,
+            _dir: Some(dir),
+        },
+    ))
+}
+
+/// Per-second samples for the report's timeline and plot.
+#[derive(Default, Clone)]
+struct Second {
+    offered: u64,
+    committed: u64,
+    latencies: Vec<f64>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.tx_bytes < 200 || a.tx_bytes > tally_ledger::TX_BYTES_MAX {
+        bail!(
+            "--tx-bytes must be between 200 and {}",
+            tally_ledger::TX_BYTES_MAX
+        );
+    }
+    let n = if a.network.is_some() { 0 } else { a.validators };
+    eprintln!("measuring the signature-verification ceiling on all cores…");
+    let verifications = measure_ceiling();
+    let (info, nodes) = start_network(&a)?;
+    let n = if n == 0 { info.nodes.len() } else { n };
+    let ceiling = verifications / n as f64;
+    let chain = ChainId::new(info.chain_id.clone())?;
+
+    // Pre-sign everything, before any clock starts.
+    let total = a.rate * (a.warmup + a.duration);
+    eprintln!(
+        "signing {total} transactions of {} bytes from {} accounts…",
+        a.tx_bytes, a.accounts
+    );
+    let txs = presign(&chain, total as usize, a.accounts, a.tx_bytes);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(drive(&a, &info, &nodes, txs, ceiling, verifications))?;
+    drop(nodes);
+    if let Some(path) = &a.plot {
+        std::fs::write(path, plot_svg(&report))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn presign(
+    chain: &ChainId,
+    total: usize,
+    accounts: usize,
+    tx_bytes: usize,
+) -> Vec<(Digest, Vec<u8>)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let keys: Vec<SecretKey> = (0..accounts)
+        .map(|i| {
+            let mut seed = [0x5au8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            SecretKey::from_seed(&seed)
+        })
+        .collect();
+    // The put's value pads the encoding to tx_bytes: overhead is 64 (signature) + header.
+    let probe = |len: usize| {
+        Transaction {
+            chain_id: chain.clone(),
+            sender: keys[0].public_key(),
+            nonce: 0,
+            action: Action::Put {
+                key: 0u64.to_le_bytes().to_vec(),
+                value: vec![0; len],
+            },
+        }
+        .sign(&keys[0])
+        .map(|t| t.encoded().len())
+        .unwrap_or(0)
+    };
+    let pad = tx_bytes.saturating_sub(probe(0));
+    let mut out: Vec<(Digest, Vec<u8>)> = vec![(Digest::ZERO, vec![]); total];
+    let chunk = total.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (t, part) in out.chunks_mut(chunk).enumerate() {
+            let keys = &keys;
+            s.spawn(move || {
+                for (j, slot) in part.iter_mut().enumerate() {
+                    let i = t * chunk + j;
+                    let sender = i % accounts;
+                    let nonce = (i / accounts) as u64;
+                    let tx = Transaction {
+                        chain_id: chain.clone(),
+                        sender: keys[sender].public_key(),
+                        nonce,
+                        action: Action::Put {
+                            key: (i as u64).to_le_bytes().to_vec(),
+                            value: vec![(i % 251) as u8; pad],
+                        },
+                    }
+                    .sign(&keys[sender])
+                    .expect("signs");
+                    *slot = (tx.hash(), tx.into_encoded());
+                }
+            });
+        }
+    });
+    out
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    validators: usize,
+    tx_bytes: usize,
+    duration_s: u64,
+    offered_tx_per_s: f64,
+    committed_tx_per_s: f64,
+    latency_ms: Percentiles,
+    committed: u64,
+    submitted: u64,
+    refused_mempool_full: u64,
+    refused_other: u64,
+    view_changes: f64,
+    nodes: Vec<NodeUse>,
+    ceiling: Ceiling,
+    timeline: Vec<TimelinePoint>,
+}
+
+#[derive(serde::Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(serde::Serialize)]
+struct NodeUse {
+    name: String,
+    cpu_cores: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Ceiling {
+    verifications_per_s_all_cores: f64,
+    ceiling_tx_per_s: f64,
+    committed_over_ceiling: f64,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct TimelinePoint {
+    second: u64,
+    offered: u64,
+    committed: u64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+async fn drive(
+    a: &BenchArgs,
+    info: &NetworkInfo,
+    nodes: &Nodes,
+    txs: Vec<(Digest, Vec<u8>)>,
+    ceiling: f64,
+    verifications: f64,
+) -> Result<Report> {
+    // Wait for the network.
+    let clients: Vec<_> = info
+        .nodes
+        .iter()
+        .map(|n| crate::client::client(&n.rpc))
+        .collect::<Result<_>>()?;
+    let ready = Instant::now();
+    for c in &clients {
+        while crate::client::call(c, "chain_status", json!({}))
+            .await
+            .is_err()
+        {
+            if ready.elapsed() > Duration::from_secs(60) {
+                bail!("the network did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let total_secs = a.warmup + a.duration;
+    let submitted_at: Arc<Mutex<HashMap<Digest, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(txs.len())));
+    let seconds: Arc<Mutex<Vec<Second>>> = Arc::new(Mutex::new(vec![
+        Second::default();
+        total_secs as usize + 30
+    ]));
+    let committed_total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+
+    // Commits: a block subscription (without bodies) on the first node.
+    let ws_url = info.nodes[0].rpc.replace("http://", "ws://");
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .max_response_size(256 * 1024 * 1024)
+        .build(&ws_url)
+        .await?;
+    let mut sub = ws
+        .subscribe::<Value, _>(
+            "subscribe_blocks",
+            jsonrpsee::rpc_params![json!({"include_txs": false})],
+            "unsubscribe_blocks",
+        )
+        .await
+        .context("subscribe_blocks")?;
+    {
+        let (submitted_at, seconds, committed_total) = (
+            submitted_at.clone(),
+            seconds.clone(),
+            committed_total.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(Ok(block)) = sub.next().await {
+                let now = Instant::now();
+                let sec = (now - start).as_secs() as usize;
+                let hashes: Vec<Digest> = block["tx_hashes"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|h| Digest::from_hex(h.as_str()?).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
+                let mut secs = seconds.lock().unwrap_or_else(|e| e.into_inner());
+                for h in hashes {
+                    if let Some(t) = at.remove(&h) {
+                        committed_total.fetch_add(1, Ordering::Relaxed);
+                        if let Some(s) = secs.get_mut(sec) {
+                            s.committed += 1;
+                            s.latencies.push((now - t).as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    // Open loop: every 10 ms, the transactions due go out, whatever happened to earlier ones.
+    let refused_full = Arc::new(AtomicU64::new(0));
+    let refused_other = Arc::new(AtomicU64::new(0));
+    let inflight = Arc::new(AtomicU64::new(0));
+    let progress = indicatif::ProgressBar::new(total_secs);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut cpu_start = Vec::new();
+    let mut view_changes_start = 0.0;
+    let per_tick = a.rate as f64 / 100.0;
+    let mut sent = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut k = 0u64;
+    let txs = Arc::new(txs);
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= total_secs as f64 {
+            break;
+        }
+        if cpu_start.is_empty() && elapsed >= a.warmup as f64 {
+            cpu_start = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
+            for n in &info.nodes {
+                view_changes_start += metric_sum(&n.metrics, "tally_view_changes_total").await;
+            }
+        }
+        let due = ((k + 1) as f64 * per_tick) as usize;
+        k += 1;
+        let end = due.min(txs.len());
+        if end <= sent {
+            continue;
+        }
+        let range = sent..end;
+        sent = end;
+        let sec = (start.elapsed()).as_secs() as usize;
+        {
+            let now = Instant::now();
+            let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
+            for i in range.clone() {
+                at.insert(txs[i].0, now);
+            }
+            let mut secs = seconds.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = secs.get_mut(sec) {
+                s.offered += range.len() as u64;
+            }
+        }
+        let client = clients[(k as usize) % clients.len()].clone();
+        let (txs, full, other, inflight, submitted_at) = (
+            txs.clone(),
+            refused_full.clone(),
+            refused_other.clone(),
+            inflight.clone(),
+            submitted_at.clone(),
+        );
+        inflight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let batch: Vec<String> = range.clone().map(|i| hex::encode(&txs[i].1)).collect();
+            let mut p = jsonrpsee::core::params::ObjectParams::new();
+            let _ = p.insert("txs", batch);
+            let result: Result<Value, _> = client.request("tx_submit_batch", p).await;
+            match result {
+                Ok(Value::Array(results)) => {
+                    let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
+                    for (r, i) in results.iter().zip(range) {
+                        if let Some(e) = r.get("error") {
+                            at.remove(&txs[i].0);
+                            if e["code"] == crate::rpc::codes::MEMPOOL_FULL {
+                                full.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                other.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    other.fetch_add(range.len() as u64, Ordering::Relaxed);
+                }
+            }
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+        if k.is_multiple_of(100) {
+            progress.set_position(elapsed as u64);
+            progress.set_message(format!(
+                "committed {}  refused {}",
+                committed_total.load(Ordering::Relaxed),
+                refused_full.load(Ordering::Relaxed) + refused_other.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    let cpu_end: Vec<_> = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
+    let window = start.elapsed().as_secs_f64() - a.warmup as f64;
+    let mut view_changes_end = 0.0;
+    for n in &info.nodes {
+        view_changes_end += metric_sum(&n.metrics, "tally_view_changes_total").await;
+    }
+    // Let the last ones commit.
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_secs(10)
+        && !submitted_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish_and_clear();
+
+    let secs = seconds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let measured = &secs[a.warmup as usize..total_secs as usize];
+    let offered: u64 = measured.iter().map(|s| s.offered).sum();
+    let committed: u64 = measured.iter().map(|s| s.committed).sum();
+    let mut lat: Vec<f64> = measured
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let nodes_use = info
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (cpu, rss) = match (
+                cpu_start.get(i).copied().flatten(),
+                cpu_end.get(i).copied().flatten(),
+            ) {
+                (Some((c0, _)), Some((c1, rss))) => ((c1 - c0) / window, rss as f64 / 1e6),
+                _ => (0.0, 0.0),
+            };
+            NodeUse {
+                name: n.name.clone(),
+                cpu_cores: cpu,
+                peak_rss_mb: rss,
+            }
+        })
+        .collect();
+    let committed_rate = committed as f64 / a.duration as f64;
+    let timeline = secs[..total_secs as usize]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut l = s.latencies.clone();
+            l.sort_by(|a, b| a.total_cmp(b));
+            TimelinePoint {
+                second: i as u64,
+                offered: s.offered,
+                committed: s.committed,
+                latency_p50_ms: percentile(&l, 0.5),
+                latency_p99_ms: percentile(&l, 0.99),
+            }
+        })
+        .collect();
+    Ok(Report {
+        validators: info.nodes.len(),
+        tx_bytes: a.tx_bytes,
+        duration_s: a.duration,
+        offered_tx_per_s: offered as f64 / a.duration as f64,
+        committed_tx_per_s: committed_rate,
+        latency_ms: Percentiles {
+            p50: percentile(&lat, 0.5),
+            p90: percentile(&lat, 0.9),
+            p99: percentile(&lat, 0.99),
+            max: lat.last().copied().unwrap_or(0.0),
+        },
+        committed,
+        submitted: sent as u64,
+        refused_mempool_full: refused_full.load(Ordering::Relaxed),
+        refused_other: refused_other.load(Ordering::Relaxed),
+        view_changes: view_changes_end - view_changes_start,
+        nodes: nodes_use,
+        ceiling: Ceiling {
+            verifications_per_s_all_cores: verifications,
+            ceiling_tx_per_s: ceiling,
+            committed_over_ceiling: committed_rate / ceiling,
+        },
+        timeline,
+    })
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "tally bench: {} validators, {}-byte transactions, {} s measured",
+        r.validators, r.tx_bytes, r.duration_s
+    );
+    println!("  offered            {:>10.0} tx/s", r.offered_tx_per_s);
+    println!(
+        "  committed          {:>10.0} tx/s  ({} transactions)",
+        r.committed_tx_per_s, r.committed
+    );
+    println!(
+        "  latency            p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
+    );
+    println!(
+        "  refused            {} mempool full, {} other",
+        r.refused_mempool_full, r.refused_other
+    );
+    println!("  view changes       {}", r.view_changes);
+    for n in &r.nodes {
+        println!(
+            "  {:<8}           cpu {:.2} cores  peak RSS {:.0} MB",
+            n.name, n.cpu_cores, n.peak_rss_mb
+        );
+    }
+    println!(
+        "  ceiling            {:.0} verifications/s on all cores / {} validators = {:.0} tx/s; committed/ceiling = {:.2}",
+        r.ceiling.verifications_per_s_all_cores,
+        r.validators,
+        r.ceiling.ceiling_tx_per_s,
+        r.ceiling.committed_over_ceiling
+    );
+}
+
+/// Two stacked line charts: throughput (offered, committed) and latency (p50, p99).
+fn plot_svg(r: &Report) -> String {
+    let (w, h, pad) = (900.0, 260.0, 50.0);
+    let t = &r.timeline;
+    let n = t.len().max(2) as f64;
+    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
+    let max_tp = t
+        .iter()
+        .map(|p| p.offered.max(p.committed))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let max_lat = t.iter().map(|p| p.latency_p99_ms).fold(1.0f64, f64::max);
+    let line = |vals: Vec<f64>, max: f64, top: f64, color: &str| {
+        let pts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(i),
+                    top + h - pad - (h - 2.0 * pad) * v / max
+                )
+            })
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        )
+    };
+    let axes = |top: f64, title: &str, max: f64, unit: &str| {
+        format!(
+            "<text x=\"{pad}\" y=\"{}\" font-size=\"14\">{title}</text><line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"{}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#888\"/><text x=\"5\" y=\"{}\" font-size=\"11\">{max:.0} {unit}</text><text x=\"5\" y=\"{}\" font-size=\"11\">0</text><text x=\"{}\" y=\"{}\" font-size=\"11\">{} s</text>",
+            top + 20.0,
+            top + h - pad,
+            w - pad,
+            top + h - pad,
+            top + pad,
+            top + h - pad,
+            top + pad + 4.0,
+            top + h - pad,
+            w - pad - 20.0,
+            top + h - pad + 15.0,
+            t.len()
+        )
+    };
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\">",
+        2.0 * h
+    );
+    s.push_str(&axes(
+        0.0,
+        "throughput (tx/s): offered (grey), committed (blue)",
+        max_tp,
+        "tx/s",
+    ));
+    s.push_str(&line(
+        t.iter().map(|p| p.offered as f64).collect(),
+        max_tp,
+        0.0,
+        "#999",
+    ));
+    s.push_str(&line(
+        t.iter().map(|p| p.committed as f64).collect(),
+        max_tp,
+        0.0,
+        "#1f77b4",
+    ));
+    s.push_str(&axes(
+        h,
+        "latency (ms): p50 (green), p99 (red)",
+        max_lat,
+        "ms",
+    ));
+    s.push_str(&line(
+        t.iter().map(|p| p.latency_p50_ms).collect(),
+        max_lat,
+        h,
+        "#2ca02c",
+    ));
+    s.push_str(&line(
+        t.iter().map(|p| p.latency_p99_ms).collect(),
+        max_lat,
+        h,
+        "#d62728",
+    ));
+    s.push_str("</svg>\n");
+    s
+}
