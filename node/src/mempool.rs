@@ -321,3 +321,132 @@ impl Mempool {
         Some(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_crypto::{ChainId, SecretKey};
+    use tally_ledger::{Action, Transaction};
+
+    fn tx(key: &SecretKey, nonce: u64, pad: usize) -> Verified<SignedTransaction> {
+        let chain = ChainId::new("m").unwrap();
+        let signed = Transaction {
+            chain_id: chain.clone(),
+            sender: key.public_key(),
+            nonce,
+            action: Action::Put {
+                key: b"k".to_vec(),
+                value: vec![0; pad],
+            },
+        }
+        .sign(key)
+        .unwrap();
+        tally_crypto::verify(&(), &chain, signed).unwrap()
+    }
+
+    fn account(nonce: u64) -> Account {
+        Account { balance: 0, nonce }
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn dedup_and_nonce_rules() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let mut m = Mempool::new(100, 1 << 20);
+        let t0 = tx(&k, 5, 0);
+        m.admit(t0.clone(), account(5)).unwrap();
+        assert_eq!(m.admit(t0, account(5)), Err(AdmitError::Duplicate));
+        assert!(matches!(
+            m.admit(tx(&k, 4, 0), account(5)),
+            Err(AdmitError::StaleNonce {
+                expected: 5,
+                got: 4
+            })
+        ));
+        assert!(matches!(
+            m.admit(tx(&k, 5, 1), account(5)),
+            Err(AdmitError::NonceTaken { nonce: 5 })
+        ));
+        assert!(matches!(
+            m.admit(tx(&k, 5 + NONCE_GAP_MAX + 1, 0), account(5)),
+            Err(AdmitError::NonceTooFar { .. })
+        ));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let mut m = Mempool::new(3, 1 << 20);
+        for i in 0..3u8 {
+            m.admit(tx(&SecretKey::from_seed(&[i; 32]), 0, 0), account(0))
+                .unwrap();
+        }
+        assert!(matches!(
+            m.admit(tx(&SecretKey::from_seed(&[9; 32]), 0, 0), account(0)),
+            Err(AdmitError::Full { count: 3, .. })
+        ));
+        let one = tx(&SecretKey::from_seed(&[1; 32]), 0, 1000).encoded().len();
+        let mut m = Mempool::new(100, one + 10);
+        m.admit(tx(&SecretKey::from_seed(&[1; 32]), 0, 1000), account(0))
+            .unwrap();
+        assert!(matches!(
+            m.admit(tx(&SecretKey::from_seed(&[2; 32]), 0, 1000), account(0)),
+            Err(AdmitError::Full { .. })
+        ));
+        assert_eq!(m.bytes(), one);
+    }
+
+    #[test]
+    fn batches_follow_nonce_order_without_gaps_and_respect_bytes() {
+        let (a, b) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let mut m = Mempool::new(100, 1 << 20);
+        // a's nonce 1 arrives before its nonce 0; b has a gap (0, 2).
+        let a1 = m.admit(tx(&a, 1, 0), account(0)).unwrap();
+        let a0 = m.admit(tx(&a, 0, 0), account(0)).unwrap();
+        let b0 = m.admit(tx(&b, 0, 0), account(0)).unwrap();
+        let _b2 = m.admit(tx(&b, 2, 0), account(0)).unwrap();
+        let now = Instant::now();
+        let batch = m.take_batch(1 << 20, 100, now, LONG);
+        // a1 waits for a0 in arrival order, so it is not in this batch; b2 has a gap.
+        assert_eq!(batch, vec![a0, b0]);
+        // Next batch: a1 follows a0 (in flight), b2 still has a gap.
+        assert_eq!(m.take_batch(1 << 20, 100, now, LONG), vec![a1]);
+        assert!(m.take_batch(1 << 20, 100, now, LONG).is_empty());
+        // After the re-proposal delay, unfinished proposals come back (a1 again one batch
+        // behind a0: one pass in arrival order).
+        let later = now + Duration::from_secs(10);
+        assert_eq!(
+            m.take_batch(1 << 20, 100, later, Duration::from_secs(5)),
+            vec![a0, b0]
+        );
+        // Byte limit.
+        let mut m = Mempool::new(100, 1 << 20);
+        let size = tx(&a, 0, 0).encoded().len();
+        for i in 0..10u8 {
+            m.admit(tx(&SecretKey::from_seed(&[i + 10; 32]), 0, 0), account(0))
+                .unwrap();
+        }
+        assert_eq!(m.take_batch(size * 3, 100, now, LONG).len(), 3);
+    }
+
+    #[test]
+    fn committed_transactions_leave_and_stale_ones_are_dropped() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let mut m = Mempool::new(100, 1 << 20);
+        let h0 = m.admit(tx(&k, 0, 0), account(0)).unwrap();
+        let h1 = m.admit(tx(&k, 1, 0), account(0)).unwrap();
+        let h2 = m.admit(tx(&k, 2, 0), account(0)).unwrap();
+        // Block: h0 committed, and the account's nonce moved to 2 (h1 committed elsewhere).
+        let arrivals = m.on_block(&[h0], &[(k.public_key(), account(2))]);
+        assert_eq!(arrivals.len(), 1);
+        assert!(!m.contains(&h0) && !m.contains(&h1) && m.contains(&h2));
+        // Bodies stay known for proposals that still name them.
+        assert!(m.body(&h0).is_some() && m.body(&h1).is_some());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.bytes(), tx(&k, 2, 0).encoded().len());
+    }
+}
