@@ -12,8 +12,9 @@
 //! Update Propagation with Homomorphic Hashing", 2019): each entry maps to a vector of 1024
 //! 16-bit lanes, and the state's hash is the lane-wise sum mod 2^16 over all entries. Changing
 //! an entry subtracts its old vector and adds its new one, so a block costs two expansions
-//! per changed entry, whatever the size of the state. The root is SHA-256 of the 2048-byte
-//! sum. Exact byte layouts are in `docs/transactions.md`.
+//! per changed entry, whatever the size of the state. Entries expand with BLAKE3's
+//! extendable output; the root is SHA-256 of the 2048-byte sum. Exact byte layouts are in
+//! `docs/transactions.md`.
 
 use tally_crypto::{Digest, PublicKey};
 
@@ -119,23 +120,23 @@ impl std::fmt::Debug for LtHash {
     }
 }
 
-/// An entry's lane vector: `seed = SHA-256("tally/state-entry/v1" ‖ len(key) u32 LE ‖ key ‖
-/// value)`, then lanes `32·i .. 32·i+31` (bytes) are `SHA-256(seed ‖ i)` for i = 0..63.
+/// The BLAKE3 derive-key context of entry expansion (domain separation).
+pub const ENTRY_CONTEXT: &str = "tally state entry v1";
+
+/// An entry's lane vector: the first 2048 bytes of BLAKE3's extendable output, in derive-key
+/// mode with context [`ENTRY_CONTEXT`], over `len(key) u32 LE ‖ key ‖ value`, read as 1024
+/// u16 LE. (BLAKE3 rather than SHA-256 in counter mode: 0.8 µs instead of 5.5 µs per
+/// expansion here, and a block's state update costs two expansions per changed entry.)
 fn expand(key: &[u8], value: &[u8]) -> [u16; LANES] {
-    let mut h = Digest::hasher();
-    h.update(b"tally/state-entry/v1")
-        .update(&(key.len() as u32).to_le_bytes())
-        .update(key)
-        .update(value);
-    let seed = h.finalize();
+    let mut h = blake3::Hasher::new_derive_key(ENTRY_CONTEXT);
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    let mut bytes = [0u8; 2 * LANES];
+    h.finalize_xof().fill(&mut bytes);
     let mut out = [0u16; LANES];
-    for (i, chunk) in out.chunks_exact_mut(16).enumerate() {
-        let mut h = Digest::hasher();
-        h.update(&seed.0).update(&[i as u8]);
-        let block = h.finalize();
-        for (lane, pair) in chunk.iter_mut().zip(block.0.chunks_exact(2)) {
-            *lane = u16::from_le_bytes([pair[0], pair[1]]);
-        }
+    for (lane, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *lane = u16::from_le_bytes([pair[0], pair[1]]);
     }
     out
 }
