@@ -10,6 +10,9 @@ use tally_ledger::{Account, SignedTransaction};
 
 /// How far ahead of the account's nonce a transaction may be (a client pipelining).
 pub const NONCE_GAP_MAX: u64 = 1024;
+/// The smallest encoded transaction: a put with a 1-byte chain id, a 1-byte key and an
+/// empty value (1+1+1+32+8+1+2+1+4+64).
+const MIN_TX_BYTES: usize = 115;
 /// Bodies kept after they leave the pool.
 const KNOWN_MAX: usize = 200_000;
 
@@ -249,7 +252,10 @@ impl Mempool {
                 }
                 n
             });
-            if t.nonce != expected || bytes + e.len > max_bytes || batch.len() >= max_txs {
+            if batch.len() >= max_txs || bytes + MIN_TX_BYTES > max_bytes {
+                break;
+            }
+            if t.nonce != expected || bytes + e.len > max_bytes {
                 continue;
             }
             next.insert(t.sender, expected + 1);
