@@ -14,7 +14,7 @@ pub const NONCE_GAP_MAX: u64 = 1024;
 /// empty value (1+1+1+32+8+1+2+1+4+64).
 const MIN_TX_BYTES: usize = 115;
 /// Bodies kept after they leave the pool.
-const KNOWN_MAX: usize = 200_000;
+const KNOWN_MAX: usize = 50_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {

@@ -42,10 +42,13 @@ impl RocksStore {
         db_opts.set_max_open_files(512);
         db_opts.increase_parallelism(2);
         db_opts.set_keep_log_file_num(4);
+        // Bounded memory: all memtables together stay under 64 MiB.
+        db_opts.set_db_write_buffer_size(64 * 1024 * 1024);
 
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut o = Options::default();
             o.set_compression_type(DBCompressionType::Lz4);
+            o.set_write_buffer_size(16 * 1024 * 1024);
             o.set_bottommost_compression_type(DBCompressionType::Zstd);
             if matches!(*name, CF_TX_INDEX | CF_STATE) {
                 // Point lookups dominate: a bloom filter saves a disk read per miss.
