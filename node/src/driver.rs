@@ -131,7 +131,7 @@ impl Driver {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let pending = !self.shared.mempool().is_empty();
+                    let pending = self.shared.mempool().has_ready();
                     self.step(Input::Tick { pending_requests: pending });
                     self.retry_waiting();
                     self.maybe_cut_batch(true);

@@ -91,6 +91,16 @@ impl Mempool {
         self.bytes
     }
 
+    /// Whether some transaction could be proposed now: a sender whose lowest pending nonce is
+    /// its account's next nonce. (A transaction waiting behind a nonce gap is not work for
+    /// consensus; counting it would make backups suspect an idle primary forever.)
+    pub fn has_ready(&self) -> bool {
+        self.by_sender.iter().any(|(who, nonces)| {
+            let committed = self.nonces.get(who).copied().unwrap_or(0);
+            nonces.keys().next().is_some_and(|n| *n == committed)
+        })
+    }
+
     pub fn contains(&self, hash: &Digest) -> bool {
         self.txs.contains_key(hash)
     }
@@ -379,6 +389,17 @@ mod tests {
             Err(AdmitError::NonceTooFar { .. })
         ));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_nonce_gap_is_not_ready_work() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let mut m = Mempool::new(100, 1 << 20);
+        assert!(!m.has_ready());
+        m.admit(tx(&k, 2, 0), account(0)).unwrap();
+        assert!(!m.has_ready(), "nonce 2 waits for 0 and 1");
+        m.admit(tx(&k, 0, 0), account(0)).unwrap();
+        assert!(m.has_ready());
     }
 
     #[test]
