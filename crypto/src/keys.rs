@@ -170,6 +170,54 @@ impl fmt::Debug for ValidKey {
     }
 }
 
+/// A bounded cache of validated public keys: decompressing a key costs about as much as
+/// decompressing a signature's `R`, and clients sign many transactions with one key. When
+/// full it starts over (the cost of a miss is one decompression).
+pub struct KeyCache {
+    keys: std::sync::Mutex<std::collections::HashMap<PublicKey, ValidKey>>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize) -> KeyCache {
+        KeyCache {
+            keys: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The validated key, from the cache or freshly checked. Invalid keys are not cached.
+    pub fn get(&self, public: &PublicKey) -> Result<ValidKey, CryptoError> {
+        if let Some(k) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(public)
+        {
+            return Ok(*k);
+        }
+        let key = ValidKey::new(public)?;
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= self.capacity {
+            keys.clear();
+        }
+        keys.insert(*public, key);
+        Ok(key)
+    }
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::new(100_000)
+    }
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyCache")
+    }
+}
+
 /// The point `bytes` encodes, when the encoding is canonical and the point is not of small
 /// order; `None` otherwise.
 ///

@@ -38,7 +38,7 @@ mod verify;
 use std::fmt;
 
 pub use digest::{Digest, Hasher};
-pub use keys::{PublicKey, SecretKey, Signature, ValidKey, signing_message};
+pub use keys::{KeyCache, PublicKey, SecretKey, Signature, ValidKey, signing_message};
 pub use verify::{
     SignatureCache, SignatureCheck, Verifiable, Verified, raw, verify, verify_batch, verify_cached,
     verify_one,

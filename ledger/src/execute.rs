@@ -1,8 +1,9 @@
 //! Deterministic execution of a batch.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use tally_crypto::{ChainId, Digest, PublicKey, Verified, verify_batch};
+use tally_crypto::{ChainId, Digest, KeyCache, PublicKey, Verified, verify_batch};
 
 use crate::state::{Account, LtHash, account_key, data_key};
 use crate::tx::{Action, SignedTransaction};
@@ -51,16 +52,25 @@ impl TxLocation {
 }
 
 /// One transaction of a batch after the stateless checks: its hash, and either the verified
-/// transaction or why it failed them.
+/// transaction (shared: the mempool holds the same one) or why it failed them.
 #[derive(Clone, Debug)]
 pub struct CheckedTx {
     pub hash: Digest,
-    pub tx: Result<Verified<SignedTransaction>, TxError>,
+    pub tx: Result<Arc<Verified<SignedTransaction>>, TxError>,
 }
 
 /// The stateless checks for a batch of encoded transactions: decoding, chain id and the
 /// signature (batch-verified). Deterministic: every node gets the same result.
 pub fn check_transactions(chain_id: &ChainId, raw: &[Vec<u8>]) -> Vec<CheckedTx> {
+    check_transactions_with(chain_id, raw, &KeyCache::new(4096))
+}
+
+/// [`check_transactions`] with a cache of validated sender keys.
+pub fn check_transactions_with(
+    chain_id: &ChainId,
+    raw: &[Vec<u8>],
+    keys: &KeyCache,
+) -> Vec<CheckedTx> {
     let mut out: Vec<Option<CheckedTx>> = Vec::with_capacity(raw.len());
     let mut to_verify = Vec::new();
     let mut slots = Vec::new();
@@ -77,11 +87,11 @@ pub fn check_transactions(chain_id: &ChainId, raw: &[Vec<u8>]) -> Vec<CheckedTx>
     }
     for (slot, result) in slots
         .into_iter()
-        .zip(verify_batch(&(), chain_id, to_verify))
+        .zip(verify_batch(keys, chain_id, to_verify))
     {
         out[slot] = Some(CheckedTx {
             hash: Digest::of(&raw[slot]),
-            tx: result.map_err(|_| TxError::InvalidSignature),
+            tx: result.map(Arc::new).map_err(|_| TxError::InvalidSignature),
         });
     }
     out.into_iter()
@@ -157,13 +167,16 @@ pub fn execute_batch(
             index: i as u32,
             code: outcome.code(),
         };
-        let earlier = match index.get(&checked.hash) {
-            Some(l) => Some(*l),
-            None => view.tx_location(&checked.hash)?,
-        };
-        let write = match earlier {
-            None => true,
-            Some(prev) => prev.code != 0 && location.code == 0,
+        // A success is always this hash's first (its nonce was unused), so only a failure
+        // needs to look for an earlier entry.
+        let write = if location.code == 0 {
+            true
+        } else {
+            let earlier = match index.get(&checked.hash) {
+                Some(l) => Some(*l),
+                None => view.tx_location(&checked.hash)?,
+            };
+            earlier.is_none()
         };
         if write {
             if !index.contains_key(&checked.hash) {

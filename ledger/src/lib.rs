@@ -34,7 +34,7 @@ pub mod tx;
 pub use block::{BlockHeader, batch_digest};
 pub use execute::{
     CheckedTx, Executed, StateError, StateView, StateWrite, TxLocation, check_transactions,
-    decode_for_chain, execute_batch, genesis_state,
+    check_transactions_with, decode_for_chain, execute_batch, genesis_state,
 };
 pub use state::{Account, LtHash};
 pub use tx::{Action, SignedTransaction, TX_BYTES_MAX, TX_DOMAIN, Transaction};

@@ -2,8 +2,8 @@
 //! `docs/transactions.md`).
 
 use tally_crypto::{
-    ChainId, CryptoError, Digest, Domain, PublicKey, SecretKey, Signature, SignatureCheck,
-    ValidKey, Verifiable,
+    ChainId, CryptoError, Digest, Domain, KeyCache, PublicKey, SecretKey, Signature,
+    SignatureCheck, Verifiable,
 };
 
 use crate::TxError;
@@ -206,14 +206,17 @@ impl SignedTransaction {
     }
 }
 
-/// A transaction names its own signer; the context is the cache of keys already validated,
-/// or nothing.
+/// A transaction names its own signer; the context caches keys already validated.
 impl Verifiable for SignedTransaction {
-    type Context = ();
+    type Context = KeyCache;
 
-    fn signature_checks(&self, _: &(), out: &mut Vec<SignatureCheck>) -> Result<(), CryptoError> {
+    fn signature_checks(
+        &self,
+        keys: &KeyCache,
+        out: &mut Vec<SignatureCheck>,
+    ) -> Result<(), CryptoError> {
         out.push(SignatureCheck {
-            key: ValidKey::new(&self.tx.sender)?,
+            key: keys.get(&self.tx.sender)?,
             domain: TX_DOMAIN,
             body: self.body().to_vec(),
             signature: self.signature,

@@ -69,7 +69,7 @@ pub struct Admission {
 impl Admission {
     pub fn new(shared: Arc<Shared>, p2p: P2pHandle) -> Admission {
         let verify = VerifyPool::spawn(
-            Arc::new(()),
+            shared.keys.clone(),
             shared.chain_id.clone(),
             512,
             200_000,
@@ -125,11 +125,16 @@ impl Admission {
         source: Source,
     ) -> Result<Digest, SubmitError> {
         use tally_ledger::StateView;
-        let account = StoreView(&*self.shared.store)
-            .account(&tx.tx().sender)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let sender = tx.tx().sender;
+        let cached = self.shared.mempool().cached_nonce(&sender);
+        let account = match cached {
+            Some(nonce) => tally_ledger::Account { balance: 0, nonce },
+            None => StoreView(&*self.shared.store)
+                .account(&sender)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        };
         let bytes = (source == Source::Rpc).then(|| tx.encoded().to_vec());
         let hash = self.shared.mempool().admit(tx, account)?;
         self.shared
@@ -324,15 +329,15 @@ pub async fn fetch_bodies(
             .filter_map(|b| decode_for_chain(&shared.chain_id, b).ok())
             .filter(|t| missing.contains(&t.hash()))
             .collect();
-        let chain = shared.chain_id.clone();
+        let (chain, keys) = (shared.chain_id.clone(), shared.keys.clone());
         let verified =
-            tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&(), &chain, txs))
+            tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await
                 .unwrap_or_default();
         let mut pool = shared.mempool();
         for v in verified.into_iter().flatten() {
             missing.remove(&v.hash());
-            pool.remember(v);
+            pool.remember(Arc::new(v));
         }
     }
     missing.is_empty()

@@ -68,6 +68,12 @@ impl StateView for StoreView<'_> {
     }
 }
 
+/// A block just applied, and the accounts it changed (with their new values).
+pub struct Applied {
+    pub block: StoredBlock,
+    pub touched: Vec<(PublicKey, Account)>,
+}
+
 pub struct Chain {
     store: Arc<dyn Store>,
     chain_id: ChainId,
@@ -175,7 +181,7 @@ impl Chain {
         checked: &[CheckedTx],
         certificate: Option<CommitCertificate>,
         sync: bool,
-    ) -> Result<StoredBlock, ChainError> {
+    ) -> Result<Applied, ChainError> {
         if height != self.height + 1 {
             return Err(ChainError::OutOfOrder {
                 height: self.height,
@@ -211,7 +217,10 @@ impl Chain {
         self.height = height;
         self.last_hash = block.hash();
         self.state_hash = executed.state_hash;
-        Ok(block)
+        Ok(Applied {
+            block,
+            touched: executed.touched_accounts,
+        })
     }
 
     pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, ChainError> {

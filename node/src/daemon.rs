@@ -126,6 +126,7 @@ pub async fn run(home: &Path) -> Result<()> {
         blocks,
         evidence: Mutex::new(Default::default()),
         metrics: metrics.clone(),
+        keys: Arc::new(tally_crypto::KeyCache::new(200_000)),
         mempool_changed: Notify::new(),
     });
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tally_consensus::{Batch, CommitCertificate, Seq};
 use tally_crypto::Digest;
-use tally_ledger::{CheckedTx, check_transactions};
+use tally_ledger::{CheckedTx, check_transactions_with};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -160,12 +160,13 @@ fn apply(
             txs,
             certificate,
         } => {
-            let checked = check_transactions(&shared.chain_id, &txs);
+            let checked = check_transactions_with(&shared.chain_id, &txs, &shared.keys);
             (height, txs, checked, certificate, None, true)
         }
     };
     let write_started = Instant::now();
-    let block = chain.apply(height, raw, &checked, certificate, false)?;
+    let crate::chain::Applied { block, touched } =
+        chain.apply(height, raw, &checked, certificate, false)?;
     let m = &shared.metrics;
     m.storage_write_duration
         .get_or_create(&tally_monitoring::KindLabels {
@@ -197,22 +198,6 @@ fn apply(
 
     // The mempool drops what committed; local transactions report their latency.
     let hashes: Vec<Digest> = checked.iter().map(|c| c.hash).collect();
-    let touched: Vec<_> = {
-        let view = crate::chain::StoreView(&**chain.store());
-        let mut senders: Vec<_> = checked
-            .iter()
-            .filter_map(|c| c.tx.as_ref().ok().map(|t| t.tx().sender))
-            .collect();
-        senders.sort_unstable();
-        senders.dedup();
-        senders
-            .into_iter()
-            .map(|s| {
-                use tally_ledger::StateView;
-                (s, view.account(&s).ok().flatten().unwrap_or_default())
-            })
-            .collect()
-    };
     let arrivals = shared.mempool().on_block(&hashes, &touched);
     for (_, arrived) in arrivals {
         m.transaction_latency

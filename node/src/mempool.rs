@@ -3,6 +3,7 @@
 //! recently, so a proposal naming a just-committed transaction can still be resolved.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_crypto::{Digest, PublicKey, Verified};
@@ -44,8 +45,11 @@ impl AdmitError {
     }
 }
 
+/// A verified transaction, shared between the mempool, execution and gossip.
+pub type TxRef = Arc<Verified<SignedTransaction>>;
+
 struct Entry {
-    tx: Verified<SignedTransaction>,
+    tx: TxRef,
     len: usize,
     arrived: Instant,
     proposed_at: Option<Instant>,
@@ -60,7 +64,7 @@ pub struct Mempool {
     bytes: usize,
     /// Committed nonce of senders with pending transactions.
     nonces: HashMap<PublicKey, u64>,
-    known: HashMap<Digest, Verified<SignedTransaction>>,
+    known: HashMap<Digest, TxRef>,
     known_order: VecDeque<Digest>,
 }
 
@@ -91,6 +95,11 @@ impl Mempool {
         self.bytes
     }
 
+    /// The committed nonce of a sender with pending transactions (saves a state read).
+    pub fn cached_nonce(&self, who: &PublicKey) -> Option<u64> {
+        self.nonces.get(who).copied()
+    }
+
     /// Whether some transaction could be proposed now: a sender whose lowest pending nonce is
     /// its account's next nonce. (A transaction waiting behind a nonce gap is not work for
     /// consensus; counting it would make backups suspect an idle primary forever.)
@@ -106,7 +115,7 @@ impl Mempool {
     }
 
     /// A body by hash, pending or recently seen.
-    pub fn body(&self, hash: &Digest) -> Option<&Verified<SignedTransaction>> {
+    pub fn body(&self, hash: &Digest) -> Option<&TxRef> {
         self.txs
             .get(hash)
             .map(|e| &e.tx)
@@ -115,7 +124,7 @@ impl Mempool {
 
     /// Remembers a body (verified) without making it pending: bodies fetched to complete a
     /// proposal, or of transactions that left the pool.
-    pub fn remember(&mut self, tx: Verified<SignedTransaction>) {
+    pub fn remember(&mut self, tx: TxRef) {
         let hash = tx.hash();
         if self.known.contains_key(&hash) || self.txs.contains_key(&hash) {
             return;
@@ -139,44 +148,45 @@ impl Mempool {
         if self.txs.contains_key(&hash) {
             return Err(AdmitError::Duplicate);
         }
-        let t = tx.tx();
+        let (sender, nonce) = (tx.tx().sender, tx.tx().nonce);
         let expected = self
             .nonces
-            .get(&t.sender)
+            .get(&sender)
             .copied()
             .unwrap_or(0)
             .max(account.nonce);
-        if t.nonce < expected {
+        if nonce < expected {
             return Err(AdmitError::StaleNonce {
                 expected,
-                got: t.nonce,
+                got: nonce,
             });
         }
-        if t.nonce > expected + NONCE_GAP_MAX {
+        if nonce > expected + NONCE_GAP_MAX {
             return Err(AdmitError::NonceTooFar {
                 expected,
-                got: t.nonce,
+                got: nonce,
             });
         }
         if self
             .by_sender
-            .get(&t.sender)
-            .is_some_and(|m| m.contains_key(&t.nonce))
+            .get(&sender)
+            .is_some_and(|m| m.contains_key(&nonce))
         {
-            return Err(AdmitError::NonceTaken { nonce: t.nonce });
+            return Err(AdmitError::NonceTaken { nonce });
         }
         let len = tx.encoded().len();
+        let tx = Arc::new(tx);
         if self.txs.len() >= self.max_txs || self.bytes + len > self.max_bytes {
             return Err(AdmitError::Full {
                 count: self.txs.len(),
                 bytes: self.bytes,
             });
         }
-        self.nonces.insert(t.sender, expected);
+        self.nonces.insert(sender, expected);
         self.by_sender
-            .entry(t.sender)
+            .entry(sender)
             .or_default()
-            .insert(t.nonce, hash);
+            .insert(nonce, hash);
         self.queue.push_back(hash);
         self.bytes += len;
         self.txs.insert(
@@ -357,7 +367,7 @@ mod tests {
         }
         .sign(key)
         .unwrap();
-        tally_crypto::verify(&(), &chain, signed).unwrap()
+        tally_crypto::verify(&tally_crypto::KeyCache::default(), &chain, signed).unwrap()
     }
 
     fn account(nonce: u64) -> Account {

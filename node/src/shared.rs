@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tally_consensus::pbft::Evidence;
 use tally_consensus::{ValidatorId, ValidatorSet};
-use tally_crypto::{ChainId, Digest, PublicKey};
+use tally_crypto::{ChainId, Digest, KeyCache, PublicKey};
 use tally_genesis::Genesis;
 use tally_monitoring::Metrics;
 use tally_storage::Store;
@@ -50,6 +50,8 @@ pub struct Shared {
     pub blocks: broadcast::Sender<Arc<StoredBlock>>,
     pub evidence: Mutex<VecDeque<EvidenceRecord>>,
     pub metrics: Arc<Metrics>,
+    /// Validated sender keys, shared by every verification path.
+    pub keys: Arc<KeyCache>,
     /// Woken when the mempool gets new transactions (the driver may cut a batch).
     pub mempool_changed: Notify,
 }
