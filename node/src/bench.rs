@@ -370,6 +370,8 @@ struct Report {
     refused_mempool_full: u64,
     refused_other: u64,
     view_changes: f64,
+    blocks_per_s: f64,
+    transactions_per_block: f64,
     nodes: Vec<NodeUse>,
     ceiling: Ceiling,
     timeline: Vec<TimelinePoint>,
@@ -509,6 +511,7 @@ async fn drive(
     );
     let mut cpu_start = Vec::new();
     let mut view_changes_start = 0.0;
+    let mut blocks_start = 0.0;
     let per_tick = a.rate as f64 / 100.0;
     let mut sent = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -525,6 +528,7 @@ async fn drive(
             for n in &info.nodes {
                 view_changes_start += metric_sum(&n.metrics, "tally_view_changes_total").await;
             }
+            blocks_start = metric_sum(&info.nodes[0].metrics, "tally_blocks_committed_total").await;
         }
         let due = ((k + 1) as f64 * per_tick) as usize;
         k += 1;
@@ -595,6 +599,8 @@ async fn drive(
     for n in &info.nodes {
         view_changes_end += metric_sum(&n.metrics, "tally_view_changes_total").await;
     }
+    let blocks =
+        metric_sum(&info.nodes[0].metrics, "tally_blocks_committed_total").await - blocks_start;
     // Let the last ones commit.
     let drain = Instant::now();
     while drain.elapsed() < Duration::from_secs(10)
@@ -668,6 +674,12 @@ async fn drive(
         refused_mempool_full: refused_full.load(Ordering::Relaxed),
         refused_other: refused_other.load(Ordering::Relaxed),
         view_changes: view_changes_end - view_changes_start,
+        blocks_per_s: blocks / window,
+        transactions_per_block: if blocks > 0.0 {
+            committed as f64 / blocks
+        } else {
+            0.0
+        },
         nodes: nodes_use,
         ceiling: Ceiling {
             verifications_per_s_all_cores: verifications,
@@ -697,6 +709,10 @@ fn print_table(r: &Report) {
         r.refused_mempool_full, r.refused_other
     );
     println!("  view changes       {}", r.view_changes);
+    println!(
+        "  blocks             {:.1} /s, {:.0} transactions each",
+        r.blocks_per_s, r.transactions_per_block
+    );
     for n in &r.nodes {
         println!(
             "  {:<8}           cpu {:.2} cores  peak RSS {:.0} MB",

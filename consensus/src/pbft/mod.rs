@@ -337,6 +337,11 @@ impl Pbft {
         self.status
     }
 
+    /// Batches this primary proposed that have not committed yet.
+    pub fn in_flight(&self) -> u64 {
+        self.next_propose.0.saturating_sub(self.next_commit.0)
+    }
+
     pub fn me(&self) -> ValidatorId {
         self.me
     }
