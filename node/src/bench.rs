@@ -372,6 +372,8 @@ struct Report {
     view_changes: f64,
     blocks_per_s: f64,
     transactions_per_block: f64,
+    /// CPU of this benchmark process itself (it shares the machine with the nodes).
+    client_cpu_cores: f64,
     nodes: Vec<NodeUse>,
     ceiling: Ceiling,
     timeline: Vec<TimelinePoint>,
@@ -512,6 +514,7 @@ async fn drive(
     let mut cpu_start = Vec::new();
     let mut view_changes_start = 0.0;
     let mut blocks_start = 0.0;
+    let mut client_cpu_start = 0.0;
     let per_tick = a.rate as f64 / 100.0;
     let mut sent = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -525,6 +528,7 @@ async fn drive(
         }
         if cpu_start.is_empty() && elapsed >= a.warmup as f64 {
             cpu_start = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
+            client_cpu_start = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
             for n in &info.nodes {
                 view_changes_start += metric_sum(&n.metrics, "tally_view_changes_total").await;
             }
@@ -594,6 +598,7 @@ async fn drive(
         }
     }
     let cpu_end: Vec<_> = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
+    let client_cpu_end = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
     let window = start.elapsed().as_secs_f64() - a.warmup as f64;
     let mut view_changes_end = 0.0;
     for n in &info.nodes {
@@ -680,6 +685,7 @@ async fn drive(
         } else {
             0.0
         },
+        client_cpu_cores: (client_cpu_end - client_cpu_start) / window,
         nodes: nodes_use,
         ceiling: Ceiling {
             verifications_per_s_all_cores: verifications,
@@ -719,6 +725,7 @@ fn print_table(r: &Report) {
             n.name, n.cpu_cores, n.peak_rss_mb
         );
     }
+    println!("  bench client       cpu {:.2} cores", r.client_cpu_cores);
     println!(
         "  ceiling            {:.0} verifications/s on all cores / {} validators = {:.0} tx/s; committed/ceiling = {:.2}",
         r.ceiling.verifications_per_s_all_cores,
