@@ -88,10 +88,10 @@ fn default_rpc_connections() -> u32 {
     256
 }
 fn default_mempool_txs() -> u32 {
-    100_000
+    20_000
 }
 fn default_mempool_bytes() -> u64 {
-    64 * 1024 * 1024
+    16 * 1024 * 1024
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,7 +72,7 @@ impl Admission {
             shared.keys.clone(),
             shared.chain_id.clone(),
             512,
-            200_000,
+            20_000,
             Arc::new(|reply: TxReply, result| {
                 let _ = reply.send(result);
             }),
@@ -104,6 +104,23 @@ impl Admission {
             .into());
         }
         Ok(decode_for_chain(&self.shared.chain_id, bytes)?)
+    }
+
+    /// Refuses duplicates and, when the mempool is full, everything — before paying for the
+    /// signature check. Under overload this is what keeps the node's CPU for consensus.
+    fn room_for(&self, tx: &SignedTransaction) -> Result<(), SubmitError> {
+        let pool = self.shared.mempool();
+        if pool.contains(&tx.hash()) {
+            return Err(AdmitError::Duplicate.into());
+        }
+        if pool.full_for(tx.encoded().len()) {
+            return Err(AdmitError::Full {
+                count: pool.len(),
+                bytes: pool.bytes(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Starts verification; the receiver yields the verified transaction.
@@ -155,9 +172,7 @@ impl Admission {
     pub async fn submit(&self, bytes: &[u8]) -> Result<Digest, SubmitError> {
         let result = async {
             let tx = self.decode(bytes)?;
-            if self.shared.mempool().contains(&tx.hash()) {
-                return Err(AdmitError::Duplicate.into());
-            }
+            self.room_for(&tx)?;
             let verified = self
                 .start_verify(tx)?
                 .await
@@ -177,7 +192,10 @@ impl Admission {
     pub async fn submit_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Digest, SubmitError>> {
         let mut pending = Vec::with_capacity(txs.len());
         for bytes in txs {
-            pending.push(self.decode(bytes).and_then(|tx| self.start_verify(tx)));
+            pending.push(self.decode(bytes).and_then(|tx| {
+                self.room_for(&tx)?;
+                self.start_verify(tx)
+            }));
         }
         let mut out = Vec::with_capacity(txs.len());
         for p in pending {
@@ -197,6 +215,15 @@ impl Admission {
         out
     }
 
+    /// Keeps a bundle's transactions aside unverified (the node is busy or full) and does not
+    /// forward it.
+    pub fn stash_gossip(&self, id: GossipId, bytes: Vec<u8>) {
+        if let Some(bundle) = wire::decode::<TxBundle>(&bytes) {
+            self.shared.mempool().stash(bundle.txs);
+        }
+        self.p2p.ignore_gossip(id);
+    }
+
     /// A gossiped bundle: accepted only if every transaction passes the stateless checks
     /// (which every honest node applies identically); valid ones are admitted.
     pub async fn on_gossip(&self, id: GossipId, bytes: Vec<u8>) {
@@ -205,6 +232,18 @@ impl Admission {
             self.p2p.report_gossip(id, false);
             return;
         };
+        // Full: stash the bundle unverified (a proposal naming its transactions verifies them
+        // then), and do not forward it. Neutral for the sender's score.
+        {
+            let mut pool = self.shared.mempool();
+            if pool.full_for(0) {
+                pool.stash(bundle.txs);
+                drop(pool);
+                Metrics::inc_reason(&self.shared.metrics.mempool_rejected, "full");
+                self.p2p.ignore_gossip(id);
+                return;
+            }
+        }
         let mut receivers = Vec::with_capacity(bundle.txs.len());
         for bytes in &bundle.txs {
             let tx = match self.decode(bytes) {
@@ -305,6 +344,26 @@ pub async fn fetch_bodies(
     prefer: Option<PublicKey>,
 ) -> bool {
     let mut missing: std::collections::HashSet<Digest> = hashes.into_iter().collect();
+    // Bodies stashed unverified while the mempool was full: verify them here first.
+    let stashed = shared
+        .mempool()
+        .take_stashed(&missing.iter().copied().collect::<Vec<_>>());
+    if !stashed.is_empty() {
+        let (chain, keys) = (shared.chain_id.clone(), shared.keys.clone());
+        let txs: Vec<SignedTransaction> = stashed
+            .iter()
+            .filter_map(|b| decode_for_chain(&shared.chain_id, b).ok())
+            .collect();
+        let verified =
+            tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
+                .await
+                .unwrap_or_default();
+        let mut pool = shared.mempool();
+        for v in verified.into_iter().flatten() {
+            missing.remove(&v.hash());
+            pool.remember(Arc::new(v));
+        }
+    }
     let mut peers = shared.status().peers;
     if let Some(p) = prefer {
         peers.retain(|k| *k != p);

@@ -34,6 +34,9 @@ fn socket(address: &str) -> Result<SocketAddr> {
         .with_context(|| format!("address {address} resolves to nothing"))
 }
 
+/// Gossiped bundles admitted concurrently.
+const GOSSIP_IN_FLIGHT: usize = 64;
+
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(home: &Path) -> Result<()> {
     let config = NodeConfig::load(home)?;
@@ -212,6 +215,7 @@ pub async fn run(home: &Path) -> Result<()> {
     // p2p events → verifier, admission, sync server, status.
     {
         let (shared, p2p, admission) = (shared.clone(), p2p.clone(), admission.clone());
+        let gossip_slots = Arc::new(tokio::sync::Semaphore::new(GOSSIP_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(event) = p2p_events.recv().await {
                 match event {
@@ -232,8 +236,18 @@ pub async fn run(home: &Path) -> Result<()> {
                         }
                     },
                     P2pEvent::Gossip { id, bytes, .. } => {
-                        let admission = admission.clone();
-                        tokio::spawn(async move { admission.on_gossip(id, bytes).await });
+                        // At most GOSSIP_IN_FLIGHT bundles are being admitted at once (bounded
+                        // memory); beyond that a bundle is stashed unverified.
+                        match gossip_slots.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let admission = admission.clone();
+                                tokio::spawn(async move {
+                                    admission.on_gossip(id, bytes).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => admission.stash_gossip(id, bytes),
+                        }
                     }
                     P2pEvent::SyncRequest { id, bytes, .. } => {
                         let (shared, p2p) = (shared.clone(), p2p.clone());

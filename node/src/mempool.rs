@@ -14,6 +14,8 @@ pub const NONCE_GAP_MAX: u64 = 1024;
 /// The smallest encoded transaction: a put with a 1-byte chain id, a 1-byte key and an
 /// empty value (1+1+1+32+8+1+2+1+4+64).
 const MIN_TX_BYTES: usize = 115;
+/// Unverified bodies kept while the pool is full.
+const STASH_MAX: usize = 40_000;
 /// Bodies kept after they leave the pool.
 const KNOWN_MAX: usize = 50_000;
 
@@ -66,6 +68,10 @@ pub struct Mempool {
     nonces: HashMap<PublicKey, u64>,
     known: HashMap<Digest, TxRef>,
     known_order: VecDeque<Digest>,
+    /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
+    /// one verifies it on demand instead of fetching it over the network.
+    stash: HashMap<Digest, Vec<u8>>,
+    stash_order: VecDeque<Digest>,
 }
 
 impl Mempool {
@@ -80,6 +86,8 @@ impl Mempool {
             nonces: HashMap::new(),
             known: HashMap::new(),
             known_order: VecDeque::new(),
+            stash: HashMap::new(),
+            stash_order: VecDeque::new(),
         }
     }
 
@@ -93,6 +101,34 @@ impl Mempool {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Keeps encoded transactions aside, unverified, bounded by `STASH_MAX`.
+    pub fn stash(&mut self, txs: Vec<Vec<u8>>) {
+        for tx in txs {
+            let hash = Digest::of(&tx);
+            if self.stash.contains_key(&hash) || self.txs.contains_key(&hash) {
+                continue;
+            }
+            self.stash.insert(hash, tx);
+            self.stash_order.push_back(hash);
+            while self.stash_order.len() > STASH_MAX {
+                if let Some(old) = self.stash_order.pop_front() {
+                    self.stash.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Takes stashed bodies for these hashes (to be verified by the caller).
+    pub fn take_stashed(&mut self, hashes: &[Digest]) -> Vec<Vec<u8>> {
+        hashes.iter().filter_map(|h| self.stash.remove(h)).collect()
+    }
+
+    /// Whether a transaction of `len` bytes would be refused for lack of room. Checked before
+    /// the signature, so an overloaded node does not spend CPU on what it will refuse.
+    pub fn full_for(&self, len: usize) -> bool {
+        self.txs.len() >= self.max_txs || self.bytes + len > self.max_bytes
     }
 
     /// The committed nonce of a sender with pending transactions (saves a state read).

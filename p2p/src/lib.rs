@@ -136,6 +136,9 @@ pub(crate) enum Command {
         id: GossipId,
         accept: bool,
     },
+    Ignore {
+        id: GossipId,
+    },
     Request {
         to: PublicKey,
         bytes: Vec<u8>,
@@ -185,6 +188,11 @@ impl P2pHandle {
     /// cost the sender peer score.
     pub fn report_gossip(&self, id: GossipId, accept: bool) {
         self.command(Command::Report { id, accept });
+    }
+
+    /// Drops a gossiped bundle without judging it (no forwarding, no score change).
+    pub fn ignore_gossip(&self, id: GossipId) {
+        self.command(Command::Ignore { id });
     }
 
     /// A sync request to one peer; resolves with its response.

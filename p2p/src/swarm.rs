@@ -338,6 +338,16 @@ impl Task {
                     .gossip
                     .report_message_validation_result(&id.message_id, &id.source, acceptance);
             }
+            Command::Ignore { id } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(
+                        &id.message_id,
+                        &id.source,
+                        MessageAcceptance::Ignore,
+                    );
+            }
             Command::Request { to, bytes, reply } => {
                 let Ok(id) = peer_id(&to) else {
                     let _ = reply.send(Err(P2pError::Key));
