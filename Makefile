@@ -11,7 +11,7 @@ endif
 TALLY := $(CARGO_TARGET_DIR)/debug/tally
 DEVNET_DIR ?= devnet-data
 
-.PHONY: all deps build test lint devnet clean-devnet
+.PHONY: all deps build test lint devnet bench clean-devnet
 
 all: build
 
@@ -41,6 +41,13 @@ test: lint
 devnet: build
 	$(TALLY) devnet --validators 4 --consensus pbft --data $(DEVNET_DIR) --fresh \
 		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
+
+## make bench: the throughput benchmark (release build). RATE=… DURATION=… override.
+RATE ?= 3000
+DURATION ?= 60s
+bench: deps
+	cargo build --release --bin tally
+	$(CARGO_TARGET_DIR)/release/tally bench --validators 4 --tx-bytes 512 --rate $(RATE) --duration $(DURATION)
 
 clean-devnet:
 	rm -rf $(DEVNET_DIR)
