@@ -107,6 +107,8 @@ pub struct Metrics {
     pub p2p_messages: Family<P2pLabels, Counter>,
     pub p2p_bytes: Family<P2pLabels, Counter>,
     pub p2p_dropped: Family<DirectionLabels, Counter>,
+    pub p2p_gossip_rejected: Counter,
+    pub p2p_genesis_mismatch: Counter,
     pub storage_write_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub storage_written_bytes: Family<KindLabels, Counter>,
     pub storage_size: Gauge,
@@ -149,6 +151,8 @@ impl Metrics {
             p2p_messages: Family::default(),
             p2p_bytes: Family::default(),
             p2p_dropped: Family::default(),
+            p2p_gossip_rejected: Counter::default(),
+            p2p_genesis_mismatch: Counter::default(),
             storage_write_duration: Family::new_with_constructor(latency_histogram),
             storage_written_bytes: Family::default(),
             storage_size: Gauge::default(),
@@ -288,6 +292,16 @@ impl Metrics {
             "tally_p2p_dropped_messages",
             "Messages dropped by bounded queues, by direction",
             m.p2p_dropped.clone(),
+        );
+        r.register(
+            "tally_p2p_gossip_rejected",
+            "Gossiped bundles judged invalid (their sender loses peer score)",
+            m.p2p_gossip_rejected.clone(),
+        );
+        r.register(
+            "tally_p2p_genesis_mismatch",
+            "Connections closed because the peer runs another network",
+            m.p2p_genesis_mismatch.clone(),
         );
         r.register_with_unit(
             "tally_storage_write_duration",

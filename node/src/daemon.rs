@@ -308,7 +308,8 @@ async fn shutdown_signal() {
 
 /// Refreshes, at each scrape, the gauges and counters fed from elsewhere.
 fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Refresh {
-    let last: Arc<Mutex<std::collections::HashMap<&'static str, u64>>> = Arc::default();
+    type Key = (&'static str, &'static str, &'static str);
+    let last: Arc<Mutex<std::collections::HashMap<Key, u64>>> = Arc::default();
     let last_cpu = Arc::new(Mutex::new(0.0f64));
     Arc::new(move || {
         let m = &shared.metrics;
@@ -321,7 +322,7 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
         m.peers.set(stats.connected_peers.load(Relaxed) as i64);
         m.storage_size.set(shared.store.size_bytes() as i64);
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-        let mut delta = |name: &'static str, now: u64| {
+        let mut delta = |name: Key, now: u64| {
             let before = last.insert(name, now).unwrap_or(0);
             now.saturating_sub(before)
         };
@@ -362,32 +363,31 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
                 protocol: protocol.into(),
                 direction: direction.into(),
             };
-            let key_m: &'static str =
-                Box::leak(format!("{protocol}_{direction}_m").into_boxed_str());
-            let key_b: &'static str =
-                Box::leak(format!("{protocol}_{direction}_b").into_boxed_str());
             m.p2p_messages
                 .get_or_create(&labels)
-                .inc_by(delta(key_m, msgs.load(Relaxed)));
+                .inc_by(delta((protocol, direction, "messages"), msgs.load(Relaxed)));
             m.p2p_bytes
                 .get_or_create(&labels)
-                .inc_by(delta(key_b, bytes.load(Relaxed)));
+                .inc_by(delta((protocol, direction, "bytes"), bytes.load(Relaxed)));
         }
         for (direction, c) in [
             ("out", &stats.dropped_outbound),
             ("in", &stats.dropped_inbound),
         ] {
-            let key: &'static str = if direction == "out" {
-                "dropped_out"
-            } else {
-                "dropped_in"
-            };
             m.p2p_dropped
                 .get_or_create(&DirectionLabels {
                     direction: direction.into(),
                 })
-                .inc_by(delta(key, c.load(Relaxed)));
+                .inc_by(delta(("dropped", direction, ""), c.load(Relaxed)));
         }
+        m.p2p_gossip_rejected.inc_by(delta(
+            ("gossip_rejected", "", ""),
+            stats.gossip_rejected.load(Relaxed),
+        ));
+        m.p2p_genesis_mismatch.inc_by(delta(
+            ("genesis_mismatch", "", ""),
+            stats.genesis_mismatch.load(Relaxed),
+        ));
         if let Some((cpu, rss, fds)) = tally_monitoring::process_usage() {
             let mut last_cpu = last_cpu.lock().unwrap_or_else(|e| e.into_inner());
             if cpu > *last_cpu {

@@ -201,6 +201,20 @@ async fn prometheus_scrapes_a_loaded_network_and_every_panel_has_data() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Every family the node exports is documented in the metrics reference.
+        let reference = std::fs::read_to_string(format!("{REPO}/docs/metrics.md")).unwrap();
+        for line in body.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split_whitespace().next().unwrap();
+                let documented = [name, &format!("{name}_total")].iter().any(|n| {
+                    reference.contains(&format!("`{n}`")) || reference.contains(&format!("`{n}{{"))
+                });
+                assert!(
+                    !name.starts_with("tally_") || documented,
+                    "{name} is exported but not in docs/metrics.md"
+                );
+            }
+        }
     }
     let out = Command::new("promtool")
         .args(["check", "rules", &format!("{REPO}/monitoring/alerts.yml")])

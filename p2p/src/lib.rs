@@ -151,6 +151,9 @@ pub(crate) enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PublicKey>>,
     },
+    Scores {
+        reply: oneshot::Sender<Vec<(PublicKey, f64)>>,
+    },
 }
 
 /// The node's side of the p2p task.
@@ -213,6 +216,16 @@ impl P2pHandle {
     pub async fn peers(&self) -> Vec<PublicKey> {
         let (reply, rx) = oneshot::channel();
         if self.commands.send(Command::Peers { reply }).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The gossip peer score of each connected peer (negative after invalid bundles; below
+    /// the gossip thresholds its messages are ignored).
+    pub async fn peer_scores(&self) -> Vec<(PublicKey, f64)> {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Scores { reply }).await.is_err() {
             return vec![];
         }
         rx.await.unwrap_or_default()

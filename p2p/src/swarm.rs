@@ -228,15 +228,29 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
     ))
 }
 
-/// Invalid bundles on the transaction topic weigh heavily; a peer that keeps sending them
-/// drops below the gossip thresholds and is ignored.
+/// Gossip peer scoring for a small permissioned network. A bundle the node rejects (it does
+/// not decode or a signature is invalid — never a judgement honest nodes could disagree on)
+/// costs its sender 100 points, squared in the count and decaying by 10% a second: one such
+/// bundle puts the sender below the graylist threshold (−80), where its gossip is ignored.
+/// The positive terms are kept small so that no amount of good behaviour buys tolerance for
+/// invalid bundles, and the under-delivery penalties are off: in a quiet network honest
+/// validators deliver little, which is not misbehaviour.
 fn peer_score_params(topic: &IdentTopic) -> gossipsub::PeerScoreParams {
     let mut params = gossipsub::PeerScoreParams::default();
     params.topics.insert(
         topic.hash(),
         gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            time_in_mesh_weight: 0.01,
+            time_in_mesh_quantum: Duration::from_secs(1),
+            time_in_mesh_cap: 100.0,
+            first_message_deliveries_weight: 0.1,
+            first_message_deliveries_decay: 0.5,
+            first_message_deliveries_cap: 50.0,
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
             invalid_message_deliveries_weight: -100.0,
-            invalid_message_deliveries_decay: 0.5,
+            invalid_message_deliveries_decay: 0.9,
             ..Default::default()
         },
     );
@@ -388,6 +402,16 @@ impl Task {
                     .collect();
                 let _ = reply.send(keys);
             }
+            Command::Scores { reply } => {
+                let gossip = &self.swarm.behaviour().gossip;
+                let scores = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.connected)
+                    .filter_map(|(id, p)| gossip.peer_score(id).map(|s| (p.key, s)))
+                    .collect();
+                let _ = reply.send(scores);
+            }
         }
     }
 
@@ -414,23 +438,9 @@ impl Task {
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => info!("p2p listening on {address}"),
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                if let Some(p) = self.peers.get_mut(&peer_id) {
-                    p.backoff = BACKOFF_MIN;
-                    p.next_dial = None;
-                    if !p.connected {
-                        p.connected = true;
-                        P2pStats::add(&self.stats.connected_peers, 1);
-                        let key = p.key;
-                        info!(peer = %key, "peer connected");
-                        self.emit(P2pEvent::PeerConnected(key));
-                    }
-                }
-                let _ = num_established;
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                // Not yet a peer: it becomes one when identify confirms it runs this network.
+                debug!("connection to {peer_id} established");
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -465,15 +475,34 @@ impl Task {
 
     fn on_behaviour(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocol_version != self.protocol_version =>
-            {
-                P2pStats::add(&self.stats.genesis_mismatch, 1);
-                warn!(
-                    "peer {peer_id} runs another network ({}); disconnecting",
-                    info.protocol_version
-                );
-                let _ = self.swarm.disconnect_peer_id(peer_id);
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != self.protocol_version {
+                    P2pStats::add(&self.stats.genesis_mismatch, 1);
+                    warn!(
+                        "peer {peer_id} runs another network ({}); disconnecting",
+                        info.protocol_version
+                    );
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        // Not worth redialling often: it will not change its genesis soon.
+                        p.backoff = BACKOFF_MAX;
+                        if p.address.is_some() {
+                            p.next_dial = Some(Instant::now() + BACKOFF_MAX);
+                        }
+                    }
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.backoff = BACKOFF_MIN;
+                    p.next_dial = None;
+                    if !p.connected {
+                        p.connected = true;
+                        P2pStats::add(&self.stats.connected_peers, 1);
+                        let key = p.key;
+                        info!(peer = %key, "peer connected");
+                        self.emit(P2pEvent::PeerConnected(key));
+                    }
+                }
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
