@@ -101,6 +101,7 @@ pub struct Metrics {
     pub syncing: Gauge,
     pub mempool_transactions: Gauge,
     pub mempool_bytes: Gauge,
+    pub mempool_ready: Gauge,
     pub mempool_admitted: Family<SourceLabels, Counter>,
     pub mempool_rejected: Family<ReasonLabels, Counter>,
     pub peers: Gauge,
@@ -145,6 +146,7 @@ impl Metrics {
             syncing: Gauge::default(),
             mempool_transactions: Gauge::default(),
             mempool_bytes: Gauge::default(),
+            mempool_ready: Gauge::default(),
             mempool_admitted: Family::default(),
             mempool_rejected: Family::default(),
             peers: Gauge::default(),
@@ -265,6 +267,11 @@ impl Metrics {
             "Size of the transactions in the mempool",
             Unit::Bytes,
             m.mempool_bytes.clone(),
+        );
+        r.register(
+            "tally_mempool_ready_transactions",
+            "Mempool transactions that could be ordered now (not waiting behind a nonce gap)",
+            m.mempool_ready.clone(),
         );
         r.register(
             "tally_mempool_admitted",

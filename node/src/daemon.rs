@@ -317,6 +317,7 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
             let pool = shared.mempool();
             m.mempool_transactions.set(pool.len() as i64);
             m.mempool_bytes.set(pool.bytes() as i64);
+            m.mempool_ready.set(pool.ready_count() as i64);
         }
         use std::sync::atomic::Ordering::Relaxed;
         m.peers.set(stats.connected_peers.load(Relaxed) as i64);

@@ -146,6 +146,25 @@ impl Mempool {
         })
     }
 
+    /// Transactions that could be ordered now: for each sender, the run of consecutive nonces
+    /// starting at its account's next nonce (what is behind a gap is not counted).
+    pub fn ready_count(&self) -> usize {
+        self.by_sender
+            .iter()
+            .map(|(who, nonces)| {
+                let mut next = self.nonces.get(who).copied().unwrap_or(0);
+                nonces
+                    .keys()
+                    .take_while(|n| {
+                        let ready = **n == next;
+                        next += 1;
+                        ready
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
     pub fn contains(&self, hash: &Digest) -> bool {
         self.txs.contains_key(hash)
     }
@@ -444,8 +463,12 @@ mod tests {
         assert!(!m.has_ready());
         m.admit(tx(&k, 2, 0), account(0)).unwrap();
         assert!(!m.has_ready(), "nonce 2 waits for 0 and 1");
+        assert_eq!(m.ready_count(), 0);
         m.admit(tx(&k, 0, 0), account(0)).unwrap();
         assert!(m.has_ready());
+        assert_eq!(m.ready_count(), 1, "0 is ready; 2 still waits for 1");
+        m.admit(tx(&k, 1, 0), account(0)).unwrap();
+        assert_eq!(m.ready_count(), 3);
     }
 
     #[test]
