@@ -188,7 +188,8 @@ fn domain_and_chain_are_bound() {
 #[test]
 fn batch_reports_each_bad_item_and_only_it() {
     let chain = ChainId::new("c").unwrap();
-    let keys: Vec<SecretKey> = (0..20u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
+    // 100 items: several batch equations; bad ones in the first, a middle and the last group.
+    let keys: Vec<SecretKey> = (0..100u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
     let mut items: Vec<Raw> = keys
         .iter()
         .enumerate()
@@ -205,9 +206,12 @@ fn batch_reports_each_bad_item_and_only_it() {
     items[3].0.body[0] ^= 1; // wrong message
     items[7].0.signature.0[40] ^= 1; // wrong S
     items[11].0.signature = keys[12].sign(D, &chain, &items[11].0.body); // wrong signer
+    items[40].0.signature.0[0] ^= 1; // wrong R
+    items[99].0.body.push(0); // wrong message, last item
     let results = verify_batch(&(), &chain, items);
+    assert_eq!(results.len(), 100);
     for (i, r) in results.iter().enumerate() {
-        assert_eq!(r.is_err(), [3, 7, 11].contains(&i), "item {i}");
+        assert_eq!(r.is_err(), [3, 7, 11, 40, 99].contains(&i), "item {i}");
     }
 }
 

@@ -55,6 +55,10 @@ impl RocksStore {
                 let mut t = BlockBasedOptions::default();
                 t.set_bloom_filter(10.0, false);
                 o.set_block_based_table_factory(&t);
+                // And in the memtable: most reads (a new data key, a transaction's index
+                // entry) miss it, and without a filter each miss walks the skiplist.
+                o.set_memtable_prefix_bloom_ratio(0.1);
+                o.set_memtable_whole_key_filtering(true);
             }
             ColumnFamilyDescriptor::new(*name, o)
         });
