@@ -480,6 +480,55 @@ fn view_change_timeouts_double() {
     );
 }
 
+/// §4.5.2: the timeout goes back to its base only when a request executes in the new view.
+/// Blocks executed from state transfer while the view change is still incomplete do not
+/// reset it; otherwise a lagging replica catching up from its peers would run through views
+/// alone at the base timeout and never meet them again (seed 588685728775 of the
+/// simulator, n = 4 with one Byzantine replica, did exactly that).
+#[test]
+fn state_transfer_during_a_view_change_keeps_the_backoff() {
+    let h = H::new(4);
+    let mut r = h.replica(1, &[], 0);
+    let tick = Input::Tick {
+        pending_requests: true,
+    };
+    let mut now = 0;
+    step(&mut r, now, tick.clone());
+    let mut starts = Vec::new();
+    let mut executed = 0;
+    for _ in 0..100_000 {
+        now += 5;
+        let out = step(&mut r, now, tick.clone());
+        if out
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::ViewChangeStarted { .. })))
+        {
+            starts.push(now);
+        }
+        // Meanwhile blocks keep arriving from peers and are executed.
+        if now % 20 == 0 && !starts.is_empty() {
+            executed += 1;
+            step(
+                &mut r,
+                now,
+                Input::Executed {
+                    seq: Seq(executed),
+                    state_root: Digest::of(&executed.to_le_bytes()),
+                },
+            );
+        }
+        if starts.len() == 4 {
+            break;
+        }
+    }
+    assert!(executed > 3, "blocks were executed during the view change");
+    let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[1] >= 2 * gaps[0] - 10 && gaps[2] >= 2 * gaps[1] - 10,
+        "the timeout must keep doubling while view-changing: gaps {gaps:?}"
+    );
+}
+
 /// §4.5.2: a replica that sees f+1 replicas in higher views joins the smallest of them.
 #[test]
 fn joins_a_higher_view_on_f_plus_one() {

@@ -467,10 +467,17 @@ impl Pbft {
                 .any(|(_, s)| s.pre_prepare.is_some() && s.committed.is_none())
     }
 
-    /// Called on every commit: progress resets the timer and the backoff.
+    /// Called on every commit and execution: progress in normal operation resets the timer
+    /// and the backoff. While view-changing it resets nothing: blocks executed from state
+    /// transfer are no sign that the new view works (TOCS'02 §4.5.2 — the backoff ends once a
+    /// request executes *in the new view*). Resetting it there let a lagging replica that
+    /// kept catching up by state transfer run through views alone at the base timeout, always
+    /// ahead of the others, and never rejoin them.
     pub(crate) fn on_progress(&mut self) {
-        self.backoff = 0;
-        self.progress_deadline = None;
+        if self.status == Status::Normal {
+            self.backoff = 0;
+            self.progress_deadline = None;
+        }
     }
 }
 
