@@ -1,6 +1,7 @@
 //! The chain: executes committed batches and persists each resulting block, with all its
 //! effects, in one atomic store write.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tally_consensus::CommitCertificate;
@@ -68,6 +69,34 @@ impl StateView for StoreView<'_> {
     }
 }
 
+/// Accounts kept in memory by the chain: the latest value of every account a recent block
+/// changed, so that execution rarely reads RocksDB for an account. Cleared when it outgrows
+/// its bound (the store stays the source of truth).
+const ACCOUNT_CACHE_MAX: usize = 200_000;
+
+/// The committed state as execution sees it: the account cache, then the store.
+struct CachedView<'a> {
+    store: StoreView<'a>,
+    accounts: &'a HashMap<PublicKey, Option<Account>>,
+}
+
+impl StateView for CachedView<'_> {
+    fn account(&self, who: &PublicKey) -> Result<Option<Account>, StateError> {
+        match self.accounts.get(who) {
+            Some(a) => Ok(*a),
+            None => self.store.account(who),
+        }
+    }
+
+    fn data(&self, owner: &PublicKey, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.store.data(owner, key)
+    }
+
+    fn tx_location(&self, hash: &Digest) -> Result<Option<TxLocation>, StateError> {
+        self.store.tx_location(hash)
+    }
+}
+
 /// A block just applied, and the accounts it changed (with their new values).
 pub struct Applied {
     pub block: StoredBlock,
@@ -81,6 +110,7 @@ pub struct Chain {
     state_hash: LtHash,
     height: u64,
     last_hash: Digest,
+    accounts: HashMap<PublicKey, Option<Account>>,
 }
 
 impl Chain {
@@ -145,6 +175,7 @@ impl Chain {
             state_hash,
             height,
             last_hash,
+            accounts: HashMap::new(),
         })
     }
 
@@ -189,7 +220,11 @@ impl Chain {
             });
         }
         assert_eq!(txs.len(), checked.len(), "one check per transaction");
-        let executed = execute_batch(&StoreView(&*self.store), &self.state_hash, height, checked)?;
+        let view = CachedView {
+            store: StoreView(&*self.store),
+            accounts: &self.accounts,
+        };
+        let executed = execute_batch(&view, &self.state_hash, height, checked)?;
         let header = BlockHeader {
             height,
             prev_hash: self.last_hash,
@@ -217,6 +252,14 @@ impl Chain {
         self.height = height;
         self.last_hash = block.hash();
         self.state_hash = executed.state_hash;
+        // Only now that the block is stored does the cache take its values.
+        if self.accounts.len() + executed.touched_accounts.len() > ACCOUNT_CACHE_MAX {
+            self.accounts.clear();
+        }
+        for (who, account) in &executed.touched_accounts {
+            let value = (!account.is_default()).then_some(*account);
+            self.accounts.insert(*who, value);
+        }
         Ok(Applied {
             block,
             touched: executed.touched_accounts,
