@@ -43,7 +43,7 @@ devnet: build
 		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
 
 ## make bench: the throughput benchmark (release build). RATE=… DURATION=… override.
-RATE ?= 3000
+RATE ?= 4000
 DURATION ?= 60s
 bench: deps
 	cargo build --release --bin tally
