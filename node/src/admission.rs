@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::chain::StoreView;
 use crate::driver::DriverInput;
-use crate::mempool::AdmitError;
+use crate::mempool::{AdmitError, Stashed};
 use crate::shared::Shared;
 use crate::verify::VerifyPool;
 use crate::wire::{self, SyncRequest, SyncResponse, TxBundle};
@@ -153,7 +153,10 @@ impl Admission {
                 .unwrap_or_default(),
         };
         let bytes = (source == Source::Rpc).then(|| tx.encoded().to_vec());
-        let hash = self.shared.mempool().admit(tx, account)?;
+        let hash = match source {
+            Source::Rpc => self.shared.mempool().admit(tx, account)?,
+            Source::Gossip => self.shared.mempool().admit_from_peer(tx, account)?,
+        };
         self.shared
             .metrics
             .mempool_admitted
@@ -213,6 +216,83 @@ impl Admission {
             out.push(r);
         }
         out
+    }
+
+    /// Admits bodies that were stashed unverified (gossip that came while the pool was full or
+    /// the node busy) once the pool has room again, oldest first, up to `max` at a time.
+    /// Without this, transactions that other nodes admitted while this one was full would
+    /// reach it only inside a proposal — so as the primary it would never propose them,
+    /// and the clients of the other nodes would wait for a view change. Stale bodies (nonce
+    /// already used, or committed) are dropped before paying for their signature.
+    /// Returns how many were admitted.
+    pub async fn promote_stashed(&self, max: usize) -> usize {
+        use tally_ledger::StateView;
+        let bodies = {
+            let mut pool = self.shared.mempool();
+            let room = pool.room().min(max);
+            if room == 0 {
+                return 0;
+            }
+            pool.take_stash_oldest(room)
+        };
+        let mut txs = Vec::with_capacity(bodies.len());
+        let mut admitted = 0;
+        for body in bodies {
+            let bytes = match body {
+                Stashed::Raw(bytes) => bytes,
+                Stashed::Checked(tx) => {
+                    match self.admit(*tx, Source::Gossip) {
+                        Ok(_) => admitted += 1,
+                        Err(e) => {
+                            Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason())
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Ok(tx) = self.decode(&bytes) else {
+                continue;
+            };
+            let (hash, sender, nonce) = (tx.hash(), tx.tx().sender, tx.tx().nonce);
+            let cached = {
+                let pool = self.shared.mempool();
+                if pool.body(&hash).is_some() {
+                    continue;
+                }
+                pool.cached_nonce(&sender)
+            };
+            let next = match cached {
+                Some(n) => n,
+                None => StoreView(&*self.shared.store)
+                    .account(&sender)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |a| a.nonce),
+            };
+            if nonce >= next {
+                txs.push(tx);
+            }
+        }
+        if txs.is_empty() {
+            return admitted;
+        }
+        let (chain, keys) = (self.shared.chain_id.clone(), self.shared.keys.clone());
+        let verified =
+            tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
+                .await
+                .unwrap_or_default();
+        for v in verified {
+            match v {
+                Ok(tx) => match self.admit(tx, Source::Gossip) {
+                    Ok(_) => admitted += 1,
+                    Err(e) => {
+                        Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason())
+                    }
+                },
+                Err(_) => Metrics::inc_kind(&self.shared.metrics.signature_rejections, "gossip", 1),
+            }
+        }
+        admitted
     }
 
     /// Keeps a bundle's transactions aside unverified (the node is busy or full) and does not
@@ -350,10 +430,19 @@ pub async fn fetch_bodies(
         .take_stashed(&missing.iter().copied().collect::<Vec<_>>());
     if !stashed.is_empty() {
         let (chain, keys) = (shared.chain_id.clone(), shared.keys.clone());
-        let txs: Vec<SignedTransaction> = stashed
-            .iter()
-            .filter_map(|b| decode_for_chain(&shared.chain_id, b).ok())
-            .collect();
+        let mut txs: Vec<SignedTransaction> = Vec::new();
+        {
+            let mut pool = shared.mempool();
+            for s in stashed {
+                match s {
+                    Stashed::Raw(b) => txs.extend(decode_for_chain(&shared.chain_id, &b).ok()),
+                    Stashed::Checked(v) => {
+                        missing.remove(&v.hash());
+                        pool.remember(Arc::new(*v));
+                    }
+                }
+            }
+        }
         let verified =
             tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await

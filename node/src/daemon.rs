@@ -151,6 +151,18 @@ pub async fn run(home: &Path) -> Result<()> {
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
     let admission = Admission::new(shared.clone(), p2p.clone());
     let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
+    // Stashed gossip enters the pool when there is room again.
+    {
+        let admission = admission.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                while admission.promote_stashed(1024).await > 0 {}
+            }
+        });
+    }
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
     let inflight: Arc<Mutex<HashSet<Digest>>> = Arc::default();

@@ -14,10 +14,17 @@ pub const NONCE_GAP_MAX: u64 = 1024;
 /// The smallest encoded transaction: a put with a 1-byte chain id, a 1-byte key and an
 /// empty value (1+1+1+32+8+1+2+1+4+64).
 const MIN_TX_BYTES: usize = 115;
-/// Unverified bodies kept while the pool is full.
-const STASH_MAX: usize = 40_000;
+/// Bodies kept aside (unverified, or verified but refused for lack of room) while the pool
+/// is full or the node busy: as many as the default pool holds.
+const STASH_MAX: usize = 20_000;
 /// Bodies kept after they leave the pool.
 const KNOWN_MAX: usize = 50_000;
+/// Share of the pool (count and bytes) that transactions behind a nonce gap may hold: they
+/// cannot be ordered until their sender fills the gap, so the rest stays free for work
+/// consensus can order. Without this bound, a client whose transaction was refused while
+/// the pool was full (or one that sends far-ahead nonces on purpose) fills the pool with
+/// transactions that wait forever, and the node refuses everything else.
+const GAPPED_SHARE_DIVISOR: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
@@ -33,6 +40,15 @@ pub enum AdmitError {
     NonceTaken { nonce: u64 },
     #[error("mempool full ({count} transactions, {bytes} bytes)")]
     Full { count: usize, bytes: usize },
+    #[error(
+        "mempool full for transactions behind a nonce gap ({count} such transactions, \
+         {bytes} bytes): send the account's next nonce {expected} first"
+    )]
+    GapFull {
+        count: usize,
+        bytes: usize,
+        expected: u64,
+    },
 }
 
 impl AdmitError {
@@ -43,12 +59,21 @@ impl AdmitError {
             AdmitError::NonceTooFar { .. } => "nonce_too_far",
             AdmitError::NonceTaken { .. } => "nonce_taken",
             AdmitError::Full { .. } => "full",
+            AdmitError::GapFull { .. } => "full_gapped",
         }
     }
 }
 
 /// A verified transaction, shared between the mempool, execution and gossip.
 pub type TxRef = Arc<Verified<SignedTransaction>>;
+
+/// A body kept aside until the pool has room or a proposal names it.
+pub enum Stashed {
+    /// Gossiped while the node was full or busy: not yet verified.
+    Raw(Vec<u8>),
+    /// Verified, but refused for lack of room (or behind a gap while the gap share was used).
+    Checked(Box<Verified<SignedTransaction>>),
+}
 
 struct Entry {
     tx: TxRef,
@@ -70,8 +95,13 @@ pub struct Mempool {
     known_order: VecDeque<Digest>,
     /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
     /// one verifies it on demand instead of fetching it over the network.
-    stash: HashMap<Digest, Vec<u8>>,
+    stash: HashMap<Digest, Stashed>,
     stash_order: VecDeque<Digest>,
+    /// Per sender with transactions behind a nonce gap: how many and their bytes; and the
+    /// totals over all senders.
+    gapped: HashMap<PublicKey, (usize, usize)>,
+    gapped_count: usize,
+    gapped_bytes: usize,
 }
 
 impl Mempool {
@@ -88,6 +118,55 @@ impl Mempool {
             known_order: VecDeque::new(),
             stash: HashMap::new(),
             stash_order: VecDeque::new(),
+            gapped: HashMap::new(),
+            gapped_count: 0,
+            gapped_bytes: 0,
+        }
+    }
+
+    /// Transactions behind a nonce gap (waiting for their sender, not for consensus).
+    pub fn gapped_count(&self) -> usize {
+        self.gapped_count
+    }
+
+    /// The nonce that would extend `sender`'s run of orderable transactions: its next
+    /// nonce, past the consecutive ones already pending.
+    fn ready_end(&self, sender: &PublicKey, committed: u64) -> u64 {
+        let mut next = committed;
+        if let Some(m) = self.by_sender.get(sender) {
+            for n in m.range(committed..).map(|(n, _)| *n) {
+                if n != next {
+                    break;
+                }
+                next += 1;
+            }
+        }
+        next
+    }
+
+    /// Recounts one sender's transactions behind a gap (after anything changed for it).
+    fn recount_gapped(&mut self, sender: &PublicKey) {
+        let (c0, b0) = self.gapped.remove(sender).unwrap_or((0, 0));
+        self.gapped_count -= c0;
+        self.gapped_bytes -= b0;
+        let Some(m) = self.by_sender.get(sender) else {
+            return;
+        };
+        let mut next = self.nonces.get(sender).copied().unwrap_or(0);
+        let (mut count, mut bytes, mut gap) = (0, 0, false);
+        for (n, h) in m {
+            if !gap && *n == next {
+                next += 1;
+            } else {
+                gap = true;
+                count += 1;
+                bytes += self.txs.get(h).map_or(0, |e| e.len);
+            }
+        }
+        if count > 0 {
+            self.gapped.insert(*sender, (count, bytes));
+            self.gapped_count += count;
+            self.gapped_bytes += bytes;
         }
     }
 
@@ -106,22 +185,65 @@ impl Mempool {
     /// Keeps encoded transactions aside, unverified, bounded by `STASH_MAX`.
     pub fn stash(&mut self, txs: Vec<Vec<u8>>) {
         for tx in txs {
-            let hash = Digest::of(&tx);
-            if self.stash.contains_key(&hash) || self.txs.contains_key(&hash) {
-                continue;
-            }
-            self.stash.insert(hash, tx);
-            self.stash_order.push_back(hash);
-            while self.stash_order.len() > STASH_MAX {
-                if let Some(old) = self.stash_order.pop_front() {
-                    self.stash.remove(&old);
-                }
+            self.stash_one(Digest::of(&tx), Stashed::Raw(tx));
+        }
+    }
+
+    fn stash_one(&mut self, hash: Digest, body: Stashed) {
+        if self.stash.contains_key(&hash) || self.txs.contains_key(&hash) {
+            return;
+        }
+        self.stash.insert(hash, body);
+        self.stash_order.push_back(hash);
+        while self.stash_order.len() > STASH_MAX {
+            if let Some(old) = self.stash_order.pop_front() {
+                self.stash.remove(&old);
             }
         }
     }
 
-    /// Takes stashed bodies for these hashes (to be verified by the caller).
-    pub fn take_stashed(&mut self, hashes: &[Digest]) -> Vec<Vec<u8>> {
+    /// Admits a verified transaction that came from a peer; one refused for lack of room
+    /// is stashed (verified) instead of lost, to be admitted when there is room or used
+    /// when a proposal names it. A node that drops what its peers admitted cannot propose
+    /// it when it becomes primary, and their clients wait for a view change.
+    pub fn admit_from_peer(
+        &mut self,
+        tx: Verified<SignedTransaction>,
+        account: Account,
+    ) -> Result<Digest, AdmitError> {
+        let keep = tx.clone();
+        let result = self.admit(tx, account);
+        if let Err(AdmitError::Full { .. } | AdmitError::GapFull { .. }) = &result {
+            self.stash_one(keep.hash(), Stashed::Checked(Box::new(keep)));
+        }
+        result
+    }
+
+    /// Places left before the pool is full by count.
+    pub fn room(&self) -> usize {
+        if self.bytes >= self.max_bytes {
+            return 0;
+        }
+        self.max_txs.saturating_sub(self.txs.len())
+    }
+
+    /// Takes up to `n` stashed bodies, oldest first (to be verified and admitted by the
+    /// caller now that there is room).
+    pub fn take_stash_oldest(&mut self, n: usize) -> Vec<Stashed> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(hash) = self.stash_order.pop_front() else {
+                break;
+            };
+            if let Some(body) = self.stash.remove(&hash) {
+                out.push(body);
+            }
+        }
+        out
+    }
+
+    /// Takes stashed bodies for these hashes (the raw ones to be verified by the caller).
+    pub fn take_stashed(&mut self, hashes: &[Digest]) -> Vec<Stashed> {
         hashes.iter().filter_map(|h| self.stash.remove(h)).collect()
     }
 
@@ -237,6 +359,16 @@ impl Mempool {
                 bytes: self.bytes,
             });
         }
+        if nonce > self.ready_end(&sender, expected)
+            && (self.gapped_count + 1 > self.max_txs / GAPPED_SHARE_DIVISOR
+                || self.gapped_bytes + len > self.max_bytes / GAPPED_SHARE_DIVISOR)
+        {
+            return Err(AdmitError::GapFull {
+                count: self.gapped_count,
+                bytes: self.gapped_bytes,
+                expected: self.ready_end(&sender, expected),
+            });
+        }
         self.nonces.insert(sender, expected);
         self.by_sender
             .entry(sender)
@@ -253,6 +385,7 @@ impl Mempool {
                 proposed_at: None,
             },
         );
+        self.recount_gapped(&sender);
         Ok(hash)
     }
 
@@ -384,6 +517,8 @@ impl Mempool {
                     self.remember(e.tx);
                 }
             }
+            // The account's nonce moved: transactions behind a gap may now be orderable.
+            self.recount_gapped(who);
         }
         arrivals
     }
@@ -399,6 +534,8 @@ impl Mempool {
                 self.nonces.remove(&t.sender);
             }
         }
+        let sender = t.sender;
+        self.recount_gapped(&sender);
         Some(e)
     }
 }
@@ -469,6 +606,95 @@ mod tests {
         assert_eq!(m.ready_count(), 1, "0 is ready; 2 still waits for 1");
         m.admit(tx(&k, 1, 0), account(0)).unwrap();
         assert_eq!(m.ready_count(), 3);
+    }
+
+    #[test]
+    fn transactions_behind_a_gap_hold_at_most_a_quarter_of_the_pool() {
+        let (a, b) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let mut m = Mempool::new(8, 1 << 20);
+        // a's nonces 2 and 3 wait for 0 and 1: two of eight places is the quarter.
+        m.admit(tx(&a, 2, 0), account(0)).unwrap();
+        m.admit(tx(&a, 3, 0), account(0)).unwrap();
+        assert_eq!(m.gapped_count(), 2);
+        assert_eq!(
+            m.admit(tx(&a, 5, 0), account(0)),
+            Err(AdmitError::GapFull {
+                count: 2,
+                bytes: 2 * tx(&a, 5, 0).encoded().len(),
+                expected: 0
+            })
+        );
+        assert_eq!(
+            m.admit(tx(&b, 7, 0), account(0)).map_err(|e| e.reason()),
+            Err("full_gapped")
+        );
+        // Orderable transactions still get the rest of the pool.
+        for n in 0..4 {
+            m.admit(tx(&b, n, 0), account(0)).unwrap();
+        }
+        // a fills its gap: 2 and 3 become orderable, and a's 4 is orderable too.
+        m.admit(tx(&a, 0, 0), account(0)).unwrap();
+        assert_eq!(m.gapped_count(), 2);
+        m.admit(tx(&a, 1, 0), account(0)).unwrap();
+        assert_eq!(m.gapped_count(), 0);
+        assert_eq!(m.ready_count(), 8);
+        assert!(matches!(
+            m.admit(tx(&a, 4, 0), account(0)),
+            Err(AdmitError::Full { count: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn a_committed_nonce_can_close_a_gap() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let mut m = Mempool::new(100, 1 << 20);
+        let h2 = m.admit(tx(&k, 2, 0), account(0)).unwrap();
+        m.admit(tx(&k, 3, 0), account(0)).unwrap();
+        assert_eq!((m.gapped_count(), m.ready_count()), (2, 0));
+        // Nonces 0 and 1 were committed from another node's proposal.
+        m.on_block(&[], &[(k.public_key(), account(2))]);
+        assert_eq!((m.gapped_count(), m.ready_count()), (0, 2));
+        // 2 committed but failed (the account's nonce stays 2... then 3 is gapped again
+        // until nonce 2 is sent anew).
+        m.on_block(&[h2], &[]);
+        assert_eq!((m.gapped_count(), m.ready_count()), (1, 0));
+    }
+
+    #[test]
+    fn stashed_bodies_come_out_oldest_first() {
+        let mut m = Mempool::new(2, 1 << 20);
+        assert_eq!(m.room(), 2);
+        let raw = |v: Vec<Stashed>| -> Vec<Vec<u8>> {
+            v.into_iter()
+                .map(|s| match s {
+                    Stashed::Raw(b) => b,
+                    Stashed::Checked(t) => t.encoded().to_vec(),
+                })
+                .collect()
+        };
+        m.stash(vec![vec![1], vec![2], vec![3]]);
+        // Taken for a proposal: gone from the stash.
+        assert_eq!(raw(m.take_stashed(&[Digest::of(&[2])])), vec![vec![2]]);
+        assert_eq!(raw(m.take_stash_oldest(5)), vec![vec![1], vec![3]]);
+        assert!(m.take_stash_oldest(5).is_empty());
+        m.admit(tx(&SecretKey::from_seed(&[1; 32]), 0, 0), account(0))
+            .unwrap();
+        assert_eq!(m.room(), 1);
+        // A peer's transaction refused for lack of room is kept, verified.
+        let (k2, k3) = (
+            SecretKey::from_seed(&[2; 32]),
+            SecretKey::from_seed(&[3; 32]),
+        );
+        m.admit_from_peer(tx(&k2, 0, 0), account(0)).unwrap();
+        let late = tx(&k3, 0, 0);
+        assert!(matches!(
+            m.admit_from_peer(late.clone(), account(0)),
+            Err(AdmitError::Full { .. })
+        ));
+        assert_eq!(raw(m.take_stash_oldest(5)), vec![late.encoded().to_vec()]);
     }
 
     #[test]

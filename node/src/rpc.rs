@@ -65,6 +65,13 @@ pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
                 Some(json!({ "reason": e.reason(), "expected_nonce": expected })),
             );
         }
+        SubmitError::Admit(AdmitError::GapFull { expected, .. }) => {
+            return error(
+                codes::MEMPOOL_FULL,
+                e.to_string(),
+                Some(json!({ "reason": e.reason(), "expected_nonce": expected })),
+            );
+        }
         SubmitError::Admit(AdmitError::Duplicate) => codes::DUPLICATE,
         SubmitError::Admit(AdmitError::Full { .. }) => codes::MEMPOOL_FULL,
         SubmitError::Admit(AdmitError::NonceTooFar { .. }) => codes::NONCE_TOO_FAR,
