@@ -91,12 +91,10 @@ pub struct Mempool {
     bytes: usize,
     /// Committed nonce of senders with pending transactions.
     nonces: HashMap<PublicKey, u64>,
-    known: HashMap<Digest, TxRef>,
-    known_order: VecDeque<Digest>,
+    known: Fifo<TxRef>,
     /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
     /// one verifies it on demand instead of fetching it over the network.
-    stash: HashMap<Digest, Stashed>,
-    stash_order: VecDeque<Digest>,
+    stash: Fifo<Stashed>,
     /// Per sender with transactions behind a nonce gap: how many and their bytes; and the
     /// totals over all senders.
     gapped: HashMap<PublicKey, (usize, usize)>,
@@ -114,10 +112,8 @@ impl Mempool {
             queue: VecDeque::new(),
             bytes: 0,
             nonces: HashMap::new(),
-            known: HashMap::new(),
-            known_order: VecDeque::new(),
-            stash: HashMap::new(),
-            stash_order: VecDeque::new(),
+            known: Fifo::new(KNOWN_MAX),
+            stash: Fifo::new(STASH_MAX),
             gapped: HashMap::new(),
             gapped_count: 0,
             gapped_bytes: 0,
@@ -190,15 +186,8 @@ impl Mempool {
     }
 
     fn stash_one(&mut self, hash: Digest, body: Stashed) {
-        if self.stash.contains_key(&hash) || self.txs.contains_key(&hash) {
-            return;
-        }
-        self.stash.insert(hash, body);
-        self.stash_order.push_back(hash);
-        while self.stash_order.len() > STASH_MAX {
-            if let Some(old) = self.stash_order.pop_front() {
-                self.stash.remove(&old);
-            }
+        if !self.txs.contains_key(&hash) {
+            self.stash.insert(hash, body);
         }
     }
 
@@ -230,16 +219,9 @@ impl Mempool {
     /// Takes up to `n` stashed bodies, oldest first (to be verified and admitted by the
     /// caller now that there is room).
     pub fn take_stash_oldest(&mut self, n: usize) -> Vec<Stashed> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let Some(hash) = self.stash_order.pop_front() else {
-                break;
-            };
-            if let Some(body) = self.stash.remove(&hash) {
-                out.push(body);
-            }
-        }
-        out
+        std::iter::from_fn(|| self.stash.pop_oldest())
+            .take(n)
+            .collect()
     }
 
     /// Takes stashed bodies for these hashes (the raw ones to be verified by the caller).
@@ -303,15 +285,8 @@ impl Mempool {
     /// proposal, or of transactions that left the pool.
     pub fn remember(&mut self, tx: TxRef) {
         let hash = tx.hash();
-        if self.known.contains_key(&hash) || self.txs.contains_key(&hash) {
-            return;
-        }
-        self.known.insert(hash, tx);
-        self.known_order.push_back(hash);
-        while self.known_order.len() > KNOWN_MAX {
-            if let Some(old) = self.known_order.pop_front() {
-                self.known.remove(&old);
-            }
+        if !self.txs.contains_key(&hash) {
+            self.known.insert(hash, tx);
         }
     }
 
@@ -537,6 +512,55 @@ impl Mempool {
         let sender = t.sender;
         self.recount_gapped(&sender);
         Some(e)
+    }
+}
+
+/// A map of at most `max` entries that forgets the oldest first.
+struct Fifo<V> {
+    map: HashMap<Digest, V>,
+    /// Insertion order; may name entries removed since (skipped when popped).
+    order: VecDeque<Digest>,
+    max: usize,
+}
+
+impl<V> Fifo<V> {
+    fn new(max: usize) -> Fifo<V> {
+        Fifo {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn get(&self, hash: &Digest) -> Option<&V> {
+        self.map.get(hash)
+    }
+
+    /// Keeps the first value inserted under a hash.
+    fn insert(&mut self, hash: Digest, value: V) {
+        if self.map.contains_key(&hash) {
+            return;
+        }
+        self.map.insert(hash, value);
+        self.order.push_back(hash);
+        while self.order.len() > self.max {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: &Digest) -> Option<V> {
+        self.map.remove(hash)
+    }
+
+    fn pop_oldest(&mut self) -> Option<V> {
+        while let Some(hash) = self.order.pop_front() {
+            if let Some(v) = self.map.remove(&hash) {
+                return Some(v);
+            }
+        }
+        None
     }
 }
 
