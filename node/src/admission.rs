@@ -223,8 +223,9 @@ impl Admission {
     /// Without this, transactions that other nodes admitted while this one was full would
     /// reach it only inside a proposal — so as the primary it would never propose them,
     /// and the clients of the other nodes would wait for a view change. Stale bodies (nonce
-    /// already used, or committed) are dropped before paying for their signature.
-    /// Returns how many were admitted.
+    /// already used, or committed) are dropped before paying for their signature. Refusals
+    /// here are not counted in `tally_mempool_rejected_total`: the bundle was counted when it
+    /// arrived. Returns how many were admitted.
     pub async fn promote_stashed(&self, max: usize) -> usize {
         use tally_ledger::StateView;
         let bodies = {
@@ -241,12 +242,9 @@ impl Admission {
             let bytes = match body {
                 Stashed::Raw(bytes) => bytes,
                 Stashed::Checked(tx) => {
-                    match self.admit(*tx, Source::Gossip) {
-                        Ok(_) => admitted += 1,
-                        Err(e) => {
-                            Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason())
-                        }
-                    }
+                    // Refused again for room: kept again (not counted again as a rejection;
+                    // it was counted when it first came).
+                    admitted += usize::from(self.admit(*tx, Source::Gossip).is_ok());
                     continue;
                 }
             };
@@ -283,12 +281,7 @@ impl Admission {
                 .unwrap_or_default();
         for v in verified {
             match v {
-                Ok(tx) => match self.admit(tx, Source::Gossip) {
-                    Ok(_) => admitted += 1,
-                    Err(e) => {
-                        Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason())
-                    }
-                },
+                Ok(tx) => admitted += usize::from(self.admit(tx, Source::Gossip).is_ok()),
                 Err(_) => Metrics::inc_kind(&self.shared.metrics.signature_rejections, "gossip", 1),
             }
         }
