@@ -472,9 +472,13 @@ impl Mempool {
         accounts: &[(PublicKey, Account)],
     ) -> Vec<(Digest, Instant)> {
         let mut arrivals = Vec::new();
+        // Senders whose pending transactions changed: their gap counts are redone once, at
+        // the end (a committed transaction, or a moved nonce, can open or close a gap).
+        let mut touched: std::collections::HashSet<PublicKey> = std::collections::HashSet::new();
         for h in tx_hashes {
             if let Some(e) = self.remove(h) {
                 arrivals.push((*h, e.arrived));
+                touched.insert(e.tx.tx().sender);
                 self.remember(e.tx);
             }
         }
@@ -492,12 +496,15 @@ impl Mempool {
                     self.remember(e.tx);
                 }
             }
-            // The account's nonce moved: transactions behind a gap may now be orderable.
+            touched.insert(*who);
+        }
+        for who in &touched {
             self.recount_gapped(who);
         }
         arrivals
     }
 
+    /// Takes a transaction out; the caller recounts its sender's gap.
     fn remove(&mut self, hash: &Digest) -> Option<Entry> {
         let e = self.txs.remove(hash)?;
         self.bytes -= e.len;
@@ -509,8 +516,6 @@ impl Mempool {
                 self.nonces.remove(&t.sender);
             }
         }
-        let sender = t.sender;
-        self.recount_gapped(&sender);
         Some(e)
     }
 }
