@@ -17,8 +17,15 @@ use crate::chain::StoreView;
 use crate::driver::DriverInput;
 use crate::mempool::{AdmitError, Stashed};
 use crate::shared::Shared;
-use crate::verify::VerifyPool;
+use crate::verify::{Priority, VerifyPool};
 use crate::wire::{self, SyncRequest, SyncResponse, TxBundle};
+
+/// A primary asks its peers for pending work when fewer than this many of its own
+/// transactions are orderable and it has room for at least `PULL_MIN_ROOM` more.
+const PULL_BELOW_READY: usize = 2048;
+const PULL_MIN_ROOM: usize = 512;
+/// At most this many from each peer per request (five requests a second).
+const PULL_PER_PEER_MAX: usize = 512;
 
 type TxReply = oneshot::Sender<Result<Verified<SignedTransaction>, CryptoError>>;
 
@@ -47,6 +54,8 @@ impl SubmitError {
 pub enum Source {
     Rpc,
     Gossip,
+    /// Pulled from a peer by this node as primary (`SyncRequest::Pending`).
+    Pull,
 }
 
 impl Source {
@@ -54,6 +63,7 @@ impl Source {
         match self {
             Source::Rpc => "rpc",
             Source::Gossip => "gossip",
+            Source::Pull => "pull",
         }
     }
 }
@@ -73,6 +83,7 @@ impl Admission {
             shared.chain_id.clone(),
             512,
             20_000,
+            Priority::Background,
             Arc::new(|reply: TxReply, result| {
                 let _ = reply.send(result);
             }),
@@ -155,7 +166,7 @@ impl Admission {
         let bytes = (source == Source::Rpc).then(|| tx.encoded().to_vec());
         let hash = match source {
             Source::Rpc => self.shared.mempool().admit(tx, account)?,
-            Source::Gossip => self.shared.mempool().admit_from_peer(tx, account)?,
+            Source::Gossip | Source::Pull => self.shared.mempool().admit_from_peer(tx, account)?,
         };
         self.shared
             .metrics
@@ -227,7 +238,6 @@ impl Admission {
     /// here are not counted in `tally_mempool_rejected_total`: the bundle was counted when it
     /// arrived. Returns how many were admitted.
     pub async fn promote_stashed(&self, max: usize) -> usize {
-        use tally_ledger::StateView;
         let bodies = {
             let mut pool = self.shared.mempool();
             let room = pool.room().min(max);
@@ -236,18 +246,28 @@ impl Admission {
             }
             pool.take_stash_oldest(room)
         };
-        let mut txs = Vec::with_capacity(bodies.len());
+        let mut raw = Vec::with_capacity(bodies.len());
         let mut admitted = 0;
         for body in bodies {
-            let bytes = match body {
-                Stashed::Raw(bytes) => bytes,
+            match body {
+                Stashed::Raw(bytes) => raw.push(bytes),
+                // Refused again for room: kept again (not counted again as a rejection; it
+                // was counted when it first came).
                 Stashed::Checked(tx) => {
-                    // Refused again for room: kept again (not counted again as a rejection;
-                    // it was counted when it first came).
-                    admitted += usize::from(self.admit(*tx, Source::Gossip).is_ok());
-                    continue;
+                    admitted += usize::from(self.admit(*tx, Source::Gossip).is_ok())
                 }
-            };
+            }
+        }
+        admitted + self.admit_unverified(raw, Source::Gossip).await
+    }
+
+    /// Decodes, drops what is known or stale (before paying for a signature), verifies the
+    /// rest as one batch off the loop and admits the valid ones. Returns how many were
+    /// admitted.
+    async fn admit_unverified(&self, bodies: Vec<Vec<u8>>, source: Source) -> usize {
+        use tally_ledger::StateView;
+        let mut txs = Vec::with_capacity(bodies.len());
+        for bytes in bodies {
             let Ok(tx) = self.decode(&bytes) else {
                 continue;
             };
@@ -272,20 +292,69 @@ impl Admission {
             }
         }
         if txs.is_empty() {
-            return admitted;
+            return 0;
         }
         let (chain, keys) = (self.shared.chain_id.clone(), self.shared.keys.clone());
         let verified =
             tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await
                 .unwrap_or_default();
+        let mut admitted = 0;
         for v in verified {
             match v {
-                Ok(tx) => admitted += usize::from(self.admit(tx, Source::Gossip).is_ok()),
+                Ok(tx) => admitted += usize::from(self.admit(tx, source).is_ok()),
                 Err(_) => Metrics::inc_kind(&self.shared.metrics.signature_rejections, "gossip", 1),
             }
         }
         admitted
+    }
+
+    /// As primary, asks every connected peer for its oldest orderable transactions when this
+    /// node's own pool runs low. A primary proposes only from its pool; transactions its
+    /// peers admitted while it was full or too busy for their gossip would otherwise never
+    /// be proposed, and those peers' pools would stay full of them. Returns how many were
+    /// admitted.
+    pub async fn pull_pending(&self) -> usize {
+        let status = self.shared.status();
+        let me = self.shared.me.map(|v| v.0);
+        if me != Some(status.leader) || status.syncing.is_some() || status.peers.is_empty() {
+            return 0;
+        }
+        let room = {
+            let pool = self.shared.mempool();
+            if pool.ready_count() >= PULL_BELOW_READY {
+                return 0;
+            }
+            pool.room()
+        };
+        if room < PULL_MIN_ROOM {
+            return 0;
+        }
+        let per_peer = (room / status.peers.len()).min(PULL_PER_PEER_MAX) as u32;
+        let request = wire::encode(&SyncRequest::Pending { max: per_peer });
+        let asks = status.peers.iter().map(|peer| {
+            let (p2p, request) = (self.p2p.clone(), request.clone());
+            let peer = *peer;
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), p2p.request(peer, request)).await
+                {
+                    Ok(Ok(response)) => match wire::decode::<SyncResponse>(&response) {
+                        Some(SyncResponse::Txs(bodies)) => bodies,
+                        _ => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                }
+            }
+        });
+        let bodies: Vec<Vec<u8>> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if bodies.is_empty() {
+            return 0;
+        }
+        self.admit_unverified(bodies, Source::Pull).await
     }
 
     /// Keeps a bundle's transactions aside unverified (the node is busy or full) and does not
@@ -326,7 +395,8 @@ impl Admission {
                     return;
                 }
             };
-            if self.shared.mempool().contains(&tx.hash()) {
+            // Pending, or seen recently (committed, or pulled and proposed): not again.
+            if self.shared.mempool().body(&tx.hash()).is_some() {
                 continue;
             }
             let (reply, rx) = oneshot::channel();
@@ -387,6 +457,7 @@ pub fn consensus_verifier(
         shared.chain_id.clone(),
         256,
         65_536,
+        Priority::Normal,
         Arc::new(
             move |(), result: Result<Verified<Message>, CryptoError>| match result {
                 Ok(m) => {

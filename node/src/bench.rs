@@ -376,6 +376,8 @@ struct Report {
     /// Submissions of a transaction sent before (after a refusal).
     resubmitted: u64,
     refused_mempool_full: u64,
+    /// Refused with "node overloaded" (its verification queue was full): sent again too.
+    refused_overloaded: u64,
     refused_other: u64,
     view_changes: f64,
     blocks_per_s: f64,
@@ -519,6 +521,7 @@ async fn drive(
 
     // Open loop: every 10 ms, the transactions due go out, whatever happened to earlier ones.
     let refused_full = Arc::new(AtomicU64::new(0));
+    let refused_overloaded = Arc::new(AtomicU64::new(0));
     let refused_other = Arc::new(AtomicU64::new(0));
     let inflight = Arc::new(AtomicU64::new(0));
     let progress = indicatif::ProgressBar::new(total_secs);
@@ -559,7 +562,8 @@ async fn drive(
             continue;
         }
         // Each slot is one account's turn (round robin); the account sends its next nonce.
-        // A transaction refused with "mempool full" moves the account's cursor back to it,
+        // A transaction refused with "mempool full" or "overloaded" (both mean: retry later)
+        // moves the account's cursor back to it,
         // so it is sent again at the account's next turn, as a client would retry it; the
         // slots stay the open-loop schedule.
         let mut picked = Vec::with_capacity(end - sent);
@@ -594,9 +598,10 @@ async fn drive(
             }
         }
         let client = clients[(k as usize) % clients.len()].clone();
-        let (txs, full, other, inflight, submitted_at, first_sent, cursors) = (
+        let (txs, full, overloaded, other, inflight, submitted_at, first_sent, cursors) = (
             txs.clone(),
             refused_full.clone(),
+            refused_overloaded.clone(),
             refused_other.clone(),
             inflight.clone(),
             submitted_at.clone(),
@@ -635,6 +640,9 @@ async fn drive(
                                 if e["code"] == crate::rpc::codes::MEMPOOL_FULL {
                                     full.fetch_add(1, Ordering::Relaxed);
                                     retry(i);
+                                } else if e["code"] == crate::rpc::codes::OVERLOADED {
+                                    overloaded.fetch_add(1, Ordering::Relaxed);
+                                    retry(i);
                                 } else {
                                     other.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -658,7 +666,9 @@ async fn drive(
             progress.set_message(format!(
                 "committed {}  refused {}",
                 committed_total.load(Ordering::Relaxed),
-                refused_full.load(Ordering::Relaxed) + refused_other.load(Ordering::Relaxed)
+                refused_full.load(Ordering::Relaxed)
+                    + refused_overloaded.load(Ordering::Relaxed)
+                    + refused_other.load(Ordering::Relaxed)
             ));
         }
     }
@@ -750,6 +760,7 @@ async fn drive(
         submitted: sent as u64,
         resubmitted: resubmitted.load(Ordering::Relaxed),
         refused_mempool_full: refused_full.load(Ordering::Relaxed),
+        refused_overloaded: refused_overloaded.load(Ordering::Relaxed),
         refused_other: refused_other.load(Ordering::Relaxed),
         view_changes: view_changes_end - view_changes_start,
         blocks_per_s: blocks / window,
@@ -791,8 +802,9 @@ fn print_table(r: &Report) {
         r.latency_from_first_submission_ms.max
     );
     println!(
-        "  refused            {} mempool full (sent again), {} other; {} resubmissions",
-        r.refused_mempool_full, r.refused_other, r.resubmitted
+        "  refused            {} mempool full and {} overloaded (sent again), {} other; \
+         {} resubmissions",
+        r.refused_mempool_full, r.refused_overloaded, r.refused_other, r.resubmitted
     );
     println!("  view changes       {}", r.view_changes);
     println!(

@@ -163,6 +163,18 @@ pub async fn run(home: &Path) -> Result<()> {
             }
         });
     }
+    // As primary, pull peers' pending transactions when the pool runs low.
+    {
+        let admission = admission.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                admission.pull_pending().await;
+            }
+        });
+    }
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
     let inflight: Arc<Mutex<HashSet<Digest>>> = Arc::default();

@@ -80,6 +80,8 @@ struct Entry {
     len: usize,
     arrived: Instant,
     proposed_at: Option<Instant>,
+    /// When its body was last handed to a primary that asked for pending work.
+    offered_at: Option<Instant>,
 }
 
 pub struct Mempool {
@@ -358,6 +360,7 @@ impl Mempool {
                 len,
                 arrived: Instant::now(),
                 proposed_at: None,
+                offered_at: None,
             },
         );
         self.recount_gapped(&sender);
@@ -451,6 +454,68 @@ impl Mempool {
             }
         }
         batch
+    }
+
+    /// Bodies of orderable transactions for a primary that asks for pending work (its pool
+    /// is all it can propose from): senders in the order of their oldest pending arrival,
+    /// each sender's run of consecutive nonces from its next nonce (a client's resent
+    /// transaction may have arrived after its successors), skipping those younger than
+    /// `min_age` (gossip had its chance), in a proposal in flight, or offered in the last
+    /// `reoffer_after`. At most `max` bodies and about `max_bytes`. Marks them offered.
+    pub fn offer_pending(
+        &mut self,
+        now: Instant,
+        min_age: Duration,
+        reoffer_after: Duration,
+        max: usize,
+        max_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        let recent = |at: Option<Instant>| at.is_some_and(|t| now < t + reoffer_after);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut chosen = Vec::new();
+        let mut senders = std::collections::HashSet::new();
+        'queue: for hash in self.queue.iter() {
+            let Some(e) = self.txs.get(hash) else {
+                continue;
+            };
+            if now < e.arrived + min_age {
+                // The queue is in arrival order: everything after is younger.
+                break;
+            }
+            let sender = e.tx.tx().sender;
+            if !senders.insert(sender) {
+                continue;
+            }
+            let Some(nonces) = self.by_sender.get(&sender) else {
+                continue;
+            };
+            let first = self.nonces.get(&sender).copied().unwrap_or(0);
+            for (expected, (nonce, h)) in (first..).zip(nonces.range(first..)) {
+                if *nonce != expected {
+                    break;
+                }
+                let Some(e) = self.txs.get(h) else { break };
+                if now < e.arrived + min_age {
+                    break;
+                }
+                if recent(e.proposed_at) || recent(e.offered_at) {
+                    continue;
+                }
+                if out.len() >= max || bytes >= max_bytes {
+                    break 'queue;
+                }
+                bytes += e.len;
+                out.push(e.tx.encoded().to_vec());
+                chosen.push(*h);
+            }
+        }
+        for h in chosen {
+            if let Some(e) = self.txs.get_mut(&h) {
+                e.offered_at = Some(now);
+            }
+        }
+        out
     }
 
     /// Marks transactions another replica proposed, so this one does not propose them again
@@ -674,6 +739,52 @@ mod tests {
             m.admit(tx(&a, 4, 0), account(0)),
             Err(AdmitError::Full { count: 8, .. })
         ));
+    }
+
+    #[test]
+    fn pending_work_is_offered_in_nonce_runs_once_until_reoffered() {
+        let (a, b) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
+        let mut m = Mempool::new(100, 1 << 20);
+        // a's nonce 0 was resent after its successors; b has a gap after 1; 5 is gapped.
+        let a1 = m.admit(tx(&a, 1, 0), account(0)).unwrap();
+        let a2 = m.admit(tx(&a, 2, 0), account(0)).unwrap();
+        let b0 = m.admit(tx(&b, 0, 0), account(0)).unwrap();
+        let b1 = m.admit(tx(&b, 1, 0), account(0)).unwrap();
+        m.admit(tx(&b, 5, 0), account(0)).unwrap();
+        let a0 = m.admit(tx(&a, 0, 0), account(0)).unwrap();
+        let hashes = |bodies: Vec<Vec<u8>>| -> Vec<Digest> {
+            bodies
+                .iter()
+                .map(|b| tally_ledger::SignedTransaction::decode(b).unwrap().hash())
+                .collect()
+        };
+        let (min_age, again) = (Duration::from_millis(500), Duration::from_secs(2));
+        let now = Instant::now();
+        // Too young: nothing yet.
+        assert!(
+            m.offer_pending(now, min_age, again, 100, 1 << 20)
+                .is_empty()
+        );
+        let later = now + Duration::from_secs(1);
+        // Senders by oldest arrival (a first), each in nonce order; not b's gapped 5.
+        assert_eq!(
+            hashes(m.offer_pending(later, min_age, again, 100, 1 << 20)),
+            vec![a0, a1, a2, b0, b1]
+        );
+        // Offered: not again until `again` has passed; in flight: not at all.
+        assert!(
+            m.offer_pending(later, min_age, again, 100, 1 << 20)
+                .is_empty()
+        );
+        let much_later = later + again;
+        m.mark_proposed(&[a0], much_later);
+        assert_eq!(
+            hashes(m.offer_pending(much_later, min_age, again, 2, 1 << 20)),
+            vec![a1, a2]
+        );
     }
 
     #[test]

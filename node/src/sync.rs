@@ -26,6 +26,11 @@ pub enum SyncCommand {
 }
 
 /// Answers a peer's sync request.
+/// A pending transaction is offered to an asking primary only after it waited this long
+/// (gossip reaches a primary with room sooner), and offered again only after this long.
+const PENDING_MIN_AGE: Duration = Duration::from_millis(500);
+const PENDING_REOFFER_AFTER: Duration = Duration::from_secs(2);
+
 pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
     let response = match wire::decode::<SyncRequest>(request) {
         None => SyncResponse::Error("malformed request".into()),
@@ -63,6 +68,13 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
                     .collect(),
             )
         }
+        Some(SyncRequest::Pending { max }) => SyncResponse::Txs(shared.mempool().offer_pending(
+            Instant::now(),
+            PENDING_MIN_AGE,
+            PENDING_REOFFER_AFTER,
+            (max as usize).min(wire::PENDING_TXS_MAX),
+            wire::PENDING_BYTES_MAX,
+        )),
     };
     wire::encode(&response)
 }

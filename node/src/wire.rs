@@ -12,6 +12,9 @@ pub struct TxBundle {
 /// The most blocks one sync response carries, and transactions one body request asks for.
 pub const SYNC_BLOCKS_MAX: u32 = 64;
 pub const SYNC_TXS_MAX: usize = 8192;
+/// The most pending transactions one `Pending` request is answered with, and their bytes.
+pub const PENDING_TXS_MAX: usize = 4096;
+pub const PENDING_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(BorshSerialize, BorshDeserialize, Debug, Clone)]
 pub enum SyncRequest {
@@ -21,6 +24,10 @@ pub enum SyncRequest {
     Blocks { from: u64, max: u32 },
     /// Transaction bodies by hash (to complete a proposal's batch).
     Txs { hashes: Vec<Digest> },
+    /// Up to `max` of the peer's oldest orderable pending transactions (answered with
+    /// `Txs`). A primary asks when its own pool runs low: it can propose only what its pool
+    /// holds, and gossip it was too busy or full to take is otherwise lost to it.
+    Pending { max: u32 },
 }
 
 #[derive(BorshSerialize, BorshDeserialize, Debug, Clone)]
