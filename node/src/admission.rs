@@ -27,6 +27,11 @@ const PULL_MIN_ROOM: usize = 512;
 /// At most this many from each peer per request (five requests a second).
 const PULL_PER_PEER_MAX: usize = 512;
 
+/// Client and gossiped transactions waiting for their signature check. Beyond this the node
+/// answers "overloaded" (retry later): a longer queue only adds waiting before the pool,
+/// whose own bound already holds several seconds of work under overload.
+const TX_VERIFY_QUEUE: usize = 4096;
+
 type TxReply = oneshot::Sender<Result<Verified<SignedTransaction>, CryptoError>>;
 
 /// Why a submitted transaction was refused.
@@ -82,7 +87,7 @@ impl Admission {
             shared.keys.clone(),
             shared.chain_id.clone(),
             512,
-            20_000,
+            TX_VERIFY_QUEUE,
             Priority::Background,
             Arc::new(|reply: TxReply, result| {
                 let _ = reply.send(result);

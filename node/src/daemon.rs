@@ -151,29 +151,32 @@ pub async fn run(home: &Path) -> Result<()> {
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
     let admission = Admission::new(shared.clone(), p2p.clone());
     let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
+    // Long-running tasks with timers: stopped before the runtime is dropped (a timer polled
+    // while the runtime shuts down panics).
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     // Stashed gossip enters the pool when there is room again.
     {
         let admission = admission.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 while admission.promote_stashed(1024).await > 0 {}
             }
-        });
+        }));
     }
     // As primary, pull peers' pending transactions when the pool runs low.
     {
         let admission = admission.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 admission.pull_pending().await;
             }
-        });
+        }));
     }
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
@@ -233,8 +236,13 @@ pub async fn run(home: &Path) -> Result<()> {
         Duration::from_millis(params.batch_delay_ms),
         Duration::from_millis(params.view_change_timeout_ms * 2),
     );
-    tokio::spawn(driver.run(driver_rx, executed_rx));
-    tokio::spawn(sync::run(shared.clone(), p2p.clone(), exec_tx, sync_rx));
+    tasks.push(tokio::spawn(driver.run(driver_rx, executed_rx)));
+    tasks.push(tokio::spawn(sync::run(
+        shared.clone(),
+        p2p.clone(),
+        exec_tx,
+        sync_rx,
+    )));
 
     // p2p events → verifier, admission, sync server, status.
     {
@@ -318,6 +326,10 @@ pub async fn run(home: &Path) -> Result<()> {
     shutdown_signal().await;
     info!("shutting down");
     let _ = rpc_handle.stop();
+    for t in &tasks {
+        t.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
     Ok(())
 }
 

@@ -45,6 +45,8 @@ pub struct Driver {
     pub repropose_after: Duration,
     pub started: Instant,
     batch_requested: bool,
+    /// When this replica began the view change now under way.
+    view_change_since: Option<Instant>,
     waiting: Vec<(Verified<Message>, Instant)>,
     timing: Timing,
     /// Outputs of the steps of the current group, carried out together (group commit).
@@ -87,6 +89,7 @@ impl Driver {
             repropose_after,
             started: Instant::now(),
             batch_requested: false,
+            view_change_since: None,
             waiting: Vec::new(),
             timing: Timing::default(),
             pending: Vec::new(),
@@ -406,6 +409,21 @@ impl Driver {
 
     fn on_event(&mut self, e: Event) {
         let now = Instant::now();
+        match &e {
+            Event::ViewChangeStarted { .. } => {
+                self.view_change_since.get_or_insert(now);
+            }
+            // The old view's proposals that did not commit are void: their transactions may
+            // be proposed again at once, except those the NEW-VIEW carried over. (Waiting out
+            // the re-proposal delay left a new primary with nothing to propose for seconds,
+            // and its backups timed out again.)
+            Event::NewView { .. } => {
+                let since = self.view_change_since.take().unwrap_or(now);
+                let carried = self.core.uncommitted_txs();
+                self.shared.mempool().release_proposed(since, &carried, now);
+            }
+            _ => {}
+        }
         let m = self.shared.metrics.clone();
         let t = &mut self.timing;
         match e {

@@ -528,6 +528,18 @@ impl Mempool {
         }
     }
 
+    /// A new view began: transactions marked proposed before `since` were in proposals of
+    /// the old view that did not commit, and may be proposed again at once (instead of after
+    /// the re-proposal delay); `in_flight` (the new view's re-proposals) stay marked.
+    pub fn release_proposed(&mut self, since: Instant, in_flight: &[Digest], now: Instant) {
+        for e in self.txs.values_mut() {
+            if e.proposed_at.is_some_and(|t| t < since) {
+                e.proposed_at = None;
+            }
+        }
+        self.mark_proposed(in_flight, now);
+    }
+
     /// A block executed: its transactions leave the pool (kept as known bodies), senders'
     /// nonces advance, and transactions made stale by them are dropped. Returns how many
     /// were removed, and the arrival time of each committed local transaction.
@@ -785,6 +797,26 @@ mod tests {
             hashes(m.offer_pending(much_later, min_age, again, 2, 1 << 20)),
             vec![a1, a2]
         );
+    }
+
+    #[test]
+    fn a_new_view_releases_the_old_views_proposals_but_not_the_carried_over() {
+        let k = SecretKey::from_seed(&[1; 32]);
+        let mut m = Mempool::new(100, 1 << 20);
+        let h0 = m.admit(tx(&k, 0, 0), account(0)).unwrap();
+        let h1 = m.admit(tx(&k, 1, 0), account(0)).unwrap();
+        let again = Duration::from_secs(4);
+        let t0 = Instant::now();
+        assert_eq!(m.take_batch(1 << 20, 100, t0, again), vec![h0, h1]);
+        assert!(m.take_batch(1 << 20, 100, t0, again).is_empty());
+        // The view changes; the NEW-VIEW carries h0 over.
+        let since = t0 + Duration::from_millis(10);
+        let t1 = since + Duration::from_millis(10);
+        m.release_proposed(since, &[h0], t1);
+        // h1 may be proposed again at once (after h0, in flight); h0 only after its delay.
+        assert_eq!(m.take_batch(1 << 20, 100, t1, again), vec![h1]);
+        assert!(m.take_batch(1 << 20, 100, t1, again).is_empty());
+        assert_eq!(m.take_batch(1 << 20, 100, t1 + again, again), vec![h0, h1]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub enum Priority {
 }
 
 /// Nice value of background verification threads (Linux applies it to the calling thread).
-const BACKGROUND_NICE: i32 = 10;
+const BACKGROUND_NICE: i32 = 5;
 
 type Job = Box<dyn FnOnce() + Send>;
 

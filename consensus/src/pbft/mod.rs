@@ -346,6 +346,18 @@ impl Pbft {
         self.me
     }
 
+    /// Transaction hashes of the batches pre-prepared in the current view and not yet
+    /// committed: what is in flight now (after a view change, the NEW-VIEW's re-proposals).
+    pub fn uncommitted_txs(&self) -> Vec<Digest> {
+        self.log
+            .range(self.next_commit..)
+            .filter(|(_, s)| s.committed.is_none())
+            .filter_map(|(_, s)| s.pre_prepare.as_ref())
+            .filter(|p| p.body.view == self.view)
+            .flat_map(|p| p.body.batch.txs.iter().copied())
+            .collect()
+    }
+
     pub fn last_executed(&self) -> Seq {
         self.last_executed
     }
