@@ -1,8 +1,8 @@
 //! Signature verification off the event loop: requests are collected into batches and
 //! batch-verified on blocking threads, as many at once as there are cores.
 //!
-//! Consensus messages are verified at normal priority. Client transactions are verified on
-//! background threads with a lower scheduling priority (nice +10): under overload, checking
+//! Consensus messages are verified at normal priority. Transactions (clients', gossiped) on
+//! background threads with a lower scheduling priority (nice +5): under overload, checking
 //! the signatures of transactions that will wait seconds in the pool must not delay the
 //! votes that commit the ones before them — when it did, backups saw no commit for the
 //! view-change timeout and a loaded network fell into view changes.
@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 pub enum Priority {
     /// Tokio's blocking threads, at the process's priority.
     Normal,
-    /// Dedicated threads, one per core, at nice +10.
+    /// Dedicated threads, one per core, at nice +5.
     Background,
 }
 
