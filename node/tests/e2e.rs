@@ -255,7 +255,7 @@ async fn four_validators_end_to_end() {
         log.contains("catching up from peers"),
         "sync progress is logged"
     );
-    let metrics = reqwest_metrics(&net.info.nodes[wiped].metrics).await;
+    let metrics = net.metrics(wiped).await;
     let fetched = metric(&metrics, "tally_state_transfer_blocks_total");
     assert!(
         fetched >= 1.0,
@@ -406,17 +406,6 @@ async fn raw_post(url: &str, body: &str) -> String {
         "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-async fn reqwest_metrics(base: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();

@@ -63,7 +63,7 @@ async fn a_restarted_primary_pulls_what_its_peers_admitted_while_it_was_down() {
             .unwrap();
         assert_eq!(s["status"], "committed", "{s}");
     }
-    let metrics = reqwest_metrics(&net.info.nodes[0].metrics).await;
+    let metrics = net.metrics(0).await;
     let pulled = metrics
         .lines()
         .find(|l| l.starts_with("tally_mempool_admitted_total{source=\"pull\"}"))
@@ -77,15 +77,4 @@ async fn a_restarted_primary_pulls_what_its_peers_admitted_while_it_was_down() {
         "restarted primary: all 10 committed {:.2} s after its launch, {pulled} pulled",
         took.as_secs_f64()
     );
-}
-
-async fn reqwest_metrics(base: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

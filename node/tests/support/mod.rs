@@ -144,6 +144,18 @@ impl Net {
             .map_err(|e| e.to_string())
     }
 
+    /// Node `i`'s /metrics page (raw HTTP response).
+    pub async fn metrics(&self, i: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.info.nodes[i].metrics.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     pub async fn status(&self, i: usize) -> Option<Value> {
         self.rpc(i, "chain_status", json!({})).await.ok()
     }
