@@ -155,29 +155,19 @@ pub async fn run(home: &Path) -> Result<()> {
     // while the runtime shuts down panics).
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     // Stashed gossip enters the pool when there is room again.
-    {
-        let admission = admission.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                while admission.promote_stashed(1024).await > 0 {}
-            }
-        }));
-    }
+    let a = admission.clone();
+    tasks.push(every(Duration::from_millis(20), move || {
+        let a = a.clone();
+        async move { while a.promote_stashed(1024).await > 0 {} }
+    }));
     // As primary, pull peers' pending transactions when the pool runs low.
-    {
-        let admission = admission.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                admission.pull_pending().await;
-            }
-        }));
-    }
+    let a = admission.clone();
+    tasks.push(every(Duration::from_millis(200), move || {
+        let a = a.clone();
+        async move {
+            a.pull_pending().await;
+        }
+    }));
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
     let inflight: Arc<Mutex<HashSet<Digest>>> = Arc::default();
@@ -331,6 +321,22 @@ pub async fn run(home: &Path) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
     Ok(())
+}
+
+/// Runs `f` every `period` (a late tick is delayed, not bunched), until aborted.
+fn every<F, Fut>(period: Duration, mut f: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            f().await;
+        }
+    })
 }
 
 async fn shutdown_signal() {
