@@ -1,7 +1,6 @@
 //! The chain: executes committed batches and persists each resulting block, with all its
 //! effects, in one atomic store write.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tally_consensus::CommitCertificate;
@@ -14,6 +13,7 @@ use tally_ledger::{
 };
 use tally_storage::{BlockCommit, StorageError, Store};
 
+use crate::FastMap;
 use crate::block::{BlockDecodeError, StoredBlock};
 
 pub const META_GENESIS_HASH: &[u8] = b"genesis_hash";
@@ -77,7 +77,7 @@ const ACCOUNT_CACHE_MAX: usize = 200_000;
 /// The committed state as execution sees it: the account cache, then the store.
 struct CachedView<'a> {
     store: StoreView<'a>,
-    accounts: &'a HashMap<PublicKey, Option<Account>>,
+    accounts: &'a FastMap<PublicKey, Option<Account>>,
 }
 
 impl StateView for CachedView<'_> {
@@ -110,7 +110,7 @@ pub struct Chain {
     state_hash: LtHash,
     height: u64,
     last_hash: Digest,
-    accounts: HashMap<PublicKey, Option<Account>>,
+    accounts: FastMap<PublicKey, Option<Account>>,
 }
 
 impl Chain {
@@ -175,7 +175,7 @@ impl Chain {
             state_hash,
             height,
             last_hash,
-            accounts: HashMap::new(),
+            accounts: FastMap::default(),
         })
     }
 

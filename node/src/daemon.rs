@@ -1,6 +1,5 @@
 //! `tally start`: wires the node together.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -170,7 +169,7 @@ pub async fn run(home: &Path) -> Result<()> {
     }));
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
-    let inflight: Arc<Mutex<HashSet<Digest>>> = Arc::default();
+    let inflight: Arc<Mutex<crate::FastSet<Digest>>> = Arc::default();
     let fetch_for_driver = {
         let (shared, p2p, driver_tx) = (shared.clone(), p2p.clone(), driver_tx.clone());
         Arc::new(move |hashes: Vec<Digest>, from: Option<ValidatorId>| {

@@ -2,12 +2,14 @@
 //! deduplicated by hash, ordered by nonce per sender; plus a bounded cache of bodies seen
 //! recently, so a proposal naming a just-committed transaction can still be resolved.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_crypto::{Digest, PublicKey, Verified};
 use tally_ledger::{Account, SignedTransaction};
+
+use crate::{FastMap, FastSet};
 
 /// How far ahead of the account's nonce a transaction may be (a client pipelining).
 pub const NONCE_GAP_MAX: u64 = 1024;
@@ -87,19 +89,19 @@ struct Entry {
 pub struct Mempool {
     max_txs: usize,
     max_bytes: usize,
-    txs: HashMap<Digest, Entry>,
-    by_sender: HashMap<PublicKey, BTreeMap<u64, Digest>>,
+    txs: FastMap<Digest, Entry>,
+    by_sender: FastMap<PublicKey, BTreeMap<u64, Digest>>,
     queue: VecDeque<Digest>,
     bytes: usize,
     /// Committed nonce of senders with pending transactions.
-    nonces: HashMap<PublicKey, u64>,
+    nonces: FastMap<PublicKey, u64>,
     known: Fifo<TxRef>,
     /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
     /// one verifies it on demand instead of fetching it over the network.
     stash: Fifo<Stashed>,
     /// Per sender with transactions behind a nonce gap: how many and their bytes; and the
     /// totals over all senders.
-    gapped: HashMap<PublicKey, (usize, usize)>,
+    gapped: FastMap<PublicKey, (usize, usize)>,
     gapped_count: usize,
     gapped_bytes: usize,
 }
@@ -109,14 +111,14 @@ impl Mempool {
         Mempool {
             max_txs,
             max_bytes,
-            txs: HashMap::new(),
-            by_sender: HashMap::new(),
+            txs: FastMap::default(),
+            by_sender: FastMap::default(),
             queue: VecDeque::new(),
             bytes: 0,
-            nonces: HashMap::new(),
+            nonces: FastMap::default(),
             known: Fifo::new(KNOWN_MAX),
             stash: Fifo::new(STASH_MAX),
-            gapped: HashMap::new(),
+            gapped: FastMap::default(),
             gapped_count: 0,
             gapped_bytes: 0,
         }
@@ -401,7 +403,7 @@ impl Mempool {
     ) -> Vec<Digest> {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut next: HashMap<PublicKey, u64> = HashMap::new();
+        let mut next: FastMap<PublicKey, u64> = FastMap::default();
         // Drop queue entries of transactions that left the pool.
         while self
             .queue
@@ -474,7 +476,7 @@ impl Mempool {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut chosen = Vec::new();
-        let mut senders = std::collections::HashSet::new();
+        let mut senders = FastSet::default();
         'queue: for hash in self.queue.iter() {
             let Some(e) = self.txs.get(hash) else {
                 continue;
@@ -551,7 +553,7 @@ impl Mempool {
         let mut arrivals = Vec::new();
         // Senders whose pending transactions changed: their gap counts are redone once, at
         // the end (a committed transaction, or a moved nonce, can open or close a gap).
-        let mut touched: std::collections::HashSet<PublicKey> = std::collections::HashSet::new();
+        let mut touched: FastSet<PublicKey> = FastSet::default();
         for h in tx_hashes {
             if let Some(e) = self.remove(h) {
                 arrivals.push((*h, e.arrived));
@@ -599,7 +601,7 @@ impl Mempool {
 
 /// A map of at most `max` entries that forgets the oldest first.
 struct Fifo<V> {
-    map: HashMap<Digest, V>,
+    map: FastMap<Digest, V>,
     /// Insertion order; may name entries removed since (skipped when popped).
     order: VecDeque<Digest>,
     max: usize,
@@ -608,7 +610,7 @@ struct Fifo<V> {
 impl<V> Fifo<V> {
     fn new(max: usize) -> Fifo<V> {
         Fifo {
-            map: HashMap::new(),
+            map: FastMap::default(),
             order: VecDeque::new(),
             max,
         }

@@ -1,6 +1,6 @@
 //! State shared by the node's tasks: read by RPC, written by the driver and the executor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tally_consensus::pbft::Evidence;
@@ -46,7 +46,7 @@ pub struct Shared {
     pub mempool: Mutex<Mempool>,
     pub status: RwLock<Status>,
     /// Woken when a transaction is committed or fails: RPC `tx_wait` re-reads the index.
-    pub tx_waiters: Mutex<HashMap<Digest, Arc<Notify>>>,
+    pub tx_waiters: Mutex<crate::FastMap<Digest, Arc<Notify>>>,
     pub blocks: broadcast::Sender<Arc<StoredBlock>>,
     pub evidence: Mutex<VecDeque<EvidenceRecord>>,
     pub metrics: Arc<Metrics>,

@@ -4,8 +4,8 @@
 //! * **transaction gossip** (gossipsub, topic per genesis): bundles of client-signed
 //!   transactions. Validation is on: the node checks every bundle and reports the result;
 //!   invalid bundles cost the sender its peer score.
-//! * **consensus** (request-response): one signed consensus message per request, sent
-//!   directly to a validator.
+//! * **consensus**: signed consensus messages sent directly to a validator, over one
+//!   long-lived stream per connection (frames queued during a write go out together).
 //! * **sync** (request-response): blocks with their certificates, and transaction bodies, on
 //!   request.
 //!
@@ -16,6 +16,7 @@
 //! redialled with exponential backoff.
 
 mod codec;
+mod pipe;
 mod swarm;
 
 use std::sync::Arc;
@@ -31,7 +32,8 @@ pub use swarm::spawn;
 pub const CONSENSUS_FRAME_MAX: usize = 64 * 1024 * 1024;
 pub const SYNC_FRAME_MAX: usize = 64 * 1024 * 1024;
 pub const GOSSIP_MESSAGE_MAX: usize = 4 * 1024 * 1024;
-/// Outbound requests in flight per peer and channel; beyond it new ones are dropped.
+/// Outbound requests in flight per peer (sync), and consensus messages queued per
+/// connection; beyond it new ones are dropped.
 pub const INFLIGHT_PER_PEER_MAX: usize = 4096;
 /// Events queued for the node; beyond it the oldest kind of traffic is dropped.
 pub const EVENT_QUEUE: usize = 65_536;

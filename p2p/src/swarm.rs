@@ -29,7 +29,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     gossip: gossipsub::Behaviour,
-    consensus: request_response::Behaviour<FrameCodec>,
+    consensus: crate::pipe::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
 }
 
@@ -39,7 +39,6 @@ struct Peer {
     connected: bool,
     backoff: Duration,
     next_dial: Option<Instant>,
-    inflight_consensus: usize,
     inflight_sync: usize,
 }
 
@@ -52,7 +51,6 @@ struct Task {
     me: PeerId,
     topic: IdentTopic,
     protocol_version: String,
-    consensus_requests: HashMap<OutboundRequestId, PeerId>,
     sync_requests: HashMap<OutboundRequestId, (PeerId, SyncReply)>,
     inbound_sync: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
@@ -79,7 +77,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
     };
     let genesis = config.genesis_hash.to_hex();
     let tag = &genesis[..16];
-    let consensus_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/consensus/1"))
+    let consensus_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/consensus/2"))
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
     let sync_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/sync/1"))
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
@@ -102,7 +100,6 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                     connected: false,
                     backoff: BACKOFF_MIN,
                     next_dial: Some(Instant::now()),
-                    inflight_consensus: 0,
                     inflight_sync: 0,
                 },
             );
@@ -117,7 +114,6 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
             connected: false,
             backoff: BACKOFF_MIN,
             next_dial: None,
-            inflight_consensus: 0,
             inflight_sync: 0,
         });
     }
@@ -170,13 +166,10 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                 identify: identify::Behaviour::new(identify::Config::new(pv, key.public())),
                 ping: ping::Behaviour::default(),
                 gossip,
-                consensus: request_response::Behaviour::with_codec(
-                    FrameCodec {
-                        max_request: CONSENSUS_FRAME_MAX,
-                        max_response: 16,
-                    },
-                    [(consensus_protocol, ProtocolSupport::Full)],
-                    rr_config.clone(),
+                consensus: crate::pipe::Behaviour::new(
+                    consensus_protocol,
+                    CONSENSUS_FRAME_MAX,
+                    INFLIGHT_PER_PEER_MAX,
                 ),
                 sync: request_response::Behaviour::with_codec(
                     FrameCodec {
@@ -212,7 +205,6 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         me,
         topic,
         protocol_version,
-        consensus_requests: HashMap::new(),
         sync_requests: HashMap::new(),
         inbound_sync: HashMap::new(),
         next_inbound: 0,
@@ -419,20 +411,15 @@ impl Task {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if !p.connected || p.inflight_consensus >= INFLIGHT_PER_PEER_MAX {
-            // Retransmission in the protocol recovers what is dropped here.
+        if !p.connected {
+            // Retransmission in the protocol recovers what is dropped here (and in the
+            // connection's queue, when it is full or its stream breaks).
             P2pStats::add(&self.stats.dropped_outbound, 1);
             return;
         }
-        p.inflight_consensus += 1;
         P2pStats::add(&self.stats.consensus_out_messages, 1);
         P2pStats::add(&self.stats.consensus_out_bytes, bytes.len() as u64);
-        let rid = self
-            .swarm
-            .behaviour_mut()
-            .consensus
-            .send_request(&id, bytes);
-        self.consensus_requests.insert(rid, id);
+        self.swarm.behaviour_mut().consensus.send(id, bytes);
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -452,7 +439,6 @@ impl Task {
                     && p.connected
                 {
                     p.connected = false;
-                    p.inflight_consensus = 0;
                     p.inflight_sync = 0;
                     if p.address.is_some() {
                         p.next_dial = Some(Instant::now() + p.backoff);
@@ -533,41 +519,18 @@ impl Task {
                     }
                 }
             }
-            BehaviourEvent::Consensus(request_response::Event::Message {
-                peer, message, ..
-            }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .consensus
-                            .send_response(channel, vec![]);
-                        P2pStats::add(&self.stats.consensus_in_messages, 1);
-                        P2pStats::add(&self.stats.consensus_in_bytes, request.len() as u64);
-                        // Only validators take part in consensus.
-                        if self.validators.contains(&peer)
-                            && let Some(from) = self.key_of(&peer)
-                        {
-                            self.emit(P2pEvent::Consensus {
-                                from,
-                                bytes: request,
-                            });
-                        }
-                    }
-                    request_response::Message::Response { request_id, .. } => {
-                        self.finish_consensus(request_id);
-                    }
+            BehaviourEvent::Consensus(crate::pipe::Event::Frame { peer, bytes }) => {
+                P2pStats::add(&self.stats.consensus_in_messages, 1);
+                P2pStats::add(&self.stats.consensus_in_bytes, bytes.len() as u64);
+                // Only validators take part in consensus.
+                if self.validators.contains(&peer)
+                    && let Some(from) = self.key_of(&peer)
+                {
+                    self.emit(P2pEvent::Consensus { from, bytes });
                 }
             }
-            BehaviourEvent::Consensus(request_response::Event::OutboundFailure {
-                request_id,
-                ..
-            }) => {
-                P2pStats::add(&self.stats.dropped_outbound, 1);
-                self.finish_consensus(request_id);
+            BehaviourEvent::Consensus(crate::pipe::Event::Dropped { count }) => {
+                P2pStats::add(&self.stats.dropped_outbound, count);
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {
@@ -619,14 +582,6 @@ impl Task {
                 }
             }
             _ => {}
-        }
-    }
-
-    fn finish_consensus(&mut self, request_id: OutboundRequestId) {
-        if let Some(peer) = self.consensus_requests.remove(&request_id)
-            && let Some(p) = self.peers.get_mut(&peer)
-        {
-            p.inflight_consensus = p.inflight_consensus.saturating_sub(1);
         }
     }
 }

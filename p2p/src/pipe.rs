@@ -1,0 +1,337 @@
+//! Consensus messages over one long-lived stream per connection and direction.
+//!
+//! A request-response exchange per message cost a new yamux stream, a protocol negotiation,
+//! a response and two stream closes — six to eight frames, each its own encrypted write, and
+//! a timer per request — for a message of a few hundred bytes. At 50 blocks a second that
+//! overhead was about a third of an idle-ish validator's CPU. Here each connection keeps one
+//! outbound stream open; messages queued while a write is in progress go out together in the
+//! next one (`len u32 BE ‖ bytes` frames, as in the request-response codec). Order per
+//! connection is preserved. Delivery is best effort, as before: a message is dropped (and
+//! counted) when its peer is not connected, its queue is full, or the stream fails; the
+//! consensus protocol's retransmission and view changes recover.
+
+use std::collections::VecDeque;
+use std::io;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::prelude::*;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, SubstreamProtocol, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{PeerId, StreamProtocol};
+
+/// Inbound streams kept per connection; a peer opening more replaces the oldest.
+const INBOUND_STREAMS_MAX: usize = 2;
+/// One write carries at most this many bytes of queued frames (more wait for the next).
+const WRITE_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Debug)]
+pub enum Event {
+    /// A frame from `peer`.
+    Frame { peer: PeerId, bytes: Vec<u8> },
+    /// Frames that were not sent: a connection's queue was full or its stream failed.
+    Dropped { count: u64 },
+}
+
+pub struct Behaviour {
+    protocol: StreamProtocol,
+    frame_max: usize,
+    queue_max: usize,
+    events: VecDeque<ToSwarm<Event, Vec<u8>>>,
+}
+
+impl Behaviour {
+    pub fn new(protocol: StreamProtocol, frame_max: usize, queue_max: usize) -> Behaviour {
+        Behaviour {
+            protocol,
+            frame_max,
+            queue_max,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Queues `bytes` for `peer` on one of its connections (dropped if it has none).
+    pub fn send(&mut self, peer: PeerId, bytes: Vec<u8>) {
+        self.events.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::Any,
+            event: bytes,
+        });
+    }
+
+    fn handler(&self) -> Handler {
+        Handler {
+            protocol: self.protocol.clone(),
+            frame_max: self.frame_max,
+            queue_max: self.queue_max,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            out: Out::Idle,
+            inbound: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler())
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        let event = match event {
+            HandlerOut::Frame(bytes) => Event::Frame { peer, bytes },
+            HandlerOut::Dropped(count) => Event::Dropped { count },
+        };
+        self.events.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm<'_>) {}
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.events.pop_front() {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum HandlerOut {
+    Frame(Vec<u8>),
+    Dropped(u64),
+}
+
+enum Out {
+    /// No stream; one is requested when there is something to send.
+    Idle,
+    Requested,
+    Ready(Stream),
+    /// A write of this many frames is in progress.
+    Writing(BoxFuture<'static, io::Result<Stream>>, u64),
+}
+
+type ReadFuture = BoxFuture<'static, io::Result<(Stream, Vec<u8>)>>;
+
+pub struct Handler {
+    protocol: StreamProtocol,
+    frame_max: usize,
+    queue_max: usize,
+    queue: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    out: Out,
+    inbound: VecDeque<ReadFuture>,
+    /// Frames dropped and not yet reported.
+    dropped: u64,
+}
+
+async fn read_frame(mut s: Stream, max: usize) -> io::Result<(Stream, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    Ok((s, buf))
+}
+
+async fn write_frames(mut s: Stream, buf: Vec<u8>) -> io::Result<Stream> {
+    s.write_all(&buf).await?;
+    s.flush().await?;
+    Ok(s)
+}
+
+impl Handler {
+    fn drop_queue(&mut self) {
+        self.dropped += self.queue.len() as u64;
+        self.queue.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// Takes queued frames, up to [`WRITE_BYTES_MAX`] (at least one), as one buffer.
+    fn take_write(&mut self) -> (Vec<u8>, u64) {
+        let mut buf = Vec::with_capacity(self.queued_bytes.min(WRITE_BYTES_MAX) + 64);
+        let mut n = 0;
+        while let Some(f) = self.queue.front() {
+            if n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
+                break;
+            }
+            let f = self.queue.pop_front().expect("front exists");
+            self.queued_bytes -= f.len();
+            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&f);
+            n += 1;
+        }
+        (buf, n)
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Vec<u8>;
+    type ToBehaviour = HandlerOut;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
+        SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        !self.queue.is_empty() || !matches!(self.out, Out::Idle) || !self.inbound.is_empty()
+    }
+
+    fn on_behaviour_event(&mut self, bytes: Vec<u8>) {
+        if self.queue.len() >= self.queue_max || bytes.len() > self.frame_max {
+            self.dropped += 1;
+            return;
+        }
+        self.queued_bytes += bytes.len();
+        self.queue.push_back(bytes);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<'_, Self::InboundProtocol, Self::OutboundProtocol, (), ()>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => {
+                if self.inbound.len() >= INBOUND_STREAMS_MAX {
+                    self.inbound.pop_front();
+                }
+                self.inbound
+                    .push_back(read_frame(stream, self.frame_max).boxed());
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                ..
+            }) => {
+                self.out = Out::Ready(stream);
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { .. }) => {
+                // The peer does not speak the protocol or the stream could not be opened:
+                // what waits for it is dropped; the next message tries again.
+                self.out = Out::Idle;
+                self.drop_queue();
+            }
+            _ => {}
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        if self.dropped > 0 {
+            let n = std::mem::take(&mut self.dropped);
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                HandlerOut::Dropped(n),
+            ));
+        }
+        // Inbound: one frame at a time per stream.
+        for _ in 0..self.inbound.len() {
+            let Some(mut read) = self.inbound.pop_front() else {
+                break;
+            };
+            match read.poll_unpin(cx) {
+                Poll::Ready(Ok((stream, frame))) => {
+                    self.inbound
+                        .push_back(read_frame(stream, self.frame_max).boxed());
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                        HandlerOut::Frame(frame),
+                    ));
+                }
+                // Closed or broken: the peer opens another when it has something to send.
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => self.inbound.push_back(read),
+            }
+        }
+        // Outbound.
+        loop {
+            match std::mem::replace(&mut self.out, Out::Idle) {
+                Out::Idle => {
+                    if self.queue.is_empty() {
+                        return Poll::Pending;
+                    }
+                    self.out = Out::Requested;
+                    return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                        protocol: SubstreamProtocol::new(
+                            ReadyUpgrade::new(self.protocol.clone()),
+                            (),
+                        ),
+                    });
+                }
+                Out::Requested => {
+                    self.out = Out::Requested;
+                    return Poll::Pending;
+                }
+                Out::Ready(stream) => {
+                    if self.queue.is_empty() {
+                        self.out = Out::Ready(stream);
+                        return Poll::Pending;
+                    }
+                    let (buf, n) = self.take_write();
+                    self.out = Out::Writing(write_frames(stream, buf).boxed(), n);
+                }
+                Out::Writing(mut write, n) => match write.poll_unpin(cx) {
+                    Poll::Ready(Ok(stream)) => self.out = Out::Ready(stream),
+                    Poll::Ready(Err(_)) => {
+                        // The stream broke: this write is lost, the queue waits for a new one.
+                        self.dropped += n;
+                        self.out = Out::Idle;
+                        return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                            HandlerOut::Dropped(std::mem::take(&mut self.dropped)),
+                        ));
+                    }
+                    Poll::Pending => {
+                        self.out = Out::Writing(write, n);
+                        return Poll::Pending;
+                    }
+                },
+            }
+        }
+    }
+}
