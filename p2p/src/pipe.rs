@@ -5,12 +5,12 @@
 //! a timer per request — for a message of a few hundred bytes. At 50 blocks a second that
 //! overhead was about a third of an idle-ish validator's CPU. Here each connection keeps one
 //! outbound stream open; messages queued while a write is in progress go out together in the
-//! next one (`len u32 BE ‖ bytes` frames, as in the request-response codec). Order per
-//! connection is preserved. Delivery is best effort, as before: a message is dropped (and
+//! next one (`len u32 BE ‖ bytes` frames, as in the request-response codec). Messages to a
+//! peer all use its oldest connection, so they arrive in the order they were sent. Delivery is best effort, as before: a message is dropped (and
 //! counted) when its peer is not connected, its queue is full, or the stream fails; the
 //! consensus protocol's retransmission and view changes recover.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::task::{Context, Poll};
 
@@ -47,6 +47,9 @@ pub struct Behaviour {
     frame_max: usize,
     queue_max: usize,
     events: VecDeque<ToSwarm<Event, Vec<u8>>>,
+    /// Established connections per peer, oldest first: messages use the oldest, so that
+    /// they stay in order when two validators dialled each other at once.
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
 }
 
 impl Behaviour {
@@ -56,14 +59,20 @@ impl Behaviour {
             frame_max,
             queue_max,
             events: VecDeque::new(),
+            connections: HashMap::new(),
         }
     }
 
     /// Queues `bytes` for `peer` on one of its connections (dropped if it has none).
     pub fn send(&mut self, peer: PeerId, bytes: Vec<u8>) {
+        let Some(&connection) = self.connections.get(&peer).and_then(|c| c.first()) else {
+            self.events
+                .push_back(ToSwarm::GenerateEvent(Event::Dropped { count: 1 }));
+            return;
+        };
         self.events.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
-            handler: NotifyHandler::Any,
+            handler: NotifyHandler::One(connection),
             event: bytes,
         });
     }
@@ -120,7 +129,25 @@ impl NetworkBehaviour for Behaviour {
         self.events.push_back(ToSwarm::GenerateEvent(event));
     }
 
-    fn on_swarm_event(&mut self, _: FromSwarm<'_>) {}
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connections
+                    .entry(e.peer_id)
+                    .or_default()
+                    .push(e.connection_id);
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(c) = self.connections.get_mut(&e.peer_id) {
+                    c.retain(|id| *id != e.connection_id);
+                    if c.is_empty() {
+                        self.connections.remove(&e.peer_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         match self.events.pop_front() {
