@@ -51,7 +51,7 @@ async fn wait_connected(events: &mut mpsc::Receiver<P2pEvent>, peer: PublicKey) 
 
 /// Message `i` of a burst: its index, then filler; every 100th is 256 KiB.
 fn message(i: u32) -> Vec<u8> {
-    let len = if i % 100 == 0 {
+    let len = if i.is_multiple_of(100) {
         256 * 1024
     } else {
         64 + (i as usize % 700)
