@@ -116,6 +116,7 @@ pub struct Metrics {
     pub evidence: Family<KindLabels, Counter>,
     pub consensus_rejections: Family<ReasonLabels, Counter>,
     pub signature_rejections: Family<KindLabels, Counter>,
+    pub signatures_checked: Family<KindLabels, Counter>,
     pub process_cpu: Counter<f64, AtomicU64>,
     pub process_resident_memory: Gauge,
     pub process_open_fds: Gauge,
@@ -161,6 +162,7 @@ impl Metrics {
             evidence: Family::default(),
             consensus_rejections: Family::default(),
             signature_rejections: Family::default(),
+            signatures_checked: Family::default(),
             process_cpu: Counter::default(),
             process_resident_memory: Gauge::default(),
             process_open_fds: Gauge::default(),
@@ -342,6 +344,13 @@ impl Metrics {
             "tally_signature_rejections",
             "Messages or transactions refused for an invalid signature, by kind",
             m.signature_rejections.clone(),
+        );
+        r.register(
+            "tally_signatures_checked",
+            "Signatures checked, by what they were on: transaction (client or gossip admission), \
+             transaction_fetched (bodies fetched for a proposal), transaction_pulled (pulled \
+             from peers or kept aside while the pool was full), consensus",
+            m.signatures_checked.clone(),
         );
         r.register_with_unit(
             "tally_process_cpu",

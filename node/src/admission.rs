@@ -32,7 +32,9 @@ const PULL_PER_PEER_MAX: usize = 512;
 /// whose own bound already holds several seconds of work under overload.
 const TX_VERIFY_QUEUE: usize = 4096;
 
-type TxReply = oneshot::Sender<Result<Verified<SignedTransaction>, CryptoError>>;
+/// The check's outcome; `None` when the body was already known by the time its turn came.
+type TxVerdict = Option<Result<Verified<SignedTransaction>, CryptoError>>;
+type TxReply = oneshot::Sender<TxVerdict>;
 
 /// Why a submitted transaction was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,6 +91,8 @@ impl Admission {
             512,
             TX_VERIFY_QUEUE,
             Priority::Background,
+            Some(known_bodies(shared.clone())),
+            checked_counter(&shared, "transaction"),
             Arc::new(|reply: TxReply, result| {
                 let _ = reply.send(result);
             }),
@@ -143,8 +147,7 @@ impl Admission {
     fn start_verify(
         &self,
         tx: SignedTransaction,
-    ) -> Result<oneshot::Receiver<Result<Verified<SignedTransaction>, CryptoError>>, SubmitError>
-    {
+    ) -> Result<oneshot::Receiver<TxVerdict>, SubmitError> {
         let (reply, rx) = oneshot::channel();
         if !self.verify.submit(tx, reply) {
             return Err(SubmitError::Overloaded);
@@ -196,6 +199,7 @@ impl Admission {
                 .start_verify(tx)?
                 .await
                 .map_err(|_| SubmitError::Overloaded)?
+                .ok_or(AdmitError::Duplicate)?
                 .map_err(|_| TxError::InvalidSignature)?;
             self.admit(verified, Source::Rpc)
         }
@@ -222,8 +226,9 @@ impl Admission {
                 Err(e) => Err(e),
                 Ok(rx) => match rx.await {
                     Err(_) => Err(SubmitError::Overloaded),
-                    Ok(Err(_)) => Err(TxError::InvalidSignature.into()),
-                    Ok(Ok(v)) => self.admit(v, Source::Rpc),
+                    Ok(None) => Err(AdmitError::Duplicate.into()),
+                    Ok(Some(Err(_))) => Err(TxError::InvalidSignature.into()),
+                    Ok(Some(Ok(v))) => self.admit(v, Source::Rpc),
                 },
             };
             if let Err(e) = &r {
@@ -300,6 +305,11 @@ impl Admission {
             return 0;
         }
         let (chain, keys) = (self.shared.chain_id.clone(), self.shared.keys.clone());
+        Metrics::inc_kind(
+            &self.shared.metrics.signatures_checked,
+            "transaction_pulled",
+            txs.len() as u64,
+        );
         let verified =
             tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await
@@ -413,11 +423,13 @@ impl Admission {
         let mut valid = true;
         for rx in receivers {
             match rx.await {
-                Ok(Ok(tx)) => {
+                Ok(Some(Ok(tx))) => {
                     if let Err(e) = self.admit(tx, Source::Gossip) {
                         Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason());
                     }
                 }
+                // Admitted meanwhile by another path (a proposal's fetch, a pull).
+                Ok(None) => {}
                 _ => valid = false,
             }
         }
@@ -451,6 +463,26 @@ async fn bundle_gossip(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, p2p: P2pHandle)
     }
 }
 
+/// Transactions whose bodies the mempool already holds (pending or recently seen).
+fn known_bodies(shared: Arc<Shared>) -> crate::verify::Known<SignedTransaction> {
+    Arc::new(move |txs: &[SignedTransaction]| {
+        let pool = shared.mempool();
+        txs.iter().map(|t| pool.body(&t.hash()).is_some()).collect()
+    })
+}
+
+/// Counts signatures a verification pool checks in `tally_signatures_checked{kind}`.
+fn checked_counter(shared: &Shared, kind: &'static str) -> Arc<dyn Fn(usize) + Send + Sync> {
+    let counter = shared
+        .metrics
+        .signatures_checked
+        .get_or_create(&tally_monitoring::KindLabels { kind: kind.into() })
+        .clone();
+    Arc::new(move |n| {
+        counter.inc_by(n as u64);
+    })
+}
+
 /// Verifies consensus messages off the loop and hands the valid ones to the driver.
 pub fn consensus_verifier(
     shared: Arc<Shared>,
@@ -463,10 +495,14 @@ pub fn consensus_verifier(
         256,
         65_536,
         Priority::Normal,
+        None,
+        checked_counter(&shared, "consensus"),
         Arc::new(
-            move |(), result: Result<Verified<Message>, CryptoError>| match result {
-                Ok(m) => {
-                    if driver.try_send(DriverInput::Message(m)).is_err() {
+            move |(), result: Option<Result<Verified<Message>, CryptoError>>| match result {
+                None => {}
+                Some(Ok(m)) => {
+                    let dropped = driver.try_send(DriverInput::Message(m)).is_err();
+                    if dropped {
                         metrics
                             .p2p_dropped
                             .get_or_create(&tally_monitoring::DirectionLabels {
@@ -475,7 +511,7 @@ pub fn consensus_verifier(
                             .inc();
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     debug!("consensus message refused: {e}");
                     Metrics::inc_kind(&metrics.signature_rejections, "consensus", 1);
                 }
@@ -512,6 +548,11 @@ pub async fn fetch_bodies(
                 }
             }
         }
+        Metrics::inc_kind(
+            &shared.metrics.signatures_checked,
+            "transaction_fetched",
+            txs.len() as u64,
+        );
         let verified =
             tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await
@@ -547,6 +588,11 @@ pub async fn fetch_bodies(
             .filter(|t| missing.contains(&t.hash()))
             .collect();
         let (chain, keys) = (shared.chain_id.clone(), shared.keys.clone());
+        Metrics::inc_kind(
+            &shared.metrics.signatures_checked,
+            "transaction_fetched",
+            txs.len() as u64,
+        );
         let verified =
             tokio::task::spawn_blocking(move || tally_crypto::verify_batch(&*keys, &chain, txs))
                 .await
