@@ -195,7 +195,9 @@ mod tests {
         let txs: Vec<SignedTransaction> = (0..10).map(|n| signed(&key, &chain, n)).collect();
         let known_hash = txs[3].hash();
         let checked = Arc::new(AtomicUsize::new(0));
-        let results: Arc<Mutex<Vec<(u64, Option<bool>)>>> = Arc::default();
+        // (nonce, None if skipped / Some(signature valid))
+        type Outcomes = Arc<Mutex<Vec<(u64, Option<bool>)>>>;
+        let results: Outcomes = Arc::default();
         let (c, r) = (checked.clone(), results.clone());
         let pool = VerifyPool::spawn(
             Arc::new(KeyCache::default()),
