@@ -402,27 +402,50 @@ impl Admission {
             }
         }
         let mut receivers = Vec::with_capacity(bundle.txs.len());
-        for bytes in &bundle.txs {
-            let tx = match self.decode(bytes) {
-                Ok(tx) => tx,
+        let mut decoded = Vec::with_capacity(bundle.txs.len());
+        for bytes in bundle.txs {
+            match self.decode(&bytes) {
+                Ok(tx) => decoded.push((tx, bytes)),
                 Err(_) => {
                     self.p2p.report_gossip(id, false);
                     return;
                 }
-            };
+            }
+        }
+        let mut queued = Vec::with_capacity(decoded.len());
+        for (tx, bytes) in decoded {
+            let hash = tx.hash();
             // Pending, or seen recently (committed, or pulled and proposed): not again.
-            if self.shared.mempool().body(&tx.hash()).is_some() {
-                continue;
+            // Otherwise remembered while it waits, so that a proposal naming it takes it from
+            // here rather than fetching it from the proposer.
+            {
+                let mut pool = self.shared.mempool();
+                if pool.body(&hash).is_some() {
+                    continue;
+                }
+                if pool.checking_add(hash, bytes) {
+                    queued.push(hash);
+                }
             }
             let (reply, rx) = oneshot::channel();
             if !self.verify.submit_wait(tx, reply).await {
-                return;
+                break;
             }
             receivers.push(rx);
         }
         let mut valid = true;
+        let mut results = Vec::with_capacity(receivers.len());
         for rx in receivers {
-            match rx.await {
+            results.push(rx.await);
+        }
+        {
+            let mut pool = self.shared.mempool();
+            for h in &queued {
+                pool.checking_done(h);
+            }
+        }
+        for result in results {
+            match result {
                 Ok(Some(Ok(tx))) => {
                     if let Err(e) = self.admit(tx, Source::Gossip) {
                         Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason());
@@ -529,13 +552,20 @@ pub async fn fetch_bodies(
     prefer: Option<PublicKey>,
 ) -> bool {
     let mut missing: std::collections::HashSet<Digest> = hashes.into_iter().collect();
-    // Bodies stashed unverified while the mempool was full: verify them here first.
-    let stashed = shared
-        .mempool()
-        .take_stashed(&missing.iter().copied().collect::<Vec<_>>());
-    if !stashed.is_empty() {
+    // Bodies stashed unverified while the mempool was full, or gossiped and still waiting in
+    // the check queue: verify them here first (the queued copy is skipped when its turn
+    // comes, its body being known by then).
+    let wanted: Vec<Digest> = missing.iter().copied().collect();
+    let (stashed, queued) = {
+        let mut pool = shared.mempool();
+        (pool.take_stashed(&wanted), pool.checking_bodies(&wanted))
+    };
+    if !stashed.is_empty() || !queued.is_empty() {
         let (chain, keys) = (shared.chain_id.clone(), shared.keys.clone());
-        let mut txs: Vec<SignedTransaction> = Vec::new();
+        let mut txs: Vec<SignedTransaction> = queued
+            .iter()
+            .filter_map(|b| decode_for_chain(&shared.chain_id, b).ok())
+            .collect();
         {
             let mut pool = shared.mempool();
             for s in stashed {

@@ -21,6 +21,9 @@ const MIN_TX_BYTES: usize = 115;
 const STASH_MAX: usize = 20_000;
 /// Bodies kept after they leave the pool.
 const KNOWN_MAX: usize = 50_000;
+/// Bound on gossiped bodies remembered while they wait for their signature check (the check
+/// queue holds 4,096; batches in progress hold more).
+const CHECKING_MAX: usize = 16_384;
 /// Share of the pool (count and bytes) that transactions behind a nonce gap may hold: they
 /// cannot be ordered until their sender fills the gap, so the rest stays free for work
 /// consensus can order. Without this bound, a client whose transaction was refused while
@@ -99,6 +102,9 @@ pub struct Mempool {
     /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
     /// one verifies it on demand instead of fetching it over the network.
     stash: Fifo<Stashed>,
+    /// Gossiped bodies (raw) waiting in the signature-check queue: a proposal naming one takes
+    /// it from here instead of fetching it from a peer.
+    checking: FastMap<Digest, Vec<u8>>,
     /// Per sender with transactions behind a nonce gap: how many and their bytes; and the
     /// totals over all senders.
     gapped: FastMap<PublicKey, (usize, usize)>,
@@ -118,6 +124,7 @@ impl Mempool {
             nonces: FastMap::default(),
             known: Fifo::new(KNOWN_MAX),
             stash: Fifo::new(STASH_MAX),
+            checking: FastMap::default(),
             gapped: FastMap::default(),
             gapped_count: 0,
             gapped_bytes: 0,
@@ -225,6 +232,28 @@ impl Mempool {
     pub fn take_stash_oldest(&mut self, n: usize) -> Vec<Stashed> {
         std::iter::from_fn(|| self.stash.pop_oldest())
             .take(n)
+            .collect()
+    }
+
+    /// Remembers a gossiped body that waits for its signature check (`false` when full).
+    pub fn checking_add(&mut self, hash: Digest, bytes: Vec<u8>) -> bool {
+        if self.checking.len() >= CHECKING_MAX {
+            return false;
+        }
+        self.checking.insert(hash, bytes);
+        true
+    }
+
+    /// Its check is done (or was skipped).
+    pub fn checking_done(&mut self, hash: &Digest) {
+        self.checking.remove(hash);
+    }
+
+    /// Copies of the bodies among `hashes` that wait for their check.
+    pub fn checking_bodies(&self, hashes: &[Digest]) -> Vec<Vec<u8>> {
+        hashes
+            .iter()
+            .filter_map(|h| self.checking.get(h).cloned())
             .collect()
     }
 
@@ -944,5 +973,22 @@ mod tests {
         assert!(m.body(&h0).is_some() && m.body(&h1).is_some());
         assert_eq!(m.len(), 1);
         assert_eq!(m.bytes(), tx(&k, 2, 0).encoded().len());
+    }
+
+    /// Bodies waiting for their check are found by hash until their check is done, and the
+    /// set is bounded.
+    #[test]
+    fn bodies_waiting_for_their_check() {
+        let mut m = Mempool::new(100, 1 << 20);
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        assert!(m.checking_add(a, vec![1, 2, 3]));
+        assert_eq!(m.checking_bodies(&[a, b]), vec![vec![1, 2, 3]]);
+        m.checking_done(&a);
+        assert!(m.checking_bodies(&[a]).is_empty());
+        for i in 0..CHECKING_MAX {
+            assert!(m.checking_add(Digest::of(&i.to_le_bytes()), vec![]));
+        }
+        assert!(!m.checking_add(b, vec![9]), "full");
+        assert!(m.checking_bodies(&[b]).is_empty());
     }
 }
