@@ -6,9 +6,11 @@
 //! overhead was about a third of an idle-ish validator's CPU. Here each connection keeps one
 //! outbound stream open; messages queued while a write is in progress go out together in the
 //! next one (`len u32 BE ‖ bytes` frames, as in the request-response codec). Messages to a
-//! peer all use its oldest connection, so they arrive in the order they were sent. Delivery is best effort, as before: a message is dropped (and
-//! counted) when its peer is not connected, its queue is full, or the stream fails; the
-//! consensus protocol's retransmission and view changes recover.
+//! peer all use its oldest connection, so they arrive in the order they were sent.
+//!
+//! Delivery is best effort, as before: a message is dropped (and counted) when its peer is
+//! not connected, its queue is full, the stream fails, or the connection closes with it
+//! still queued; the consensus protocol's retransmission and view changes recover.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -246,6 +248,14 @@ impl ConnectionHandler for Handler {
 
     fn connection_keep_alive(&self) -> bool {
         !self.queue.is_empty() || !matches!(self.out, Out::Idle) || !self.inbound.is_empty()
+    }
+
+    /// The connection is closing: frames still queued are lost; report them.
+    fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<Option<HandlerOut>> {
+        let lost = std::mem::take(&mut self.dropped) + self.queue.len() as u64;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        Poll::Ready((lost > 0).then_some(HandlerOut::Dropped(lost)))
     }
 
     fn on_behaviour_event(&mut self, bytes: Vec<u8>) {
