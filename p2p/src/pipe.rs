@@ -189,18 +189,8 @@ pub struct Handler {
 }
 
 async fn read_frame(mut s: Stream, max: usize) -> io::Result<(Stream, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await?;
-    Ok((s, buf))
+    let frame = crate::codec::read_frame(&mut s, max).await?;
+    Ok((s, frame))
 }
 
 async fn write_frames(mut s: Stream, buf: Vec<u8>) -> io::Result<Stream> {
