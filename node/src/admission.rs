@@ -438,12 +438,6 @@ impl Admission {
         for rx in receivers {
             results.push(rx.await);
         }
-        {
-            let mut pool = self.shared.mempool();
-            for h in &queued {
-                pool.checking_done(h);
-            }
-        }
         for result in results {
             match result {
                 Ok(Some(Ok(tx))) => {
@@ -454,6 +448,13 @@ impl Admission {
                 // Admitted meanwhile by another path (a proposal's fetch, a pull).
                 Ok(None) => {}
                 _ => valid = false,
+            }
+        }
+        // Only now, so that a proposal never finds a body in neither place.
+        {
+            let mut pool = self.shared.mempool();
+            for h in &queued {
+                pool.checking_done(h);
             }
         }
         if !valid {
