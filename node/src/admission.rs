@@ -433,30 +433,38 @@ impl Admission {
             }
             receivers.push(rx);
         }
+        // Each result is admitted as it comes (a proposal may be waiting for it), and only
+        // then leaves the waiting set, so that a proposal never finds a body in neither place.
         let mut valid = true;
-        let mut results = Vec::with_capacity(receivers.len());
         for rx in receivers {
-            results.push(rx.await);
-        }
-        for result in results {
-            match result {
+            let hash = match rx.await {
                 Ok(Some(Ok(tx))) => {
+                    let hash = tx.hash();
                     if let Err(e) = self.admit(tx, Source::Gossip) {
                         Metrics::inc_reason(&self.shared.metrics.mempool_rejected, e.reason());
                     }
+                    Some(hash)
                 }
                 // Admitted meanwhile by another path (a proposal's fetch, a pull).
-                Ok(None) => {}
-                _ => valid = false,
+                Ok(None) => None,
+                _ => {
+                    valid = false;
+                    None
+                }
+            };
+            if let Some(h) = hash {
+                self.shared.mempool().checking_done(&h);
             }
+            self.shared.checks_done.notify_waiters();
         }
-        // Only now, so that a proposal never finds a body in neither place.
+        // The rest (skipped, invalid, or not submitted because the queue closed).
         {
             let mut pool = self.shared.mempool();
             for h in &queued {
                 pool.checking_done(h);
             }
         }
+        self.shared.checks_done.notify_waiters();
         if !valid {
             Metrics::inc_kind(&self.shared.metrics.signature_rejections, "gossip", 1);
         }
@@ -487,11 +495,21 @@ async fn bundle_gossip(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, p2p: P2pHandle)
     }
 }
 
-/// Transactions whose bodies the mempool already holds (pending or recently seen).
+/// Transactions whose bodies the mempool already holds (pending or recently seen); the
+/// others are about to be checked, which a proposal needing one of them then waits for.
 fn known_bodies(shared: Arc<Shared>) -> crate::verify::Known<SignedTransaction> {
     Arc::new(move |txs: &[SignedTransaction]| {
-        let pool = shared.mempool();
-        txs.iter().map(|t| pool.body(&t.hash()).is_some()).collect()
+        let mut pool = shared.mempool();
+        txs.iter()
+            .map(|t| {
+                let hash = t.hash();
+                let known = pool.body(&hash).is_some();
+                if !known {
+                    pool.checking_started(&hash);
+                }
+                known
+            })
+            .collect()
     })
 }
 
@@ -544,6 +562,40 @@ pub fn consensus_verifier(
     )
 }
 
+/// How long a proposal waits for the checks under way of bodies it names before fetching
+/// them instead (a check takes milliseconds; this bounds a stuck or lost one).
+const CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until each of `hashes` is known or has left the waiting set (its check done), at
+/// most [`CHECK_WAIT`]; the known ones are taken off `missing`.
+async fn wait_for_checks(
+    shared: &Shared,
+    mut hashes: Vec<Digest>,
+    missing: &mut std::collections::HashSet<Digest>,
+) {
+    let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+    while !hashes.is_empty() {
+        // Registered before looking, so a check finishing in between still wakes us.
+        let notified = shared.checks_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let pool = shared.mempool();
+            hashes.retain(|h| {
+                if pool.body(h).is_some() {
+                    missing.remove(h);
+                    false
+                } else {
+                    pool.is_checking(h)
+                }
+            });
+        }
+        if hashes.is_empty() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Fetches transaction bodies from `prefer` first, then the other connected peers; verified
 /// bodies are remembered by the mempool. Returns whether all were found.
 pub async fn fetch_bodies(
@@ -557,7 +609,7 @@ pub async fn fetch_bodies(
     // the check queue: verify them here first (the queued copy is skipped when its turn
     // comes, its body being known by then).
     let wanted: Vec<Digest> = missing.iter().copied().collect();
-    let (stashed, queued) = {
+    let (stashed, (queued, under_way)) = {
         let mut pool = shared.mempool();
         (pool.take_stashed(&wanted), pool.checking_bodies(&wanted))
     };
@@ -594,6 +646,9 @@ pub async fn fetch_bodies(
             pool.remember(Arc::new(v));
         }
     }
+    // Bodies whose check is under way: wait for it (bounded) rather than check them again;
+    // those it did not admit are fetched below.
+    wait_for_checks(shared, under_way, &mut missing).await;
     let mut peers = shared.status().peers;
     if let Some(p) = prefer {
         peers.retain(|k| *k != p);

@@ -130,6 +130,7 @@ pub async fn run(home: &Path) -> Result<()> {
         metrics: metrics.clone(),
         keys: Arc::new(tally_crypto::KeyCache::new(200_000)),
         mempool_changed: Notify::new(),
+        checks_done: Notify::new(),
     });
 
     let (p2p, mut p2p_events) = tally_p2p::spawn(P2pConfig {

@@ -102,9 +102,10 @@ pub struct Mempool {
     /// Bodies gossiped while the pool was full, kept unverified (bounded): a proposal naming
     /// one verifies it on demand instead of fetching it over the network.
     stash: Fifo<Stashed>,
-    /// Gossiped bodies (raw) waiting in the signature-check queue: a proposal naming one takes
-    /// it from here instead of fetching it from a peer.
-    checking: FastMap<Digest, Vec<u8>>,
+    /// Gossiped bodies (raw) waiting for their signature check: a proposal naming one takes
+    /// it from here instead of fetching it from a peer. `true` once its check has started
+    /// (the proposal then waits for that check instead of repeating it).
+    checking: FastMap<Digest, (Vec<u8>, bool)>,
     /// Per sender with transactions behind a nonce gap: how many and their bytes; and the
     /// totals over all senders.
     gapped: FastMap<PublicKey, (usize, usize)>,
@@ -240,8 +241,15 @@ impl Mempool {
         if self.checking.len() >= CHECKING_MAX {
             return false;
         }
-        self.checking.insert(hash, bytes);
+        self.checking.insert(hash, (bytes, false));
         true
+    }
+
+    /// Its check has started: from now on a proposal waits for it rather than repeating it.
+    pub fn checking_started(&mut self, hash: &Digest) {
+        if let Some(e) = self.checking.get_mut(hash) {
+            e.1 = true;
+        }
     }
 
     /// Its check is done (or was skipped).
@@ -249,12 +257,23 @@ impl Mempool {
         self.checking.remove(hash);
     }
 
-    /// Copies of the bodies among `hashes` that wait for their check.
-    pub fn checking_bodies(&self, hashes: &[Digest]) -> Vec<Vec<u8>> {
-        hashes
-            .iter()
-            .filter_map(|h| self.checking.get(h).cloned())
-            .collect()
+    /// Whether the body waits for (or is in) its check.
+    pub fn is_checking(&self, hash: &Digest) -> bool {
+        self.checking.contains_key(hash)
+    }
+
+    /// Among `hashes`, copies of the bodies whose check has not started, and the hashes of
+    /// those whose check is under way.
+    pub fn checking_bodies(&self, hashes: &[Digest]) -> (Vec<Vec<u8>>, Vec<Digest>) {
+        let (mut queued, mut started) = (Vec::new(), Vec::new());
+        for h in hashes {
+            match self.checking.get(h) {
+                Some((_, true)) => started.push(*h),
+                Some((bytes, false)) => queued.push(bytes.clone()),
+                None => {}
+            }
+        }
+        (queued, started)
     }
 
     /// Takes stashed bodies for these hashes (the raw ones to be verified by the caller).
@@ -975,20 +994,32 @@ mod tests {
         assert_eq!(m.bytes(), tx(&k, 2, 0).encoded().len());
     }
 
-    /// Bodies waiting for their check are found by hash until their check is done, and the
-    /// set is bounded.
+    /// Bodies waiting for their check are found by hash until their check is done; once the
+    /// check has started only the hash is reported (the caller waits, it does not check the
+    /// body again); the set is bounded.
     #[test]
     fn bodies_waiting_for_their_check() {
         let mut m = Mempool::new(100, 1 << 20);
-        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let none: (Vec<Vec<u8>>, Vec<Digest>) = (vec![], vec![]);
         assert!(m.checking_add(a, vec![1, 2, 3]));
-        assert_eq!(m.checking_bodies(&[a, b]), vec![vec![1, 2, 3]]);
+        assert!(m.checking_add(c, vec![4]));
+        assert_eq!(m.checking_bodies(&[a, b]), (vec![vec![1, 2, 3]], vec![]));
+        m.checking_started(&c);
+        m.checking_started(&b);
+        assert_eq!(
+            m.checking_bodies(&[a, b, c]),
+            (vec![vec![1, 2, 3]], vec![c])
+        );
+        assert!(m.is_checking(&c) && !m.is_checking(&b));
         m.checking_done(&a);
-        assert!(m.checking_bodies(&[a]).is_empty());
+        m.checking_done(&c);
+        assert_eq!(m.checking_bodies(&[a, c]), none);
+        assert!(!m.is_checking(&c));
         for i in 0..CHECKING_MAX {
             assert!(m.checking_add(Digest::of(&i.to_le_bytes()), vec![]));
         }
         assert!(!m.checking_add(b, vec![9]), "full");
-        assert!(m.checking_bodies(&[b]).is_empty());
+        assert_eq!(m.checking_bodies(&[b]), none);
     }
 }

@@ -54,6 +54,9 @@ pub struct Shared {
     pub keys: Arc<KeyCache>,
     /// Woken when the mempool gets new transactions (the driver may cut a batch).
     pub mempool_changed: Notify,
+    /// Woken when gossiped bodies have finished their signature check (a proposal waiting
+    /// for bodies whose check was under way looks again).
+    pub checks_done: Notify,
 }
 
 impl Shared {
