@@ -317,7 +317,10 @@ pub fn run(cli: Cli) -> Result<()> {
             a.timeout_ms,
         )),
         Command::Start { home } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            // One event-loop thread: the node's async work is light (CPU-heavy work runs on
+            // the verification, execution and blocking threads), and a single thread saves the
+            // cross-thread wake-ups a work-stealing pool costs on every message.
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_name("tally")
                 .build()?;

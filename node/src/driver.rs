@@ -121,7 +121,7 @@ impl Driver {
                 });
             }
         }
-        self.flush();
+        self.flush().await;
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let shared = self.shared.clone();
@@ -161,7 +161,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            self.flush();
+            self.flush().await;
         }
     }
 
@@ -280,15 +280,16 @@ impl Driver {
         }
     }
 
-    fn flush(&mut self) {
+    async fn flush(&mut self) {
         let out = std::mem::take(&mut self.pending);
         if !out.is_empty() {
-            self.carry_out(out);
+            self.carry_out(out).await;
         }
     }
 
-    /// Persist (one synced write) → send → the rest, in order.
-    fn carry_out(&mut self, out: Vec<Output>) {
+    /// Persist (one synced write) → send → the rest, in order. The write runs on a blocking
+    /// thread; the driver waits for it (inputs arriving meanwhile join the next group).
+    async fn carry_out(&mut self, out: Vec<Output>) {
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for o in &out {
             if let Output::Persist(r) = o {
@@ -316,7 +317,9 @@ impl Driver {
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
                 .sum();
             let store = self.shared.store.clone();
-            let result = tokio::task::block_in_place(|| store.write_consensus(&writes, true));
+            let result = tokio::task::spawn_blocking(move || store.write_consensus(&writes, true))
+                .await
+                .unwrap_or_else(|e| Err(tally_storage::StorageError::Db(e.to_string())));
             if let Err(e) = result {
                 // Without its records a replica could equivocate after a restart: stop.
                 tracing::error!("cannot persist consensus records: {e}; stopping");

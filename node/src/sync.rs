@@ -196,7 +196,7 @@ pub async fn run(
 
 /// Fetches, verifies and hands to the executor the blocks after `height` one peer has.
 async fn fetch_from(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     p2p: &P2pHandle,
     exec: &mpsc::UnboundedSender<ExecCommand>,
     peer: PublicKey,
@@ -213,10 +213,28 @@ async fn fetch_from(
     let Some(SyncResponse::Blocks(blocks)) = wire::decode::<SyncResponse>(&response) else {
         return Err("unexpected response".into());
     };
+    // Certificates are checked on a blocking thread, off the event loop.
+    let verified = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(blocks.len());
+            for (i, bytes) in blocks.iter().enumerate() {
+                let result = verify_block(&shared, bytes, height + 1 + i as u64);
+                let failed = result.is_err();
+                out.push(result);
+                if failed {
+                    break;
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
     let mut n = 0;
-    for (i, bytes) in blocks.iter().enumerate() {
+    for (i, result) in verified.into_iter().enumerate() {
         let h = height + 1 + i as u64;
-        match verify_block(shared, bytes, h) {
+        match result {
             Ok((txs, certificate)) => {
                 let _ = exec.send(ExecCommand::Block {
                     height: h,
