@@ -155,6 +155,38 @@ impl Admission {
         Ok(rx)
     }
 
+    /// The account's next nonce as the node knows it (the mempool's cached committed nonce,
+    /// else the store).
+    fn next_nonce(&self, sender: &PublicKey) -> u64 {
+        use tally_ledger::StateView;
+        let cached = self.shared.mempool().cached_nonce(sender);
+        cached.unwrap_or_else(|| {
+            StoreView(&*self.shared.store)
+                .account(sender)
+                .ok()
+                .flatten()
+                .map_or(0, |a| a.nonce)
+        })
+    }
+
+    /// The answer to a client whose transaction's body the node already knew (its check was
+    /// skipped): pending or in a proposal, a duplicate; already committed, a stale nonce —
+    /// what a client replaying an old transaction must be told.
+    fn already_known(&self, id: (Digest, PublicKey, u64)) -> SubmitError {
+        let (hash, sender, nonce) = id;
+        if !self.shared.mempool().contains(&hash) {
+            let expected = self.next_nonce(&sender);
+            if nonce < expected {
+                return AdmitError::StaleNonce {
+                    expected,
+                    got: nonce,
+                }
+                .into();
+            }
+        }
+        AdmitError::Duplicate.into()
+    }
+
     fn admit(
         &self,
         tx: Verified<SignedTransaction>,
@@ -195,11 +227,12 @@ impl Admission {
         let result = async {
             let tx = self.decode(bytes)?;
             self.room_for(&tx)?;
+            let id = (tx.hash(), tx.tx().sender, tx.tx().nonce);
             let verified = self
                 .start_verify(tx)?
                 .await
                 .map_err(|_| SubmitError::Overloaded)?
-                .ok_or(AdmitError::Duplicate)?
+                .ok_or_else(|| self.already_known(id))?
                 .map_err(|_| TxError::InvalidSignature)?;
             self.admit(verified, Source::Rpc)
         }
@@ -217,16 +250,17 @@ impl Admission {
         for bytes in txs {
             pending.push(self.decode(bytes).and_then(|tx| {
                 self.room_for(&tx)?;
-                self.start_verify(tx)
+                let id = (tx.hash(), tx.tx().sender, tx.tx().nonce);
+                Ok((id, self.start_verify(tx)?))
             }));
         }
         let mut out = Vec::with_capacity(txs.len());
         for p in pending {
             let r = match p {
                 Err(e) => Err(e),
-                Ok(rx) => match rx.await {
+                Ok((id, rx)) => match rx.await {
                     Err(_) => Err(SubmitError::Overloaded),
-                    Ok(None) => Err(AdmitError::Duplicate.into()),
+                    Ok(None) => Err(self.already_known(id)),
                     Ok(Some(Err(_))) => Err(TxError::InvalidSignature.into()),
                     Ok(Some(Ok(v))) => self.admit(v, Source::Rpc),
                 },
