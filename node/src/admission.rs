@@ -219,6 +219,9 @@ impl Admission {
             let _ = self.gossip.send(b);
         }
         self.shared.mempool_changed.notify_one();
+        // A proposal may be waiting for this body (its gossiped copy's check was marked as
+        // under way when this copy's check started).
+        self.shared.checks_done.notify_waiters();
         Ok(hash)
     }
 
