@@ -192,16 +192,10 @@ impl Admission {
         tx: Verified<SignedTransaction>,
         source: Source,
     ) -> Result<Digest, SubmitError> {
-        use tally_ledger::StateView;
-        let sender = tx.tx().sender;
-        let cached = self.shared.mempool().cached_nonce(&sender);
-        let account = match cached {
-            Some(nonce) => tally_ledger::Account { balance: 0, nonce },
-            None => StoreView(&*self.shared.store)
-                .account(&sender)
-                .ok()
-                .flatten()
-                .unwrap_or_default(),
+        // The mempool judges by nonce only (balances are checked at execution).
+        let account = tally_ledger::Account {
+            balance: 0,
+            nonce: self.next_nonce(&tx.tx().sender),
         };
         let bytes = (source == Source::Rpc).then(|| tx.encoded().to_vec());
         let hash = match source {
@@ -312,29 +306,16 @@ impl Admission {
     /// rest as one batch off the loop and admits the valid ones. Returns how many were
     /// admitted.
     async fn admit_unverified(&self, bodies: Vec<Vec<u8>>, source: Source) -> usize {
-        use tally_ledger::StateView;
         let mut txs = Vec::with_capacity(bodies.len());
         for bytes in bodies {
             let Ok(tx) = self.decode(&bytes) else {
                 continue;
             };
             let (hash, sender, nonce) = (tx.hash(), tx.tx().sender, tx.tx().nonce);
-            let cached = {
-                let pool = self.shared.mempool();
-                if pool.body(&hash).is_some() {
-                    continue;
-                }
-                pool.cached_nonce(&sender)
-            };
-            let next = match cached {
-                Some(n) => n,
-                None => StoreView(&*self.shared.store)
-                    .account(&sender)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |a| a.nonce),
-            };
-            if nonce >= next {
+            if self.shared.mempool().body(&hash).is_some() {
+                continue;
+            }
+            if nonce >= self.next_nonce(&sender) {
                 txs.push(tx);
             }
         }
