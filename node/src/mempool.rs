@@ -761,7 +761,10 @@ mod tests {
 
     #[test]
     fn committed_nonces_are_remembered_after_the_pool_empties() {
-        let (a, b) = (SecretKey::from_seed(&[1; 32]), SecretKey::from_seed(&[2; 32]));
+        let (a, b) = (
+            SecretKey::from_seed(&[1; 32]),
+            SecretKey::from_seed(&[2; 32]),
+        );
         let mut m = Mempool::new(100, 1 << 20);
         assert_eq!(m.cached_nonce(&a.public_key()), None);
         let t = tx(&a, 0, 0);
