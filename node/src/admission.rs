@@ -98,7 +98,7 @@ impl Admission {
             }),
         );
         let (gossip, rx) = mpsc::unbounded_channel();
-        tokio::spawn(bundle_gossip(rx, p2p.clone()));
+        tokio::spawn(bundle_gossip(rx, p2p.clone(), shared.clone()));
         Admission {
             shared,
             verify,
@@ -491,8 +491,13 @@ impl Admission {
 }
 
 /// Sends locally admitted transactions to peers in bundles: every 10 ms, or sooner at
-/// 512 KiB.
-async fn bundle_gossip(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, p2p: P2pHandle) {
+/// 512 KiB, or at once when this node proposes (a proposal naming a transaction its backups
+/// have not received makes each of them fetch the body: it would travel twice).
+async fn bundle_gossip(
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    p2p: P2pHandle,
+    shared: Arc<Shared>,
+) {
     const BUNDLE_BYTES: usize = 512 * 1024;
     loop {
         let Some(first) = rx.recv().await else { return };
@@ -500,13 +505,25 @@ async fn bundle_gossip(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, p2p: P2pHandle)
         let mut txs = vec![first];
         let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
         while size < BUNDLE_BYTES {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(tx)) => {
-                    size += tx.len();
-                    txs.push(tx);
+            tokio::select! {
+                biased;
+                _ = shared.gossip_flush.notified() => {
+                    // Everything submitted before the proposal is in the channel already.
+                    while size < BUNDLE_BYTES {
+                        let Ok(tx) = rx.try_recv() else { break };
+                        size += tx.len();
+                        txs.push(tx);
+                    }
+                    break;
                 }
-                Ok(None) => return,
-                Err(_) => break,
+                next = tokio::time::timeout_at(deadline, rx.recv()) => match next {
+                    Ok(Some(tx)) => {
+                        size += tx.len();
+                        txs.push(tx);
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                },
             }
         }
         p2p.publish(wire::encode(&TxBundle { txs }));

@@ -131,6 +131,7 @@ pub async fn run(home: &Path) -> Result<()> {
         keys: Arc::new(tally_crypto::KeyCache::new(200_000)),
         mempool_changed: Notify::new(),
         checks_done: Notify::new(),
+        gossip_flush: Notify::new(),
     });
 
     let (p2p, mut p2p_events) = tally_p2p::spawn(P2pConfig {

@@ -262,6 +262,7 @@ impl Driver {
         if batch.is_empty() {
             return;
         }
+        self.shared.gossip_flush.notify_one();
         self.batch_requested = false;
         self.step(Input::Propose(Batch { txs: batch }));
     }

@@ -57,6 +57,9 @@ pub struct Shared {
     /// Woken when gossiped bodies have finished their signature check (a proposal waiting
     /// for bodies whose check was under way looks again).
     pub checks_done: Notify,
+    /// Woken when this node proposes: locally submitted transactions still gathering into a
+    /// gossip bundle leave now, ahead of the proposal, so backups need not fetch them.
+    pub gossip_flush: Notify,
 }
 
 impl Shared {
