@@ -30,6 +30,8 @@ const CHECKING_MAX: usize = 16_384;
 /// the pool was full (or one that sends far-ahead nonces on purpose) fills the pool with
 /// transactions that wait forever, and the node refuses everything else.
 const GAPPED_SHARE_DIVISOR: usize = 4;
+/// Dead entries the arrival queue may hold beyond twice the live ones before it is rebuilt.
+const QUEUE_SLACK: usize = 1024;
 /// Committed nonces remembered for senders with nothing pending. Past this many the
 /// entries of idle senders are dropped (admission then reads the store for them again).
 const NONCE_CACHE_MAX: usize = 100_000;
@@ -290,6 +292,12 @@ impl Mempool {
     /// the signature, so an overloaded node does not spend CPU on what it will refuse.
     pub fn full_for(&self, len: usize) -> bool {
         self.txs.len() >= self.max_txs || self.bytes + len > self.max_bytes
+    }
+
+    /// Entries in the arrival queue, dead ones included (for tests).
+    #[cfg(test)]
+    fn queue_len(&self) -> usize {
+        self.queue.len()
     }
 
     /// The committed next nonce of a sender with pending transactions or a recent block
@@ -639,6 +647,14 @@ impl Mempool {
             let pending = &self.by_sender;
             self.nonces.retain(|who, _| pending.contains_key(who));
         }
+        // Committed transactions leave the arrival queue lazily (only a primary's batch cut
+        // pops its front): once dead entries outnumber live ones, drop them all, so that the
+        // scans that walk the queue cost the pool's size, not its history. Amortised O(1)
+        // per removal.
+        if self.queue.len() > 2 * self.txs.len() + QUEUE_SLACK {
+            let live = &self.txs;
+            self.queue.retain(|h| live.contains_key(h));
+        }
         arrivals
     }
 
@@ -787,6 +803,40 @@ mod tests {
         ));
         m.admit(tx(&b, 7, 0), account(6)).unwrap();
         assert_eq!(m.cached_nonce(&b.public_key()), Some(7));
+    }
+
+    #[test]
+    fn the_arrival_queue_does_not_keep_committed_transactions() {
+        // A backup never cuts batches, so nothing pops the queue's front: committed
+        // transactions must still leave it, or every scan walks the node's whole history.
+        let keys: Vec<SecretKey> = (0..50u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
+        let mut m = Mempool::new(100_000, 1 << 30);
+        let mut committed = vec![0u64; keys.len()];
+        for round in 0..100u64 {
+            let mut hashes = Vec::new();
+            let mut accounts = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                hashes.push(m.admit(tx(k, round, 0), account(committed[i])).unwrap());
+                committed[i] = round + 1;
+                accounts.push((k.public_key(), account(round + 1)));
+            }
+            m.on_block(&hashes, &accounts);
+            assert!(m.is_empty());
+            assert!(m.queue_len() <= QUEUE_SLACK + 2 * keys.len());
+        }
+        // Pending transactions stay queued in arrival order through a rebuild.
+        let a = m.admit(tx(&keys[0], 100, 0), account(100)).unwrap();
+        let b = m.admit(tx(&keys[1], 100, 0), account(100)).unwrap();
+        for round in 100..130u64 {
+            let mut hashes = Vec::new();
+            let mut accounts = Vec::new();
+            for k in &keys[2..] {
+                hashes.push(m.admit(tx(k, round, 0), account(round)).unwrap());
+                accounts.push((k.public_key(), account(round + 1)));
+            }
+            m.on_block(&hashes, &accounts);
+        }
+        assert_eq!(m.take_batch(1 << 20, 100, Instant::now(), LONG), vec![a, b]);
     }
 
     #[test]
