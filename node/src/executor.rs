@@ -220,7 +220,10 @@ fn apply(
             "block"
         );
     }
-    let _ = shared.blocks.send(Arc::new(block));
+    let _ = shared.blocks.send(Arc::new(crate::shared::CommittedBlock {
+        block,
+        tx_hashes: hashes,
+    }));
     Ok(Some(Executed {
         seq: Seq(height),
         state_root,

@@ -172,7 +172,14 @@ pub fn tx_status(shared: &Shared, hash: &Digest) -> Value {
     }
 }
 
-pub fn block_json(shared: &Shared, b: &StoredBlock) -> Value {
+/// A block as RPC shows it. `tx_hashes` are computed from the bodies when not given;
+/// without `include_txs` the bodies are left out (not encoded at all).
+pub fn block_json(
+    shared: &Shared,
+    b: &StoredBlock,
+    tx_hashes: Option<&[Digest]>,
+    include_txs: bool,
+) -> Value {
     let results: Vec<Value> = b
         .outcomes
         .iter()
@@ -196,17 +203,24 @@ pub fn block_json(shared: &Shared, b: &StoredBlock) -> Value {
             })).collect::<Vec<_>>(),
         })
     });
-    json!({
+    let tx_hashes: Vec<String> = match tx_hashes {
+        Some(h) => h.iter().map(Digest::to_hex).collect(),
+        None => b.txs.iter().map(|t| Digest::of(t).to_hex()).collect(),
+    };
+    let mut json = json!({
         "height": b.header.height,
         "hash": b.hash().to_hex(),
         "prev_hash": b.header.prev_hash.to_hex(),
         "batch_digest": b.header.batch_digest.to_hex(),
         "state_root": b.header.state_root.to_hex(),
-        "txs": b.txs.iter().map(hex::encode).collect::<Vec<_>>(),
-        "tx_hashes": b.txs.iter().map(|t| Digest::of(t).to_hex()).collect::<Vec<_>>(),
+        "tx_hashes": tx_hashes,
         "results": results,
         "certificate": certificate,
-    })
+    });
+    if include_txs {
+        json["txs"] = b.txs.iter().map(hex::encode).collect::<Vec<_>>().into();
+    }
+    json
 }
 
 fn block_at(shared: &Shared, height: u64) -> Result<Value, ErrorObjectOwned> {
@@ -222,7 +236,7 @@ fn block_at(shared: &Shared, height: u64) -> Result<Value, ErrorObjectOwned> {
             )
         })?;
     let block = StoredBlock::decode(&bytes).map_err(|e| error(-32603, e.to_string(), None))?;
-    Ok(block_json(shared, &block))
+    Ok(block_json(shared, &block, None, true))
 }
 
 pub fn chain_status(shared: &Shared) -> Value {
@@ -417,11 +431,9 @@ pub async fn serve(
             let sink = pending.accept().await?;
             loop {
                 match rx.recv().await {
-                    Ok(block) => {
-                        let mut json = block_json(&ctx.shared, &block);
-                        if !include_txs {
-                            json.as_object_mut().map(|o| o.remove("txs"));
-                        }
+                    Ok(c) => {
+                        let json =
+                            block_json(&ctx.shared, &c.block, Some(&c.tx_hashes), include_txs);
                         let msg = SubscriptionMessage::new(
                             sink.method_name(),
                             sink.subscription_id(),

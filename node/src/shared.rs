@@ -36,6 +36,13 @@ pub struct EvidenceRecord {
 
 pub const EVIDENCE_KEPT: usize = 1024;
 
+/// A block just committed, with its transactions' hashes (the executor has them; a
+/// subscriber would otherwise hash every body again).
+pub struct CommittedBlock {
+    pub block: StoredBlock,
+    pub tx_hashes: Vec<Digest>,
+}
+
 pub struct Shared {
     pub chain_id: ChainId,
     pub genesis: Genesis,
@@ -47,7 +54,8 @@ pub struct Shared {
     pub status: RwLock<Status>,
     /// Woken when a transaction is committed or fails: RPC `tx_wait` re-reads the index.
     pub tx_waiters: Mutex<crate::FastMap<Digest, Arc<Notify>>>,
-    pub blocks: broadcast::Sender<Arc<StoredBlock>>,
+    /// Every block as it commits, for RPC subscribers.
+    pub blocks: broadcast::Sender<Arc<CommittedBlock>>,
     pub evidence: Mutex<VecDeque<EvidenceRecord>>,
     pub metrics: Arc<Metrics>,
     /// Validated sender keys, shared by every verification path.

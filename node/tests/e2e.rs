@@ -120,6 +120,20 @@ async fn four_validators_end_to_end() {
         "subscription delivers block 1 first: {first}"
     );
     assert!(first["certificate"]["signatures"].as_array().unwrap().len() >= 3);
+    // The hashes a subscriber gets (from the executor) are those of the bodies.
+    let (bodies, tx_hashes) = (
+        first["txs"].as_array().unwrap(),
+        first["tx_hashes"].as_array().unwrap(),
+    );
+    assert!(!bodies.is_empty());
+    assert_eq!(bodies.len(), tx_hashes.len());
+    for (body, hash) in bodies.iter().zip(tx_hashes) {
+        let raw = hex::decode(body.as_str().unwrap()).unwrap();
+        assert_eq!(
+            tally_crypto::Digest::of(&raw).to_hex(),
+            hash.as_str().unwrap()
+        );
+    }
 
     // The CLI's client commands against the live network.
     let network = net.dir.path().join("net/network.json");
