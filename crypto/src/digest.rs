@@ -41,7 +41,7 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::to_hex(&self.0)
     }
 
     /// Parses 64 hex digits (an optional `0x` prefix is allowed).

@@ -42,7 +42,7 @@ impl PublicKey {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::to_hex(&self.0)
     }
 
     /// Parses 64 hex digits (an optional `0x` prefix is allowed). This checks the format only;
@@ -54,7 +54,7 @@ impl PublicKey {
 
 impl Signature {
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        crate::to_hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Result<Signature, CryptoError> {

@@ -611,7 +611,10 @@ async fn drive(
         let accounts = a.accounts;
         inflight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let batch: Vec<String> = picked.iter().map(|&i| hex::encode(&txs[i].1)).collect();
+            let batch: Vec<String> = picked
+                .iter()
+                .map(|&i| tally_crypto::to_hex(&txs[i].1))
+                .collect();
             let mut p = jsonrpsee::core::params::ObjectParams::new();
             let _ = p.insert("txs", batch);
             let result: Result<Value, _> = client.request("tx_submit_batch", p).await;

@@ -193,7 +193,7 @@ async fn demo_load(info: NetworkInfo, rate: u64) -> Result<()> {
             }
             .sign(&keys[from])?;
             nonces[from] += 1;
-            txs.push(hex::encode(tx.encoded()));
+            txs.push(tally_crypto::to_hex(tx.encoded()));
         }
         let c = &clients[i % clients.len()];
         if call(c, "tx_submit_batch", json!({"txs": txs}))

@@ -218,7 +218,12 @@ pub fn block_json(
         "certificate": certificate,
     });
     if include_txs {
-        json["txs"] = b.txs.iter().map(hex::encode).collect::<Vec<_>>().into();
+        json["txs"] = b
+            .txs
+            .iter()
+            .map(|t| tally_crypto::to_hex(t))
+            .collect::<Vec<_>>()
+            .into();
     }
     json
 }
