@@ -82,13 +82,17 @@ pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
 }
 
 fn parse_hex_tx(s: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
-    hex::decode(s.strip_prefix("0x").unwrap_or(s)).map_err(|_| {
-        error(
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    // Into a buffer of the final size (`hex::decode` grows its vector as it goes).
+    let mut out = vec![0u8; s.len() / 2];
+    if !s.len().is_multiple_of(2) || hex::decode_to_slice(s, &mut out).is_err() {
+        return Err(error(
             codes::MALFORMED,
             "transaction is not hex",
             Some(json!({"reason": "malformed"})),
-        )
-    })
+        ));
+    }
+    Ok(out)
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ErrorObjectOwned> {
@@ -464,4 +468,20 @@ pub async fn serve(
         .build();
     let server = Server::builder().set_config(config).build(listen).await?;
     Ok(server.start(module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_arrive_as_hex_or_are_malformed() {
+        assert_eq!(parse_hex_tx("00ff10").unwrap(), vec![0x00, 0xff, 0x10]);
+        assert_eq!(parse_hex_tx("0xABcd").unwrap(), vec![0xab, 0xcd]);
+        assert_eq!(parse_hex_tx("").unwrap(), Vec::<u8>::new());
+        for bad in ["0", "abc", "zz", "0x0g", "éé"] {
+            let e = parse_hex_tx(bad).unwrap_err();
+            assert_eq!(e.code(), codes::MALFORMED, "{bad}");
+        }
+    }
 }
