@@ -9,7 +9,9 @@ set -euo pipefail
 
 need_apt=()
 have_libclang() {
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1
+    # libclang itself (what bindgen loads), not libclang-cpp, which a bare clang install brings.
+    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*-linux-gnu/libclang*.so* 2>/dev/null \
+        | grep -v 'libclang-cpp' | grep -q .
 }
 have_libclang || need_apt+=(libclang-dev)
 command -v g++ >/dev/null || need_apt+=(g++)
