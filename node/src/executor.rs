@@ -184,16 +184,21 @@ fn apply(
     m.blocks_committed.inc();
     m.height.set(height as i64);
     m.block_transactions.observe(block.txs.len() as f64);
+    // Counted per outcome first: a labelled counter costs a lock and a label allocation.
+    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
     for o in &block.outcomes {
         let outcome = match o {
             tally_ledger::TxOutcome::Ok => "ok",
             tally_ledger::TxOutcome::Failed(e) => e.name(),
         };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    for (outcome, n) in outcomes {
         m.transactions_committed
             .get_or_create(&tally_monitoring::OutcomeLabels {
                 outcome: outcome.into(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     // The mempool drops what committed; local transactions report their latency.
@@ -203,9 +208,7 @@ fn apply(
         m.transaction_latency
             .observe(arrived.elapsed().as_secs_f64());
     }
-    for h in &hashes {
-        shared.wake_tx(h);
-    }
+    shared.wake_txs(&hashes);
     let hash = block.hash();
     let state_root = block.header.state_root;
     shared.update_status(|s| {

@@ -96,14 +96,16 @@ impl Shared {
             .clone()
     }
 
-    pub fn wake_tx(&self, hash: &Digest) {
-        let n = self
-            .tx_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(hash);
-        if let Some(n) = n {
-            n.notify_waiters();
+    /// Wakes the RPC callers waiting for any of these transactions (one lock per block).
+    pub fn wake_txs(&self, hashes: &[Digest]) {
+        let mut waiters = self.tx_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.is_empty() {
+            return;
+        }
+        for h in hashes {
+            if let Some(n) = waiters.remove(h) {
+                n.notify_waiters();
+            }
         }
     }
 
