@@ -10,8 +10,14 @@ set -euo pipefail
 need_apt=()
 have_libclang() {
     # libclang itself (what bindgen loads), not libclang-cpp, which a bare clang install brings.
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*-linux-gnu/libclang*.so* 2>/dev/null \
-        | grep -v 'libclang-cpp' | grep -q .
+    local f
+    for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*-linux-gnu/libclang*.so*; do
+        case "$f" in
+            *libclang-cpp*) ;;
+            *) [ -e "$f" ] && return 0 ;;
+        esac
+    done
+    return 1
 }
 have_libclang || need_apt+=(libclang-dev)
 command -v g++ >/dev/null || need_apt+=(g++)
