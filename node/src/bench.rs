@@ -384,6 +384,8 @@ struct Report {
     transactions_per_block: f64,
     /// CPU of this benchmark process itself (it shares the machine with the nodes).
     client_cpu_cores: f64,
+    /// The whole machine over the measured window: how busy it was, and with what else.
+    machine: MachineUse,
     nodes: Vec<NodeUse>,
     ceiling: Ceiling,
     timeline: Vec<TimelinePoint>,
@@ -402,6 +404,55 @@ struct NodeUse {
     name: String,
     cpu_cores: f64,
     peak_rss_mb: f64,
+}
+
+#[derive(serde::Serialize)]
+struct MachineUse {
+    cores: usize,
+    /// CPU in use on the whole machine (user, system and interrupts), in cores.
+    busy_cores: f64,
+    /// Busy CPU spent neither by the validators nor by this client: other programs sharing the
+    /// machine. Absent when the benchmark targets a running network.
+    other_programs_cores: Option<f64>,
+    /// CPU the hypervisor gave to other guests while this one wanted to run.
+    steal_cores: f64,
+}
+
+/// Whole-machine CPU seconds so far, `(busy, steal)`, from the first line of `/proc/stat`.
+fn machine_cpu() -> Option<(f64, f64)> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_proc_stat(text: &str) -> Option<(f64, f64)> {
+    let line = text.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal …, in clock ticks (100 per second).
+    let f: Vec<f64> = fields.map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some((busy / 100.0, f.get(7).copied().unwrap_or(0.0) / 100.0))
+}
+
+fn machine_use(
+    start: Option<(f64, f64)>,
+    end: Option<(f64, f64)>,
+    window: f64,
+    ours: Option<f64>,
+) -> MachineUse {
+    let (busy, steal) = match (start, end) {
+        (Some((b0, s0)), Some((b1, s1))) if window > 0.0 => {
+            ((b1 - b0) / window, (s1 - s0) / window)
+        }
+        _ => (0.0, 0.0),
+    };
+    MachineUse {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        busy_cores: busy,
+        other_programs_cores: ours.map(|o| (busy - o).max(0.0)),
+        steal_cores: steal,
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -530,6 +581,8 @@ async fn drive(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut cpu_start = Vec::new();
+    let mut measuring = false;
+    let mut machine_start = None;
     let mut view_changes_start = 0.0;
     let mut blocks_start = 0.0;
     let mut client_cpu_start = 0.0;
@@ -547,7 +600,9 @@ async fn drive(
         if elapsed >= total_secs as f64 {
             break;
         }
-        if cpu_start.is_empty() && elapsed >= a.warmup as f64 {
+        if !measuring && elapsed >= a.warmup as f64 {
+            measuring = true;
+            machine_start = machine_cpu();
             cpu_start = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
             client_cpu_start = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
             for n in &info.nodes {
@@ -677,6 +732,7 @@ async fn drive(
     }
     let cpu_end: Vec<_> = nodes.children.iter().map(|c| proc_stat(c.id())).collect();
     let client_cpu_end = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
+    let machine_end = machine_cpu();
     let window = start.elapsed().as_secs_f64() - a.warmup as f64;
     let mut view_changes_end = 0.0;
     for n in &info.nodes {
@@ -716,7 +772,7 @@ async fn drive(
         p99: percentile(l, 0.99),
         max: l.last().copied().unwrap_or(0.0),
     };
-    let nodes_use = info
+    let nodes_use: Vec<NodeUse> = info
         .nodes
         .iter()
         .enumerate()
@@ -773,6 +829,16 @@ async fn drive(
             0.0
         },
         client_cpu_cores: (client_cpu_end - client_cpu_start) / window,
+        machine: machine_use(
+            machine_start,
+            machine_end,
+            window,
+            // Only when this run started the validators is their CPU known.
+            (!nodes.children.is_empty()).then(|| {
+                nodes_use.iter().map(|n| n.cpu_cores).sum::<f64>()
+                    + (client_cpu_end - client_cpu_start) / window
+            }),
+        ),
         nodes: nodes_use,
         ceiling: Ceiling {
             verifications_per_s_all_cores: verifications,
@@ -821,6 +887,14 @@ fn print_table(r: &Report) {
         );
     }
     println!("  bench client       cpu {:.2} cores", r.client_cpu_cores);
+    let m = &r.machine;
+    let other = m
+        .other_programs_cores
+        .map_or(String::new(), |o| format!(", {o:.2} of it other programs"));
+    println!(
+        "  machine            {} cores, {:.2} busy{other}; steal {:.2}",
+        m.cores, m.busy_cores, m.steal_cores
+    );
     println!(
         "  ceiling            {:.0} verifications/s on all cores / {} validators = {:.0} tx/s; committed/ceiling = {:.2}",
         r.ceiling.verifications_per_s_all_cores,
@@ -918,4 +992,31 @@ fn plot_svg(r: &Report) -> String {
     ));
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_is_read_from_the_first_line_of_proc_stat() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let text = "cpu  1000 50 300 9000 20 10 40 70 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let (busy, steal) = parse_proc_stat(text).unwrap();
+        assert!((busy - 14.0).abs() < 1e-9, "{busy}");
+        assert!((steal - 0.7).abs() < 1e-9, "{steal}");
+        assert_eq!(parse_proc_stat("intr 1 2 3\n"), None);
+        assert_eq!(parse_proc_stat("cpu 1 x 3\n"), None);
+    }
+
+    #[test]
+    fn other_programs_are_the_busy_cpu_not_ours() {
+        let m = machine_use(Some((100.0, 1.0)), Some((120.0, 2.0)), 10.0, Some(1.5));
+        assert!((m.busy_cores - 2.0).abs() < 1e-9);
+        assert!((m.steal_cores - 0.1).abs() < 1e-9);
+        assert!((m.other_programs_cores.unwrap() - 0.5).abs() < 1e-9);
+        // A running network's validators are not ours to count: no estimate.
+        let m = machine_use(Some((100.0, 1.0)), Some((120.0, 2.0)), 10.0, None);
+        assert_eq!(m.other_programs_cores, None);
+    }
 }
