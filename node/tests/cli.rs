@@ -318,3 +318,64 @@ fn every_subcommand_has_help() {
         );
     }
 }
+
+/// `tally bench` end to end, at a low rate: real processes, real signatures; the report's
+/// figures are those of a network that committed what was offered.
+#[test]
+fn bench_drives_a_local_network_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
+    // A port range nothing else listens on (ports base + 10·i + {0, 1, 2}).
+    let base = (0..200u16)
+        .map(|k| 38_000 + (std::process::id() as u16 % 100 + k) * 50)
+        .find(|b| (0..43).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
+        .expect("a free port range");
+    let out = tally(&[
+        "bench",
+        "--validators",
+        "4",
+        "--tx-bytes",
+        "300",
+        "--rate",
+        "200",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--accounts",
+        "50",
+        "--base-port",
+        &base.to_string(),
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["validators"], 4);
+    assert_eq!(r["tx_bytes"], 300);
+    assert_eq!(r["offered_tx_per_s"].as_f64().unwrap().round(), 200.0);
+    // Latency at 200 tx/s is tens of milliseconds: nearly all of the window commits in it.
+    let committed = r["committed_tx_per_s"].as_f64().unwrap();
+    assert!(committed >= 100.0, "committed {committed} tx/s");
+    assert_eq!(r["refused_other"], 0);
+    let p50 = r["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= r["latency_ms"]["max"].as_f64().unwrap());
+    let nodes = r["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4);
+    for n in nodes {
+        assert!(n["cpu_cores"].as_f64().unwrap() > 0.0, "{n}");
+        assert!(n["peak_rss_mb"].as_f64().unwrap() > 1.0, "{n}");
+    }
+    assert!(r["ceiling"]["ceiling_tx_per_s"].as_f64().unwrap() > 0.0);
+    let m = &r["machine"];
+    assert!(m["cores"].as_u64().unwrap() >= 1);
+    assert!(m["busy_cores"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["other_programs_cores"].as_f64().unwrap() >= 0.0, "{m}");
+    assert_eq!(r["timeline"].as_array().unwrap().len(), 4);
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+}
