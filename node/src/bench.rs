@@ -734,6 +734,7 @@ async fn drive(
     let client_cpu_end = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
     let machine_end = machine_cpu();
     let window = start.elapsed().as_secs_f64() - a.warmup as f64;
+    let client_cpu = (client_cpu_end - client_cpu_start) / window;
     let mut view_changes_end = 0.0;
     for n in &info.nodes {
         view_changes_end += metric_sum(&n.metrics, "tally_view_changes_total").await;
@@ -828,16 +829,14 @@ async fn drive(
         } else {
             0.0
         },
-        client_cpu_cores: (client_cpu_end - client_cpu_start) / window,
+        client_cpu_cores: client_cpu,
         machine: machine_use(
             machine_start,
             machine_end,
             window,
             // Only when this run started the validators is their CPU known.
-            (!nodes.children.is_empty()).then(|| {
-                nodes_use.iter().map(|n| n.cpu_cores).sum::<f64>()
-                    + (client_cpu_end - client_cpu_start) / window
-            }),
+            (!nodes.children.is_empty())
+                .then(|| nodes_use.iter().map(|n| n.cpu_cores).sum::<f64>() + client_cpu),
         ),
         nodes: nodes_use,
         ceiling: Ceiling {
