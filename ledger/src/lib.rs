@@ -30,6 +30,7 @@ pub mod block;
 pub mod execute;
 pub mod state;
 pub mod tx;
+mod xof;
 
 pub use block::{BlockHeader, batch_digest};
 pub use execute::{

@@ -82,8 +82,14 @@ fn parse_secs(s: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Batch verifications per second on all cores, with the validity rule the nodes use.
-pub fn measure_ceiling() -> f64 {
+/// Rounds of the ceiling measurement; the best round is the ceiling.
+pub const CEILING_ROUNDS: usize = 5;
+
+/// Batch verifications per second on all cores, with the validity rule the nodes use: one
+/// figure per round. A round is ≈ 0.2–0.4 s; on a shared machine single rounds vary by up
+/// to 1.7× (other guests, frequency), so the caller takes the best round as the machine's
+/// capacity and reports the spread.
+pub fn measure_ceiling(rounds: usize) -> Vec<f64> {
     const D: Domain = Domain::new("bench/ceiling/v1");
     struct Item(SignatureCheck);
     impl Verifiable for Item {
@@ -113,19 +119,23 @@ pub fn measure_ceiling() -> f64 {
             }
         })
         .collect();
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                for chunk in checks.chunks(256) {
-                    let items: Vec<Item> = chunk.iter().cloned().map(Item).collect();
-                    let ok = tally_crypto::verify_batch(&(), &chain, items);
-                    assert!(ok.iter().all(|r| r.is_ok()));
+    (0..rounds.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for chunk in checks.chunks(256) {
+                            let items: Vec<Item> = chunk.iter().cloned().map(Item).collect();
+                            let ok = tally_crypto::verify_batch(&(), &chain, items);
+                            assert!(ok.iter().all(|r| r.is_ok()));
+                        }
+                    });
                 }
             });
-        }
-    });
-    (threads * per_thread) as f64 / started.elapsed().as_secs_f64()
+            (threads * per_thread) as f64 / started.elapsed().as_secs_f64()
+        })
+        .collect()
 }
 
 struct Nodes {
@@ -269,7 +279,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let n = if a.network.is_some() { 0 } else { a.validators };
     eprintln!("measuring the signature-verification ceiling on all cores…");
-    let verifications = measure_ceiling();
+    let rounds = measure_ceiling(CEILING_ROUNDS);
+    let verifications = rounds.iter().copied().fold(0.0, f64::max);
     let (info, nodes) = start_network(&a)?;
     let n = if n == 0 { info.nodes.len() } else { n };
     let ceiling = verifications / n as f64;
@@ -287,7 +298,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(drive(&a, &info, &nodes, txs, ceiling, verifications))?;
+    let report = runtime.block_on(drive(&a, &info, &nodes, txs, ceiling, rounds))?;
     drop(nodes);
     if let Some(path) = &a.plot {
         std::fs::write(path, plot_svg(&report))?;
@@ -457,7 +468,10 @@ fn machine_use(
 
 #[derive(serde::Serialize)]
 struct Ceiling {
+    /// The best of the rounds.
     verifications_per_s_all_cores: f64,
+    /// Each round's figure, in order.
+    rounds_verifications_per_s: Vec<f64>,
     ceiling_tx_per_s: f64,
     committed_over_ceiling: f64,
 }
@@ -484,7 +498,7 @@ async fn drive(
     nodes: &Nodes,
     txs: Vec<(Digest, Vec<u8>)>,
     ceiling: f64,
-    verifications: f64,
+    rounds: Vec<f64>,
 ) -> Result<Report> {
     // Wait for the network.
     let clients: Vec<_> = info
@@ -840,7 +854,8 @@ async fn drive(
         ),
         nodes: nodes_use,
         ceiling: Ceiling {
-            verifications_per_s_all_cores: verifications,
+            verifications_per_s_all_cores: rounds.iter().copied().fold(0.0, f64::max),
+            rounds_verifications_per_s: rounds,
             ceiling_tx_per_s: ceiling,
             committed_over_ceiling: committed_rate / ceiling,
         },
@@ -894,9 +909,16 @@ fn print_table(r: &Report) {
         "  machine            {} cores, {:.2} busy{other}; steal {:.2}",
         m.cores, m.busy_cores, m.steal_cores
     );
+    let worst = r
+        .ceiling
+        .rounds_verifications_per_s
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     println!(
-        "  ceiling            {:.0} verifications/s on all cores / {} validators = {:.0} tx/s; committed/ceiling = {:.2}",
+        "  ceiling            {:.0} verifications/s on all cores (best of {} rounds, worst {worst:.0}) / {} validators = {:.0} tx/s; committed/ceiling = {:.2}",
         r.ceiling.verifications_per_s_all_cores,
+        r.ceiling.rounds_verifications_per_s.len(),
         r.validators,
         r.ceiling.ceiling_tx_per_s,
         r.ceiling.committed_over_ceiling

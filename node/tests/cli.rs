@@ -372,6 +372,21 @@ fn bench_drives_a_local_network_and_reports() {
         assert!(n["peak_rss_mb"].as_f64().unwrap() > 1.0, "{n}");
     }
     assert!(r["ceiling"]["ceiling_tx_per_s"].as_f64().unwrap() > 0.0);
+    let rounds = r["ceiling"]["rounds_verifications_per_s"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rounds.len(), tally_node::bench::CEILING_ROUNDS);
+    let best = r["ceiling"]["verifications_per_s_all_cores"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        rounds.iter().all(|v| v.as_f64().unwrap() <= best),
+        "{rounds:?}"
+    );
+    assert!(
+        rounds.iter().any(|v| v.as_f64().unwrap() == best),
+        "{rounds:?}"
+    );
     let m = &r["machine"];
     assert!(m["cores"].as_u64().unwrap() >= 1);
     assert!(m["busy_cores"].as_f64().unwrap() > 0.0, "{m}");
