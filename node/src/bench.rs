@@ -61,7 +61,14 @@ pub struct BenchArgs {
     /// Keep the started network's folder (printed).
     #[arg(long)]
     pub keep: bool,
+    /// Repeat the whole benchmark this many times, each on a fresh network, and report every
+    /// run and the median of each figure (a shared machine's runs differ; quote medians).
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
+
+/// Most runs `--runs` accepts.
+pub const RUNS_MAX: usize = 20;
 
 fn parse_secs(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -277,10 +284,59 @@ pub fn run(a: BenchArgs) -> Result<()> {
             tally_ledger::TX_BYTES_MAX
         );
     }
+    if a.runs == 0 || a.runs > RUNS_MAX {
+        bail!("--runs must be between 1 and {RUNS_MAX}");
+    }
+    if a.runs > 1 && a.network.is_some() {
+        bail!(
+            "--runs needs networks the benchmark starts itself: against a running network the second run's transactions would reuse the first run's nonces"
+        );
+    }
+    let mut reports = Vec::with_capacity(a.runs);
+    for i in 0..a.runs {
+        if a.runs > 1 {
+            eprintln!("run {} of {}", i + 1, a.runs);
+        }
+        reports.push(run_once(&a)?);
+    }
+    if a.runs == 1 {
+        let report = reports.pop().expect("one run");
+        if let Some(path) = &a.plot {
+            std::fs::write(path, plot_svg(&report))?;
+            eprintln!("plot written to {}", path.display());
+        }
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_table(&report);
+        }
+        return Ok(());
+    }
+    let summary = Summary::of(&reports);
+    if let Some(path) = &a.plot {
+        // The run whose committed rate is the median one.
+        std::fs::write(path, plot_svg(&reports[summary.median_run]))?;
+        eprintln!(
+            "plot of run {} (the median committed rate) written to {}",
+            summary.median_run + 1,
+            path.display()
+        );
+    }
+    if a.json {
+        let out = json!({ "runs": reports, "median": summary });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_summary(&reports, &summary);
+    }
+    Ok(())
+}
+
+/// One whole benchmark: the ceiling before, a network, the load, the ceiling after.
+fn run_once(a: &BenchArgs) -> Result<Report> {
     let n = if a.network.is_some() { 0 } else { a.validators };
     eprintln!("measuring the signature-verification ceiling on all cores…");
     let before = measure_ceiling(CEILING_ROUNDS);
-    let (info, nodes) = start_network(&a)?;
+    let (info, nodes) = start_network(a)?;
     let n = if n == 0 { info.nodes.len() } else { n };
     let chain = ChainId::new(info.chain_id.clone())?;
 
@@ -296,23 +352,145 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut report = runtime.block_on(drive(&a, &info, &nodes, txs, n, before.clone()))?;
+    let mut report = runtime.block_on(drive(a, &info, &nodes, txs, n, before.clone()))?;
     drop(nodes);
     // Again once the network is gone: the machine's speed drifts over minutes (other
     // guests), and the ceiling should describe the machine the run had, not one moment.
     eprintln!("measuring the ceiling again…");
     let after = measure_ceiling(CEILING_ROUNDS);
     report.ceiling = Ceiling::new(before, after, n, report.committed_tx_per_s);
-    if let Some(path) = &a.plot {
-        std::fs::write(path, plot_svg(&report))?;
-        eprintln!("plot written to {}", path.display());
+    Ok(report)
+}
+
+/// A figure over several runs.
+#[derive(serde::Serialize, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `None` for no values. With an even count the median is the lower middle value, so
+    /// that it is always one a run measured.
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        Some(Spread {
+            median: *v.get((v.len().checked_sub(1)?) / 2)?,
+            min: *v.first()?,
+            max: *v.last()?,
+        })
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+}
+
+/// The medians of several runs.
+#[derive(serde::Serialize)]
+struct Summary {
+    runs: usize,
+    /// Index (from 0) of the run with the median committed rate: the one plotted.
+    median_run: usize,
+    committed_tx_per_s: Spread,
+    latency_p50_ms: Spread,
+    latency_p90_ms: Spread,
+    latency_p99_ms: Spread,
+    latency_max_ms: Spread,
+    /// CPU of all validators together.
+    cpu_cores_nodes: Spread,
+    /// The largest peak RSS of any validator in each run.
+    peak_rss_mb: Spread,
+    view_changes: Spread,
+    refusals: Spread,
+    ceiling_tx_per_s: Spread,
+    committed_over_ceiling: Spread,
+}
+
+impl Summary {
+    fn of(reports: &[Report]) -> Summary {
+        let spread = |f: &dyn Fn(&Report) -> f64| {
+            Spread::of(reports.iter().map(f)).unwrap_or(Spread {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0,
+            })
+        };
+        let committed = spread(&|r| r.committed_tx_per_s);
+        let median_run = reports
+            .iter()
+            .position(|r| r.committed_tx_per_s == committed.median)
+            .unwrap_or(0);
+        Summary {
+            runs: reports.len(),
+            median_run,
+            committed_tx_per_s: committed,
+            latency_p50_ms: spread(&|r| r.latency_ms.p50),
+            latency_p90_ms: spread(&|r| r.latency_ms.p90),
+            latency_p99_ms: spread(&|r| r.latency_ms.p99),
+            latency_max_ms: spread(&|r| r.latency_ms.max),
+            cpu_cores_nodes: spread(&|r| r.nodes.iter().map(|n| n.cpu_cores).sum()),
+            peak_rss_mb: spread(&|r| r.nodes.iter().map(|n| n.peak_rss_mb).fold(0.0, f64::max)),
+            view_changes: spread(&|r| r.view_changes),
+            refusals: spread(&|r| {
+                (r.refused_mempool_full + r.refused_overloaded + r.refused_other) as f64
+            }),
+            ceiling_tx_per_s: spread(&|r| r.ceiling.ceiling_tx_per_s),
+            committed_over_ceiling: spread(&|r| r.ceiling.committed_over_ceiling),
+        }
     }
-    Ok(())
+}
+
+fn print_summary(reports: &[Report], s: &Summary) {
+    let first = &reports[0];
+    println!(
+        "tally bench: {} runs, {} validators, {}-byte transactions, {:.0} tx/s offered for {} s each",
+        s.runs, first.validators, first.tx_bytes, first.offered_tx_per_s, first.duration_s
+    );
+    println!(
+        "  {:>6}  committed tx/s  p50 ms  p90 ms  p99 ms  max ms  refusals  view changes  peak RSS MB  CPU (cores)  committed/ceiling",
+        "run"
+    );
+    let row = |label: &str, figures: [f64; 10]| {
+        let [rate, p50, p90, p99, max, refused, vcs, rss, cpu, ratio] = figures;
+        println!(
+            "  {label:>6}  {rate:>14.0}  {p50:>6.0}  {p90:>6.0}  {p99:>6.0}  {max:>6.0}  {refused:>8.0}  {vcs:>12.0}  {rss:>11.0}  {cpu:>11.2}  {ratio:>17.2}"
+        );
+    };
+    for (i, r) in reports.iter().enumerate() {
+        row(
+            &(i + 1).to_string(),
+            [
+                r.committed_tx_per_s,
+                r.latency_ms.p50,
+                r.latency_ms.p90,
+                r.latency_ms.p99,
+                r.latency_ms.max,
+                (r.refused_mempool_full + r.refused_overloaded + r.refused_other) as f64,
+                r.view_changes,
+                r.nodes.iter().map(|n| n.peak_rss_mb).fold(0.0, f64::max),
+                r.nodes.iter().map(|n| n.cpu_cores).sum::<f64>(),
+                r.ceiling.committed_over_ceiling,
+            ],
+        );
+    }
+    row(
+        "median",
+        [
+            s.committed_tx_per_s.median,
+            s.latency_p50_ms.median,
+            s.latency_p90_ms.median,
+            s.latency_p99_ms.median,
+            s.latency_max_ms.median,
+            s.refusals.median,
+            s.view_changes.median,
+            s.peak_rss_mb.median,
+            s.cpu_cores_nodes.median,
+            s.committed_over_ceiling.median,
+        ],
+    );
+    println!(
+        "  (each column's median on its own; run {} has the median committed rate: the one --plot draws)",
+        s.median_run + 1
+    );
 }
 
 fn presign(
@@ -1036,6 +1214,23 @@ fn plot_svg(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_takes_a_measured_median() {
+        let s = Spread::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!(
+            s,
+            Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        // Even count: the lower middle value, one a run measured.
+        assert_eq!(Spread::of([4.0, 1.0, 3.0, 2.0]).unwrap().median, 2.0);
+        assert_eq!(Spread::of([5.0]).unwrap().median, 5.0);
+        assert_eq!(Spread::of([]), None);
+    }
 
     #[test]
     fn machine_cpu_is_read_from_the_first_line_of_proc_stat() {
