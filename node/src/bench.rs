@@ -746,7 +746,11 @@ async fn drive(
     let mut sub = ws
         .subscribe::<Value, _>(
             "subscribe_blocks",
-            jsonrpsee::rpc_params![json!({"include_txs": false})],
+            {
+                let mut p = jsonrpsee::core::params::ObjectParams::new();
+                p.insert("include_txs", false)?;
+                p
+            },
             "unsubscribe_blocks",
         )
         .await

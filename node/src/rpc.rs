@@ -47,6 +47,35 @@ fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorObj
     ErrorObject::owned(code, message.into(), data)
 }
 
+#[derive(Deserialize, Default, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    #[serde(default)]
+    include_txs: Option<bool>,
+}
+
+/// `subscribe_blocks`' parameters: none, `{"include_txs": BOOL}`, or that object as the one
+/// element of an array (many client libraries always send an array). Anything else is refused:
+/// read as "no parameters", a client asking for no bodies would silently get them all.
+fn subscribe_params(raw: Option<&str>) -> Result<SubscribeParams, ErrorObjectOwned> {
+    let Some(raw) = raw else {
+        return Ok(SubscribeParams::default());
+    };
+    let value: Value = serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?;
+    let object = match value {
+        Value::Null => return Ok(SubscribeParams::default()),
+        Value::Array(a) if a.is_empty() => return Ok(SubscribeParams::default()),
+        Value::Object(_) => value,
+        Value::Array(mut a) if a.len() == 1 && a[0].is_object() => a.remove(0),
+        _ => {
+            return Err(invalid_params(
+                "expected {\"include_txs\": BOOL}, or that object alone in an array",
+            ));
+        }
+    };
+    serde_json::from_value(object).map_err(|e| invalid_params(e.to_string()))
+}
+
 fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
     error(jsonrpsee::types::error::INVALID_PARAMS_CODE, message, None)
 }
@@ -424,17 +453,7 @@ pub async fn serve(
         "unsubscribe_blocks",
         |params, pending: PendingSubscriptionSink, ctx, _| async move {
             count(&ctx.shared, "subscribe_blocks");
-            #[derive(Deserialize, Default)]
-            #[serde(deny_unknown_fields)]
-            struct SubscribeParams {
-                #[serde(default)]
-                include_txs: Option<bool>,
-            }
-            let p: SubscribeParams = if params.is_object() {
-                params.parse()?
-            } else {
-                SubscribeParams::default()
-            };
+            let p = subscribe_params(params.as_str())?;
             let include_txs = p.include_txs.unwrap_or(true);
             let mut rx = ctx.shared.blocks.subscribe();
             let sink = pending.accept().await?;
@@ -473,6 +492,39 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscribe_params_in_every_accepted_shape_and_refused_otherwise() {
+        let none = SubscribeParams { include_txs: None };
+        let no_bodies = SubscribeParams {
+            include_txs: Some(false),
+        };
+        assert_eq!(subscribe_params(None).unwrap(), none);
+        assert_eq!(subscribe_params(Some("[]")).unwrap(), none);
+        assert_eq!(subscribe_params(Some("{}")).unwrap(), none);
+        assert_eq!(
+            subscribe_params(Some(r#"{"include_txs":false}"#)).unwrap(),
+            no_bodies
+        );
+        assert_eq!(
+            subscribe_params(Some(r#"[{"include_txs":false}]"#)).unwrap(),
+            no_bodies
+        );
+        for bad in [
+            "[false]",
+            r#"[{"include_txs":false},1]"#,
+            r#"{"include_tx":false}"#,
+            r#"{"include_txs":"no"}"#,
+            "7",
+        ] {
+            let e = subscribe_params(Some(bad)).unwrap_err();
+            assert_eq!(
+                e.code(),
+                jsonrpsee::types::error::INVALID_PARAMS_CODE,
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn transactions_arrive_as_hex_or_are_malformed() {
