@@ -94,7 +94,7 @@ pub const CEILING_ROUNDS: usize = 5;
 
 /// Batch verifications per second on all cores, with the validity rule the nodes use: one
 /// figure per round. A round is ≈ 0.2–0.4 s; on a shared machine single rounds vary by up
-/// to 1.7× (other guests, frequency), so the caller takes the best round as the machine's
+/// to 1.8× (other guests, frequency), so the caller takes the best round as the machine's
 /// capacity and reports the spread.
 pub fn measure_ceiling(rounds: usize) -> Vec<f64> {
     const D: Domain = Domain::new("bench/ceiling/v1");
