@@ -42,12 +42,13 @@ devnet: build
 	$(TALLY) devnet --validators 4 --consensus pbft --data $(DEVNET_DIR) --fresh \
 		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
 
-## make bench: the throughput benchmark (release build). RATE=… DURATION=… override.
+## make bench: the throughput benchmark (release build). RATE=… DURATION=… RUNS=… override.
 RATE ?= 4000
 DURATION ?= 60s
+RUNS ?= 1
 bench: deps
 	cargo build --release --bin tally
-	$(CARGO_TARGET_DIR)/release/tally bench --validators 4 --tx-bytes 512 --rate $(RATE) --duration $(DURATION)
+	$(CARGO_TARGET_DIR)/release/tally bench --validators 4 --tx-bytes 512 --rate $(RATE) --duration $(DURATION) --runs $(RUNS)
 
 clean-devnet:
 	rm -rf $(DEVNET_DIR)
