@@ -66,10 +66,8 @@ impl Context {
         let blocks = len.div_ceil(BLOCK).max(1);
         let mut cv = self.key_words;
         for b in 0..blocks - 1 {
-            let m = words::<16>(&input[b * BLOCK..(b + 1) * BLOCK]);
             let flags = DERIVE_KEY_MATERIAL | if b == 0 { CHUNK_START } else { 0 };
-            let v = compress(&cv, &m, 0, BLOCK as u32, flags);
-            cv.copy_from_slice(&v[..8]);
+            cv = compress_chunk_block(&cv, &input[b * BLOCK..(b + 1) * BLOCK], flags);
         }
         let last = (blocks - 1) * BLOCK;
         let block_len = (len - last) as u32;
@@ -77,13 +75,7 @@ impl Context {
         if blocks == 1 {
             flags |= CHUNK_START;
         }
-        let mut schedule = [[0u32; 16]; ROUNDS];
-        schedule[0] = words::<16>(&input[last..last + BLOCK]);
-        for r in 1..ROUNDS {
-            for (i, &p) in MSG_PERMUTATION.iter().enumerate() {
-                schedule[r][i] = schedule[r - 1][p];
-            }
-        }
+        let schedule = schedule(&input[last..last + BLOCK]);
         // Each output block is 32 lanes; WIDE blocks at a time.
         let per_group = WIDE * BLOCK / 2;
         for (g, lanes) in out.chunks_exact_mut(per_group).enumerate() {
@@ -127,81 +119,134 @@ fn words<const N: usize>(bytes: &[u8]) -> [u32; N] {
     w
 }
 
-#[inline(always)]
-fn g(v: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize, x: u32, y: u32) {
-    v[a] = v[a].wrapping_add(v[b]).wrapping_add(x);
-    v[d] = (v[d] ^ v[a]).rotate_right(16);
-    v[c] = v[c].wrapping_add(v[d]);
-    v[b] = (v[b] ^ v[c]).rotate_right(12);
-    v[a] = v[a].wrapping_add(v[b]).wrapping_add(y);
-    v[d] = (v[d] ^ v[a]).rotate_right(8);
-    v[c] = v[c].wrapping_add(v[d]);
-    v[b] = (v[b] ^ v[c]).rotate_right(7);
+/// A 32-bit word, or a vector of them (one per output block computed side by side): what
+/// the compression needs of it.
+trait Word: Copy {
+    fn splat(x: u32) -> Self;
+    fn add(self, other: Self) -> Self;
+    fn xor(self, other: Self) -> Self;
+    fn rotr<const N: u32>(self) -> Self;
 }
 
-/// One BLAKE3 compression: the 16-word output (first half: the chaining value).
-fn compress(cv: &[u32; 8], m: &[u32; 16], counter: u64, block_len: u32, flags: u32) -> [u32; 16] {
-    let mut v = [
-        cv[0],
-        cv[1],
-        cv[2],
-        cv[3],
-        cv[4],
-        cv[5],
-        cv[6],
-        cv[7],
-        IV[0],
-        IV[1],
-        IV[2],
-        IV[3],
-        counter as u32,
-        (counter >> 32) as u32,
-        block_len,
-        flags,
-    ];
-    let mut m = *m;
-    for r in 0..ROUNDS {
-        g(&mut v, 0, 4, 8, 12, m[0], m[1]);
-        g(&mut v, 1, 5, 9, 13, m[2], m[3]);
-        g(&mut v, 2, 6, 10, 14, m[4], m[5]);
-        g(&mut v, 3, 7, 11, 15, m[6], m[7]);
-        g(&mut v, 0, 5, 10, 15, m[8], m[9]);
-        g(&mut v, 1, 6, 11, 12, m[10], m[11]);
-        g(&mut v, 2, 7, 8, 13, m[12], m[13]);
-        g(&mut v, 3, 4, 9, 14, m[14], m[15]);
-        if r + 1 < ROUNDS {
-            let prev = m;
-            for (i, &p) in MSG_PERMUTATION.iter().enumerate() {
-                m[i] = prev[p];
-            }
-        }
+impl Word for u32 {
+    #[inline(always)]
+    fn splat(x: u32) -> u32 {
+        x
     }
-    for i in 0..8 {
-        v[i] ^= v[i + 8];
-        v[i + 8] ^= cv[i];
+    #[inline(always)]
+    fn add(self, other: u32) -> u32 {
+        self.wrapping_add(other)
     }
-    v
+    #[inline(always)]
+    fn xor(self, other: u32) -> u32 {
+        self ^ other
+    }
+    #[inline(always)]
+    fn rotr<const N: u32>(self) -> u32 {
+        self.rotate_right(N)
+    }
 }
 
 /// One vector of WIDE lanes; the state of WIDE compressions side by side is 16 of them.
 type Lanes = wide::u32x4;
-type Wide = [Lanes; 16];
 
-#[inline(always)]
-fn rotr<const N: u32>(x: Lanes) -> Lanes {
-    (x >> N) | (x << (32 - N))
+impl Word for Lanes {
+    #[inline(always)]
+    fn splat(x: u32) -> Lanes {
+        Lanes::splat(x)
+    }
+    #[inline(always)]
+    fn add(self, other: Lanes) -> Lanes {
+        self + other
+    }
+    #[inline(always)]
+    fn xor(self, other: Lanes) -> Lanes {
+        self ^ other
+    }
+    #[inline(always)]
+    fn rotr<const N: u32>(self) -> Lanes {
+        (self >> N) | (self << (32 - N))
+    }
 }
 
 #[inline(always)]
-fn g_wide(v: &mut Wide, a: usize, b: usize, c: usize, d: usize, x: u32, y: u32) {
-    v[a] = v[a] + v[b] + Lanes::splat(x);
-    v[d] = rotr::<16>(v[d] ^ v[a]);
-    v[c] += v[d];
-    v[b] = rotr::<12>(v[b] ^ v[c]);
-    v[a] = v[a] + v[b] + Lanes::splat(y);
-    v[d] = rotr::<8>(v[d] ^ v[a]);
-    v[c] += v[d];
-    v[b] = rotr::<7>(v[b] ^ v[c]);
+fn g<W: Word>(v: &mut [W; 16], (a, b, c, d): (usize, usize, usize, usize), x: u32, y: u32) {
+    v[a] = v[a].add(v[b]).add(W::splat(x));
+    v[d] = v[d].xor(v[a]).rotr::<16>();
+    v[c] = v[c].add(v[d]);
+    v[b] = v[b].xor(v[c]).rotr::<12>();
+    v[a] = v[a].add(v[b]).add(W::splat(y));
+    v[d] = v[d].xor(v[a]).rotr::<8>();
+    v[c] = v[c].add(v[d]);
+    v[b] = v[b].xor(v[c]).rotr::<7>();
+}
+
+/// One round over a state, with its message words.
+#[inline(always)]
+fn round<W: Word>(v: &mut [W; 16], m: &[u32; 16]) {
+    g(v, (0, 4, 8, 12), m[0], m[1]);
+    g(v, (1, 5, 9, 13), m[2], m[3]);
+    g(v, (2, 6, 10, 14), m[4], m[5]);
+    g(v, (3, 7, 11, 15), m[6], m[7]);
+    g(v, (0, 5, 10, 15), m[8], m[9]);
+    g(v, (1, 6, 11, 12), m[10], m[11]);
+    g(v, (2, 7, 8, 13), m[12], m[13]);
+    g(v, (3, 4, 9, 14), m[14], m[15]);
+}
+
+/// BLAKE3's permutation of the message words between rounds.
+#[inline(always)]
+fn permute(m: &[u32; 16]) -> [u32; 16] {
+    std::array::from_fn(|i| m[MSG_PERMUTATION[i]])
+}
+
+/// A block's message words for each round (BLAKE3 permutes them between rounds).
+fn schedule(block: &[u8]) -> [[u32; 16]; ROUNDS] {
+    let mut schedule = [words::<16>(block); ROUNDS];
+    for r in 1..ROUNDS {
+        schedule[r] = permute(&schedule[r - 1]);
+    }
+    schedule
+}
+
+/// The state a compression starts from.
+fn initial<W: Word>(cv: &[u32; 8], low: W, high: W, block_len: u32, flags: u32) -> [W; 16] {
+    let s = W::splat;
+    [
+        s(cv[0]),
+        s(cv[1]),
+        s(cv[2]),
+        s(cv[3]),
+        s(cv[4]),
+        s(cv[5]),
+        s(cv[6]),
+        s(cv[7]),
+        s(IV[0]),
+        s(IV[1]),
+        s(IV[2]),
+        s(IV[3]),
+        low,
+        high,
+        s(block_len),
+        s(flags),
+    ]
+}
+
+/// One BLAKE3 compression of a chunk's block (counter 0): the new chaining value.
+fn compress_chunk_block(cv: &[u32; 8], block: &[u8], flags: u32) -> [u32; 8] {
+    let mut v = initial::<u32>(cv, 0, 0, BLOCK as u32, flags);
+    let mut m = words::<16>(block);
+    for r in 0..ROUNDS {
+        round(&mut v, &m);
+        if r + 1 < ROUNDS {
+            m = permute(&m);
+        }
+    }
+    let mut out = [0u32; 8];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = v[i] ^ v[i + 8];
+    }
+    out
 }
 
 /// WIDE compressions of the same block and chaining value, at counters `first..first+WIDE`:
@@ -220,33 +265,9 @@ fn compress_wide(
         low[l] = counter as u32;
         high[l] = (counter >> 32) as u32;
     }
-    let mut v: Wide = [
-        Lanes::splat(cv[0]),
-        Lanes::splat(cv[1]),
-        Lanes::splat(cv[2]),
-        Lanes::splat(cv[3]),
-        Lanes::splat(cv[4]),
-        Lanes::splat(cv[5]),
-        Lanes::splat(cv[6]),
-        Lanes::splat(cv[7]),
-        Lanes::splat(IV[0]),
-        Lanes::splat(IV[1]),
-        Lanes::splat(IV[2]),
-        Lanes::splat(IV[3]),
-        Lanes::from(low),
-        Lanes::from(high),
-        Lanes::splat(block_len),
-        Lanes::splat(flags),
-    ];
+    let mut v = initial(cv, Lanes::from(low), Lanes::from(high), block_len, flags);
     for m in schedule {
-        g_wide(&mut v, 0, 4, 8, 12, m[0], m[1]);
-        g_wide(&mut v, 1, 5, 9, 13, m[2], m[3]);
-        g_wide(&mut v, 2, 6, 10, 14, m[4], m[5]);
-        g_wide(&mut v, 3, 7, 11, 15, m[6], m[7]);
-        g_wide(&mut v, 0, 5, 10, 15, m[8], m[9]);
-        g_wide(&mut v, 1, 6, 11, 12, m[10], m[11]);
-        g_wide(&mut v, 2, 7, 8, 13, m[12], m[13]);
-        g_wide(&mut v, 3, 4, 9, 14, m[14], m[15]);
+        round(&mut v, m);
     }
     v.map(|x| x.to_array())
 }

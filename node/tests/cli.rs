@@ -319,17 +319,22 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// The first port of a range nothing listens on, from `from` up: a local network of four
+/// uses ports base + 10·i + {0, 1, 2}.
+fn free_ports(from: u16) -> u16 {
+    (0..200u16)
+        .map(|k| from + (std::process::id() as u16 % 100 + k) * 50)
+        .find(|b| (0..43).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
+        .expect("a free port range")
+}
+
 /// `tally bench` end to end, at a low rate: real processes, real signatures; the report's
 /// figures are those of a network that committed what was offered.
 #[test]
 fn bench_drives_a_local_network_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("run.svg");
-    // A port range nothing else listens on (ports base + 10·i + {0, 1, 2}).
-    let base = (0..200u16)
-        .map(|k| 38_000 + (std::process::id() as u16 % 100 + k) * 50)
-        .find(|b| (0..43).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
-        .expect("a free port range");
+    let base = free_ports(38_000);
     let out = tally(&[
         "bench",
         "--validators",
@@ -412,10 +417,7 @@ fn bench_runs_repeat_and_report_medians() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("running network"));
 
-    let base = (0..200u16)
-        .map(|k| 48_000 + (std::process::id() as u16 % 100 + k) * 50)
-        .find(|b| (0..43).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
-        .expect("a free port range");
+    let base = free_ports(48_000);
     let out = tally(&[
         "bench",
         "--runs",
