@@ -42,7 +42,7 @@ devnet: build
 	$(TALLY) devnet --validators 4 --consensus pbft --data $(DEVNET_DIR) --fresh \
 		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
 
-## make bench: the throughput benchmark (release build). RATE=… DURATION=… RUNS=… override.
+## make bench: the throughput benchmark (release build). RATE=… (one rate, or a sweep: 3000,4000,5000) DURATION=… RUNS=… override.
 RATE ?= 4000
 DURATION ?= 60s
 RUNS ?= 1

@@ -27,9 +27,16 @@ pub struct BenchArgs {
     /// Size of each transaction (a data put padded to this many bytes).
     #[arg(long, default_value_t = 512)]
     pub tx_bytes: usize,
-    /// Offered load, transactions per second (open loop).
-    #[arg(long, default_value_t = 2000)]
-    pub rate: u64,
+    /// Offered load, transactions per second (open loop). Several rates, comma-separated
+    /// (`--rate 3000,4000,5000`), make a sweep: each rate on fresh networks, one row of
+    /// medians per rate, and the highest rate that met the latency bounds.
+    #[arg(
+        long = "rate",
+        value_delimiter = ',',
+        num_args = 1,
+        default_value = "2000"
+    )]
+    pub rates: Vec<u64>,
     /// Measured duration, e.g. 60s.
     #[arg(long, default_value = "30s", value_parser = parse_secs)]
     pub duration: u64,
@@ -65,7 +72,25 @@ pub struct BenchArgs {
     /// run and the median of each figure (a shared machine's runs differ; quote medians).
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+    /// A sweep's latency bound on the median p50 (admitted submission → commit).
+    #[arg(long, default_value_t = 150)]
+    pub p50_max_ms: u64,
+    /// A sweep's latency bound on the median p99.
+    #[arg(long, default_value_t = 1000)]
+    pub p99_max_ms: u64,
 }
+
+/// Most rates one sweep accepts.
+pub const RATES_MAX: usize = 20;
+
+/// Highest offered rate accepted (a sanity bound: ten times what one machine verifies).
+pub const RATE_MAX: u64 = 1_000_000;
+
+/// Most bytes of pre-signed transactions one run may hold in memory.
+pub const PRESIGNED_BYTES_MAX: u64 = 4 << 30;
+
+/// Share of the offered rate a sweep's row must commit to count as sustained.
+pub const SUSTAINED_SHARE: f64 = 0.98;
 
 /// Most runs `--runs` accepts.
 pub const RUNS_MAX: usize = 20;
@@ -277,7 +302,8 @@ struct Second {
     latencies_first: Vec<f64>,
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+/// Refuses bad options before anything starts.
+fn validate(a: &BenchArgs) -> Result<()> {
     if a.tx_bytes < 200 || a.tx_bytes > tally_ledger::TX_BYTES_MAX {
         bail!(
             "--tx-bytes must be between 200 and {}",
@@ -287,17 +313,55 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.runs > RUNS_MAX {
         bail!("--runs must be between 1 and {RUNS_MAX}");
     }
-    if a.runs > 1 && a.network.is_some() {
+    if a.duration == 0 {
+        bail!("--duration must be at least 1s");
+    }
+    if a.rates.is_empty() || a.rates.len() > RATES_MAX {
+        bail!("--rate takes between 1 and {RATES_MAX} rates");
+    }
+    if let Some(r) = a.rates.iter().find(|r| **r == 0 || **r > RATE_MAX) {
+        bail!("--rate {r}: each rate must be between 1 and {RATE_MAX} tx/s");
+    }
+    let top = a.rates.iter().copied().max().unwrap_or(0);
+    let bytes = top
+        .saturating_mul(a.warmup.saturating_add(a.duration))
+        .saturating_mul(a.tx_bytes as u64);
+    if bytes > PRESIGNED_BYTES_MAX {
         bail!(
-            "--runs needs networks the benchmark starts itself: against a running network the second run's transactions would reuse the first run's nonces"
+            "--rate {top} for {} s (warm-up included) of {}-byte transactions needs {} MiB of pre-signed transactions; at most {} MiB: lower the rate or the duration",
+            a.warmup.saturating_add(a.duration),
+            a.tx_bytes,
+            bytes >> 20,
+            PRESIGNED_BYTES_MAX >> 20
         );
     }
+    if (a.runs > 1 || a.rates.len() > 1) && a.network.is_some() {
+        bail!(
+            "--runs and a sweep of several rates need networks the benchmark starts itself: against a running network the second run's transactions would reuse the first run's nonces"
+        );
+    }
+    Ok(())
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    validate(&a)?;
+    let mut rates = a.rates.clone();
+    rates.sort_unstable();
+    rates.dedup();
+    if let [rate] = rates[..] {
+        return run_rate(&a, rate);
+    }
+    sweep(&a, &rates)
+}
+
+/// One rate, `--runs` times.
+fn run_rate(a: &BenchArgs, rate: u64) -> Result<()> {
     let mut reports = Vec::with_capacity(a.runs);
     for i in 0..a.runs {
         if a.runs > 1 {
             eprintln!("run {} of {}", i + 1, a.runs);
         }
-        reports.push(run_once(&a)?);
+        reports.push(run_once(a, rate)?);
     }
     if a.runs == 1 {
         let report = reports.pop().expect("one run");
@@ -331,8 +395,152 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The latency bounds a sweep's rows are held to.
+#[derive(serde::Serialize, Clone, Copy)]
+struct Bounds {
+    /// Median committed rate at least this share of the offered one.
+    committed_share_min: f64,
+    p50_max_ms: f64,
+    p99_max_ms: f64,
+    /// And no view change in any run.
+    view_changes_max: f64,
+}
+
+impl Bounds {
+    fn of(a: &BenchArgs) -> Bounds {
+        Bounds {
+            committed_share_min: SUSTAINED_SHARE,
+            p50_max_ms: a.p50_max_ms as f64,
+            p99_max_ms: a.p99_max_ms as f64,
+            view_changes_max: 0.0,
+        }
+    }
+
+    /// Whether a rate's medians stayed within the bounds.
+    fn met(&self, offered: u64, s: &Summary) -> bool {
+        s.committed_tx_per_s.median >= self.committed_share_min * offered as f64
+            && s.latency_p50_ms.median <= self.p50_max_ms
+            && s.latency_p99_ms.median <= self.p99_max_ms
+            && s.view_changes.max <= self.view_changes_max
+    }
+}
+
+/// One row of a sweep.
+#[derive(serde::Serialize)]
+struct SweepPoint {
+    offered_tx_per_s: u64,
+    /// Whether the medians met the bounds.
+    met: bool,
+    median: Summary,
+    runs: Vec<Report>,
+}
+
+/// The highest offered rate whose row met the bounds.
+fn sustainable(points: &[SweepPoint]) -> Option<u64> {
+    points
+        .iter()
+        .filter(|p| p.met)
+        .map(|p| p.offered_tx_per_s)
+        .max()
+}
+
+/// Several rates, lowest first, each `--runs` times on fresh networks.
+fn sweep(a: &BenchArgs, rates: &[u64]) -> Result<()> {
+    let bounds = Bounds::of(a);
+    // Setup per run: two ceiling measurements, start-up, pre-signing, shut-down.
+    let per_run = a.warmup + a.duration + 20;
+    eprintln!(
+        "sweep of {} rates, {} run(s) each: about {} minutes",
+        rates.len(),
+        a.runs,
+        (rates.len() * a.runs) as u64 * per_run / 60 + 1
+    );
+    let mut points = Vec::with_capacity(rates.len());
+    for (i, &rate) in rates.iter().enumerate() {
+        let mut reports = Vec::with_capacity(a.runs);
+        for run in 0..a.runs {
+            eprintln!(
+                "rate {rate} tx/s ({} of {}), run {} of {}",
+                i + 1,
+                rates.len(),
+                run + 1,
+                a.runs
+            );
+            reports.push(run_once(a, rate)?);
+        }
+        let median = Summary::of(&reports);
+        points.push(SweepPoint {
+            offered_tx_per_s: rate,
+            met: bounds.met(rate, &median),
+            median,
+            runs: reports,
+        });
+    }
+    let best = sustainable(&points);
+    if let Some(path) = &a.plot {
+        std::fs::write(path, sweep_svg(&points, &bounds))?;
+        eprintln!("throughput-latency plot written to {}", path.display());
+    }
+    if a.json {
+        let out = json!({
+            "sweep": points,
+            "bounds": bounds,
+            "sustainable_tx_per_s": best,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_sweep(&points, &bounds, best);
+    }
+    Ok(())
+}
+
+fn print_sweep(points: &[SweepPoint], b: &Bounds, best: Option<u64>) {
+    let Some(first) = points.first().and_then(|p| p.runs.first()) else {
+        return;
+    };
+    println!(
+        "tally bench sweep: {} validators, {}-byte transactions, {} s measured per run, {} run(s) per rate; medians",
+        first.validators,
+        first.tx_bytes,
+        first.duration_s,
+        points[0].runs.len()
+    );
+    println!(
+        "  offered  committed tx/s  p50 ms  p90 ms  p99 ms  max ms  refusals  view changes  peak RSS MB  CPU (cores)  ceiling tx/s  committed/ceiling  met"
+    );
+    for p in points {
+        let s = &p.median;
+        println!(
+            "  {:>7}  {:>14.0}  {:>6.0}  {:>6.0}  {:>6.0}  {:>6.0}  {:>8.0}  {:>12.0}  {:>11.0}  {:>11.2}  {:>12.0}  {:>17.2}  {}",
+            p.offered_tx_per_s,
+            s.committed_tx_per_s.median,
+            s.latency_p50_ms.median,
+            s.latency_p90_ms.median,
+            s.latency_p99_ms.median,
+            s.latency_max_ms.median,
+            s.refusals.median,
+            s.view_changes.median,
+            s.peak_rss_mb.median,
+            s.cpu_cores_nodes.median,
+            s.ceiling_tx_per_s.median,
+            s.committed_over_ceiling.median,
+            if p.met { "yes" } else { "no" }
+        );
+    }
+    let rule = format!(
+        "committed ≥ {:.0}% of offered, p50 ≤ {:.0} ms, p99 ≤ {:.0} ms, no view change",
+        b.committed_share_min * 100.0,
+        b.p50_max_ms,
+        b.p99_max_ms
+    );
+    match best {
+        Some(r) => println!("  sustainable: {r} tx/s, the highest rate that met: {rule}"),
+        None => println!("  sustainable: none of these rates met: {rule}"),
+    }
+}
+
 /// One whole benchmark: the ceiling before, a network, the load, the ceiling after.
-fn run_once(a: &BenchArgs) -> Result<Report> {
+fn run_once(a: &BenchArgs, rate: u64) -> Result<Report> {
     let n = if a.network.is_some() { 0 } else { a.validators };
     eprintln!("measuring the signature-verification ceiling on all cores…");
     let before = measure_ceiling(CEILING_ROUNDS);
@@ -341,7 +549,7 @@ fn run_once(a: &BenchArgs) -> Result<Report> {
     let chain = ChainId::new(info.chain_id.clone())?;
 
     // Pre-sign everything, before any clock starts.
-    let total = a.rate * (a.warmup + a.duration);
+    let total = rate * (a.warmup + a.duration);
     eprintln!(
         "signing {total} transactions of {} bytes from {} accounts…",
         a.tx_bytes, a.accounts
@@ -352,7 +560,7 @@ fn run_once(a: &BenchArgs) -> Result<Report> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut report = runtime.block_on(drive(a, &info, &nodes, txs, n, before.clone()))?;
+    let mut report = runtime.block_on(drive(a, rate, &info, &nodes, txs, n, before.clone()))?;
     drop(nodes);
     // Again once the network is gone: the machine's speed drifts over minutes (other
     // guests), and the ceiling should describe the machine the run had, not one moment.
@@ -699,6 +907,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 async fn drive(
     a: &BenchArgs,
+    rate: u64,
     info: &NetworkInfo,
     nodes: &Nodes,
     txs: Vec<(Digest, Vec<u8>)>,
@@ -809,7 +1018,7 @@ async fn drive(
     let mut view_changes_start = 0.0;
     let mut blocks_start = 0.0;
     let mut client_cpu_start = 0.0;
-    let per_tick = a.rate as f64 / 100.0;
+    let per_tick = rate as f64 / 100.0;
     let cursors: Arc<Vec<AtomicU64>> =
         Arc::new((0..a.accounts).map(|_| AtomicU64::new(0)).collect());
     let resubmitted = Arc::new(AtomicU64::new(0));
@@ -1215,9 +1424,205 @@ fn plot_svg(r: &Report) -> String {
     s
 }
 
+/// A sweep's throughput-latency curve: median committed rate across, median p50 and p99
+/// latency up, one point per offered rate, and the latency bounds as dashed lines.
+fn sweep_svg(points: &[SweepPoint], b: &Bounds) -> String {
+    let (w, h, pad) = (900.0, 520.0, 60.0);
+    let max_x = points
+        .iter()
+        .map(|p| (p.offered_tx_per_s as f64).max(p.median.committed_tx_per_s.median))
+        .fold(1.0f64, f64::max);
+    let max_y = points
+        .iter()
+        .map(|p| p.median.latency_p99_ms.median)
+        .fold(b.p50_max_ms, f64::max)
+        .max(1.0);
+    let x = |v: f64| pad + (w - 2.0 * pad) * v / max_x;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max_y;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\
+         <text x=\"{pad}\" y=\"25\" font-size=\"14\">latency (ms) against committed throughput (tx/s): p50 (green), p99 (red); labels: offered tx/s</text>\
+         <line x1=\"{pad}\" y1=\"{b0}\" x2=\"{r}\" y2=\"{b0}\" stroke=\"#888\"/>\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b0}\" stroke=\"#888\"/>\
+         <text x=\"5\" y=\"{t}\" font-size=\"11\">{max_y:.0} ms</text>\
+         <text x=\"{r}\" y=\"{xl}\" font-size=\"11\" text-anchor=\"end\">{max_x:.0} tx/s</text>\
+         <text x=\"{pad}\" y=\"{xl}\" font-size=\"11\">0</text>",
+        b0 = h - pad,
+        r = w - pad,
+        t = pad + 4.0,
+        xl = h - pad + 15.0,
+    );
+    for (bound, label) in [(b.p50_max_ms, "p50 bound"), (b.p99_max_ms, "p99 bound")] {
+        if bound <= max_y {
+            s.push_str(&format!(
+                "<line x1=\"{pad}\" y1=\"{yy:.1}\" x2=\"{r}\" y2=\"{yy:.1}\" stroke=\"#bbb\" stroke-dasharray=\"6 4\"/>\
+                 <text x=\"{r}\" y=\"{ly:.1}\" font-size=\"10\" text-anchor=\"end\" fill=\"#888\">{label} {bound:.0} ms</text>",
+                yy = y(bound),
+                r = w - pad,
+                ly = y(bound) - 3.0,
+            ));
+        }
+    }
+    for (pick, color) in [
+        (
+            &(|p: &SweepPoint| p.median.latency_p50_ms.median) as &dyn Fn(&SweepPoint) -> f64,
+            "#2ca02c",
+        ),
+        (&|p: &SweepPoint| p.median.latency_p99_ms.median, "#d62728"),
+    ] {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(p.median.committed_tx_per_s.median),
+                    y(pick(p))
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        ));
+        for p in points {
+            s.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"/>",
+                x(p.median.committed_tx_per_s.median),
+                y(pick(p))
+            ));
+        }
+    }
+    for p in points {
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+            x(p.median.committed_tx_per_s.median),
+            y(p.median.latency_p99_ms.median) - 8.0,
+            p.offered_tx_per_s
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn args(line: &[&str]) -> Result<BenchArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied())).map(|c| c.a)
+    }
+
+    fn refusal(line: &[&str]) -> String {
+        validate(&args(line).unwrap()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rates_are_one_or_a_list() {
+        assert_eq!(args(&[]).unwrap().rates, vec![2000]);
+        assert_eq!(args(&["--rate", "5000"]).unwrap().rates, vec![5000]);
+        assert_eq!(
+            args(&["--rate", "3000,4000,5000"]).unwrap().rates,
+            vec![3000, 4000, 5000]
+        );
+        assert!(args(&["--rate", "3000,x"]).is_err());
+        assert!(args(&["--rate", "-5"]).is_err());
+        validate(&args(&["--rate", "3000,4000"]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        assert!(refusal(&["--rate", "0"]).contains("between 1 and"));
+        assert!(refusal(&["--rate", "1000,2000000"]).contains("--rate 2000000"));
+        let many: Vec<String> = (1..=21).map(|r| (r * 100).to_string()).collect();
+        assert!(refusal(&["--rate", &many.join(",")]).contains("between 1 and 20 rates"));
+        assert!(refusal(&["--duration", "0s"]).contains("--duration"));
+        assert!(refusal(&["--rate", "200000", "--duration", "60s"]).contains("MiB"));
+        assert!(refusal(&["--runs", "0"]).contains("--runs"));
+        assert!(refusal(&["--tx-bytes", "10"]).contains("--tx-bytes"));
+        assert!(
+            refusal(&["--rate", "1000,2000", "--network", "n.json"]).contains("running network")
+        );
+        assert!(refusal(&["--runs", "2", "--network", "n.json"]).contains("running network"));
+        validate(&args(&["--network", "n.json"]).unwrap()).unwrap();
+    }
+
+    fn spread(v: f64) -> Spread {
+        Spread {
+            median: v,
+            min: v,
+            max: v,
+        }
+    }
+
+    fn summary(committed: f64, p50: f64, p99: f64, view_changes: f64) -> Summary {
+        Summary {
+            runs: 1,
+            median_run: 0,
+            committed_tx_per_s: spread(committed),
+            latency_p50_ms: spread(p50),
+            latency_p90_ms: spread(p99),
+            latency_p99_ms: spread(p99),
+            latency_max_ms: spread(p99),
+            cpu_cores_nodes: spread(1.0),
+            peak_rss_mb: spread(100.0),
+            view_changes: spread(view_changes),
+            refusals: spread(0.0),
+            ceiling_tx_per_s: spread(20_000.0),
+            committed_over_ceiling: spread(committed / 20_000.0),
+        }
+    }
+
+    #[test]
+    fn a_rate_is_sustained_only_within_every_bound() {
+        let b = Bounds::of(&args(&[]).unwrap());
+        assert!(b.met(5000, &summary(4900.0, 150.0, 1000.0, 0.0)));
+        assert!(
+            !b.met(5000, &summary(4899.0, 100.0, 500.0, 0.0)),
+            "committed"
+        );
+        assert!(!b.met(5000, &summary(5000.0, 151.0, 500.0, 0.0)), "p50");
+        assert!(!b.met(5000, &summary(5000.0, 100.0, 1001.0, 0.0)), "p99");
+        assert!(
+            !b.met(5000, &summary(5000.0, 100.0, 500.0, 1.0)),
+            "view change"
+        );
+        // The bounds are the operator's to set.
+        let loose = Bounds::of(&args(&["--p50-max-ms", "500", "--p99-max-ms", "3000"]).unwrap());
+        assert!(loose.met(5000, &summary(5000.0, 400.0, 2500.0, 0.0)));
+    }
+
+    #[test]
+    fn the_sustainable_rate_is_the_highest_that_met() {
+        let point = |offered, met| SweepPoint {
+            offered_tx_per_s: offered,
+            met,
+            median: summary(offered as f64, 50.0, 100.0, 0.0),
+            runs: Vec::new(),
+        };
+        assert_eq!(
+            sustainable(&[point(3000, true), point(4000, true), point(5000, false)]),
+            Some(4000)
+        );
+        // A noisy machine can fail a lower rate and pass a higher one: the row says so.
+        assert_eq!(
+            sustainable(&[point(3000, true), point(4000, false), point(5000, true)]),
+            Some(5000)
+        );
+        assert_eq!(sustainable(&[point(3000, false)]), None);
+        let svg = sweep_svg(
+            &[point(3000, true), point(4000, true)],
+            &Bounds::of(&args(&[]).unwrap()),
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<circle").count(), 4);
+    }
 
     #[test]
     fn spread_takes_a_measured_median() {

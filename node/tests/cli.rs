@@ -403,6 +403,7 @@ fn bench_drives_a_local_network_and_reports() {
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
 
     bench_runs_repeat_and_report_medians();
+    bench_sweep_reports_a_row_per_rate();
 }
 
 /// `tally bench --runs`: each run on a fresh network, every run reported, and medians that
@@ -459,4 +460,64 @@ fn bench_runs_repeat_and_report_medians() {
         .collect();
     assert!(p99.contains(&m["latency_p99_ms"]["median"].as_f64().unwrap()));
     assert_eq!(m["view_changes"]["max"].as_f64().unwrap(), 0.0);
+}
+
+/// `tally bench --rate A,B`: a sweep, lowest rate first, one row of medians per rate, each
+/// row judged against the latency bounds, and the highest rate that met them.
+fn bench_sweep_reports_a_row_per_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("sweep.svg");
+    let base = free_ports(52_000);
+    let out = tally(&[
+        "bench",
+        "--rate",
+        "150,100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "1s",
+        "--accounts",
+        "20",
+        "--base-port",
+        &base.to_string(),
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = r["sweep"].as_array().unwrap();
+    let offered: Vec<u64> = points
+        .iter()
+        .map(|p| p["offered_tx_per_s"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offered, [100, 150]);
+    let b = &r["bounds"];
+    assert_eq!(b["p50_max_ms"].as_f64().unwrap(), 150.0);
+    assert_eq!(b["p99_max_ms"].as_f64().unwrap(), 1000.0);
+    let mut best = None;
+    for p in points {
+        let runs = p["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        let m = &p["median"];
+        let committed = m["committed_tx_per_s"]["median"].as_f64().unwrap();
+        assert_eq!(committed, runs[0]["committed_tx_per_s"].as_f64().unwrap());
+        assert!(committed > 0.0, "{p}");
+        let rate = p["offered_tx_per_s"].as_u64().unwrap();
+        let met = committed >= 0.98 * rate as f64
+            && m["latency_p50_ms"]["median"].as_f64().unwrap() <= 150.0
+            && m["latency_p99_ms"]["median"].as_f64().unwrap() <= 1000.0
+            && m["view_changes"]["max"].as_f64().unwrap() == 0.0;
+        assert_eq!(p["met"].as_bool().unwrap(), met, "{m}");
+        if met {
+            best = Some(rate);
+        }
+    }
+    assert_eq!(r["sustainable_tx_per_s"].as_u64(), best);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("against committed throughput"), "{svg}");
 }
