@@ -172,7 +172,45 @@ pub fn measure_ceiling(rounds: usize) -> Vec<f64> {
 
 struct Nodes {
     children: Vec<Child>,
+    /// Each child's name and log file, in the same order.
+    logs: Vec<(String, PathBuf)>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Nodes {
+    /// The first validator this benchmark started that is no longer running, with the end of
+    /// its log: a fault-free benchmark with a dead validator measures nothing worth keeping.
+    fn exited(&self) -> Option<String> {
+        self.children
+            .iter()
+            .zip(&self.logs)
+            .find(|(c, _)| has_exited(c.id()))
+            .map(|(_, (name, log))| {
+                format!(
+                    "validator {name} exited; the end of its log ({}):\n{}",
+                    log.display(),
+                    log_tail(log, 12)
+                )
+            })
+    }
+}
+
+/// Whether a child process has ended (a zombie until it is waited for) or is gone.
+fn has_exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
+}
+
+/// The last `lines` lines of a log file.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for Nodes {
@@ -225,6 +263,7 @@ fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
             NetworkInfo::load(path)?,
             Nodes {
                 children: vec![],
+                logs: vec![],
                 _dir: None,
             },
         ));
@@ -252,12 +291,15 @@ fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
     let info = generate(&opts)?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
+    let mut logs = Vec::new();
     for n in &info.nodes {
         // Quieter logs: a benchmark measures the node, not its terminal.
         let config = n.home.join("config.toml");
         let text = std::fs::read_to_string(&config)?.replace("log = \"info\"", "log = \"warn\"");
         std::fs::write(&config, text)?;
-        let log = std::fs::File::create(n.home.join("node.log"))?;
+        let log_path = n.home.join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        logs.push((n.name.clone(), log_path));
         children.push(
             Command::new(&exe)
                 .args(["start", "--home"])
@@ -274,6 +316,7 @@ fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
             info,
             Nodes {
                 children,
+                logs,
                 _dir: None,
             },
         ))
@@ -286,6 +329,7 @@ fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
         info,
         Nodes {
             children,
+            logs,
             _dir: Some(dir),
         },
     ))
@@ -448,7 +492,7 @@ fn sustainable(points: &[SweepPoint]) -> Option<u64> {
 fn sweep(a: &BenchArgs, rates: &[u64]) -> Result<()> {
     let bounds = Bounds::of(a);
     // Setup per run: two ceiling measurements, start-up, pre-signing, shut-down.
-    let per_run = a.warmup + a.duration + 20;
+    let per_run = a.warmup + a.duration + 30;
     eprintln!(
         "sweep of {} rates, {} run(s) each: about {} minutes",
         rates.len(),
@@ -926,6 +970,9 @@ async fn drive(
             .await
             .is_err()
         {
+            if let Some(e) = nodes.exited() {
+                bail!("the network did not start: {e}");
+            }
             if ready.elapsed() > Duration::from_secs(60) {
                 bail!("the network did not start");
             }
@@ -1152,6 +1199,10 @@ async fn drive(
             inflight.fetch_sub(1, Ordering::Relaxed);
         });
         if k.is_multiple_of(100) {
+            if let Some(e) = nodes.exited() {
+                progress.finish_and_clear();
+                bail!("stopped after {elapsed:.0} s: {e}");
+            }
             progress.set_position(elapsed as u64);
             progress.set_message(format!(
                 "committed {}  refused {}",
@@ -1622,6 +1673,39 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<circle").count(), 4);
+    }
+
+    #[test]
+    fn an_ended_validator_is_seen_with_the_end_of_its_log() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        // Not yet waited for: a zombie once it ends.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !has_exited(child.id()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(has_exited(child.id()));
+        child.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node.log");
+        let text: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(log_tail(&log, 3), "line 18\nline 19\nline 20");
+        assert_eq!(log_tail(&dir.path().join("none.log"), 3), "");
+        let nodes = Nodes {
+            children: vec![Command::new("true").spawn().unwrap()],
+            logs: vec![("v1".into(), log.clone())],
+            _dir: None,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while nodes.exited().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = nodes.exited().unwrap();
+        assert!(
+            e.starts_with("validator v1 exited") && e.ends_with("line 20"),
+            "{e}"
+        );
     }
 
     #[test]

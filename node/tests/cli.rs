@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use tally_crypto::{SecretKey, keyfile};
 use tally_genesis::Genesis;
@@ -404,6 +405,7 @@ fn bench_drives_a_local_network_and_reports() {
 
     bench_runs_repeat_and_report_medians();
     bench_sweep_reports_a_row_per_rate();
+    bench_stops_when_a_validator_dies();
 }
 
 /// `tally bench --runs`: each run on a fresh network, every run reported, and medians that
@@ -520,4 +522,77 @@ fn bench_sweep_reports_a_row_per_rate() {
     assert_eq!(r["sustainable_tx_per_s"].as_u64(), best);
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("against committed throughput"), "{svg}");
+}
+
+/// The processes whose parent is `parent` and whose command line contains `word`.
+fn children_of(parent: u32, word: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A validator killed during the run: the benchmark stops at once and names it, instead of
+/// reporting a degraded network's figures.
+fn bench_stops_when_a_validator_dies() {
+    let base = free_ports(56_000);
+    let bench = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "bench",
+            "--rate",
+            "100",
+            "--duration",
+            "60s",
+            "--warmup",
+            "1s",
+            "--accounts",
+            "20",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut nodes = Vec::new();
+    while nodes.len() < 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        nodes = children_of(bench.id(), "start");
+    }
+    assert_eq!(nodes.len(), 4, "the benchmark's validators");
+    // Let the load start, then kill one.
+    std::thread::sleep(Duration::from_secs(6));
+    let node1 = children_of(bench.id(), "/node1");
+    assert_eq!(node1.len(), 1, "{nodes:?}");
+    let killed = Command::new("kill")
+        .args(["-9", &node1[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped = Instant::now();
+    let out = bench.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    // Checked every second; the network's shut-down and the second ceiling are skipped.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("validator node1 exited"), "{err}");
 }
