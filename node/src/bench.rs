@@ -492,7 +492,7 @@ fn sustainable(points: &[SweepPoint]) -> Option<u64> {
 fn sweep(a: &BenchArgs, rates: &[u64]) -> Result<()> {
     let bounds = Bounds::of(a);
     // Setup per run: two ceiling measurements, start-up, pre-signing, shut-down.
-    let per_run = a.warmup + a.duration + 30;
+    let per_run = a.warmup + a.duration + 20;
     eprintln!(
         "sweep of {} rates, {} run(s) each: about {} minutes",
         rates.len(),
