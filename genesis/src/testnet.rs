@@ -82,7 +82,7 @@ pub struct AccountInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestnetError {
-    #[error("{0}")]
+    #[error(transparent)]
     Genesis(#[from] GenesisError),
     #[error("{path} already exists and is not empty (choose another --out or remove it)")]
     OutNotEmpty { path: String },

@@ -49,20 +49,28 @@ pub struct BenchArgs {
     /// Target a running network (its network.json) instead of starting one.
     #[arg(long)]
     pub network: Option<PathBuf>,
+    /// First port of the started network (each validator takes a few from here on).
     #[arg(long, default_value_t = 36600)]
     pub base_port: u16,
+    /// Genesis knob of the started network: longest wait before a batch is proposed
+    /// (default 10).
     #[arg(long)]
     pub batch_delay_ms: Option<u64>,
+    /// Genesis knob: largest batch in bytes (default 1 MiB).
     #[arg(long)]
     pub batch_bytes_max: Option<u64>,
+    /// Genesis knob: sequence numbers the primary may run ahead of the last stable
+    /// checkpoint (default 256).
     #[arg(long)]
     pub watermark_window: Option<u64>,
+    /// Genesis knob: sequence numbers between checkpoints (default 64).
     #[arg(long)]
     pub checkpoint_interval: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Draw throughput and latency over time into this SVG file.
+    /// Draw an SVG: throughput and latency over time (one rate), or latency against
+    /// throughput, one point per rate (a sweep).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Keep the started network's folder (printed).
