@@ -561,22 +561,12 @@ fn print_sweep(points: &[SweepPoint], b: &Bounds, best: Option<u64>) {
         "  offered  committed tx/s  p50 ms  p90 ms  p99 ms  max ms  refusals  view changes  peak RSS MB  CPU (cores)  ceiling tx/s  committed/ceiling  met"
     );
     for p in points {
-        let s = &p.median;
+        let [rate, p50, p90, p99, max, refused, vcs, rss, cpu, ratio] = p.median.medians();
+        let ceiling = p.median.ceiling_tx_per_s.median;
+        let met = if p.met { "yes" } else { "no" };
         println!(
-            "  {:>7}  {:>14.0}  {:>6.0}  {:>6.0}  {:>6.0}  {:>6.0}  {:>8.0}  {:>12.0}  {:>11.0}  {:>11.2}  {:>12.0}  {:>17.2}  {}",
+            "  {:>7}  {rate:>14.0}  {p50:>6.0}  {p90:>6.0}  {p99:>6.0}  {max:>6.0}  {refused:>8.0}  {vcs:>12.0}  {rss:>11.0}  {cpu:>11.2}  {ceiling:>12.0}  {ratio:>17.2}  {met}",
             p.offered_tx_per_s,
-            s.committed_tx_per_s.median,
-            s.latency_p50_ms.median,
-            s.latency_p90_ms.median,
-            s.latency_p99_ms.median,
-            s.latency_max_ms.median,
-            s.refusals.median,
-            s.view_changes.median,
-            s.peak_rss_mb.median,
-            s.cpu_cores_nodes.median,
-            s.ceiling_tx_per_s.median,
-            s.committed_over_ceiling.median,
-            if p.met { "yes" } else { "no" }
         );
     }
     let rule = format!(
@@ -666,6 +656,23 @@ struct Summary {
 }
 
 impl Summary {
+    /// The medians in the column order of the tables: committed tx/s, p50, p90, p99, max,
+    /// refusals, view changes, peak RSS, CPU, committed/ceiling.
+    fn medians(&self) -> [f64; 10] {
+        [
+            self.committed_tx_per_s.median,
+            self.latency_p50_ms.median,
+            self.latency_p90_ms.median,
+            self.latency_p99_ms.median,
+            self.latency_max_ms.median,
+            self.refusals.median,
+            self.view_changes.median,
+            self.peak_rss_mb.median,
+            self.cpu_cores_nodes.median,
+            self.committed_over_ceiling.median,
+        ]
+    }
+
     fn of(reports: &[Report]) -> Summary {
         let spread = |f: &dyn Fn(&Report) -> f64| {
             Spread::of(reports.iter().map(f)).unwrap_or(Spread {
@@ -732,21 +739,7 @@ fn print_summary(reports: &[Report], s: &Summary) {
             ],
         );
     }
-    row(
-        "median",
-        [
-            s.committed_tx_per_s.median,
-            s.latency_p50_ms.median,
-            s.latency_p90_ms.median,
-            s.latency_p99_ms.median,
-            s.latency_max_ms.median,
-            s.refusals.median,
-            s.view_changes.median,
-            s.peak_rss_mb.median,
-            s.cpu_cores_nodes.median,
-            s.committed_over_ceiling.median,
-        ],
-    );
+    row("median", s.medians());
     println!(
         "  (each column's median on its own; run {} has the median committed rate: the one --plot draws)",
         s.median_run + 1

@@ -329,39 +329,50 @@ fn free_ports(from: u16) -> u16 {
         .expect("a free port range")
 }
 
+/// A short benchmark's options: 1 s of warm-up, 1 s measured, 20 accounts.
+const QUICK: [&str; 6] = ["--duration", "1s", "--warmup", "1s", "--accounts", "20"];
+
+/// `tally bench ARGS --json` on free ports from `ports_from`: its report, or the test fails
+/// with the benchmark's standard error.
+fn bench_json(args: &[&str], ports_from: u16) -> serde_json::Value {
+    let base = free_ports(ports_from).to_string();
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend(["--base-port", &base, "--json"]);
+    let out = tally(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `tally bench` end to end, at a low rate: real processes, real signatures; the report's
 /// figures are those of a network that committed what was offered.
 #[test]
 fn bench_drives_a_local_network_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("run.svg");
-    let base = free_ports(38_000);
-    let out = tally(&[
-        "bench",
-        "--validators",
-        "4",
-        "--tx-bytes",
-        "300",
-        "--rate",
-        "200",
-        "--duration",
-        "3s",
-        "--warmup",
-        "1s",
-        "--accounts",
-        "50",
-        "--base-port",
-        &base.to_string(),
-        "--json",
-        "--plot",
-        plot.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = bench_json(
+        &[
+            "--validators",
+            "4",
+            "--tx-bytes",
+            "300",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--accounts",
+            "50",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        38_000,
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["validators"], 4);
     assert_eq!(r["tx_bytes"], 300);
     // What the client sent in the window (it may fall a little behind on a busy machine).
@@ -420,29 +431,9 @@ fn bench_runs_repeat_and_report_medians() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("running network"));
 
-    let base = free_ports(48_000);
-    let out = tally(&[
-        "bench",
-        "--runs",
-        "2",
-        "--rate",
-        "100",
-        "--duration",
-        "1s",
-        "--warmup",
-        "1s",
-        "--accounts",
-        "20",
-        "--base-port",
-        &base.to_string(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec!["--runs", "2", "--rate", "100"];
+    args.extend(QUICK);
+    let r = bench_json(&args, 48_000);
     let runs = r["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     let rates: Vec<f64> = runs
@@ -469,29 +460,9 @@ fn bench_runs_repeat_and_report_medians() {
 fn bench_sweep_reports_a_row_per_rate() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("sweep.svg");
-    let base = free_ports(52_000);
-    let out = tally(&[
-        "bench",
-        "--rate",
-        "150,100",
-        "--duration",
-        "1s",
-        "--warmup",
-        "1s",
-        "--accounts",
-        "20",
-        "--base-port",
-        &base.to_string(),
-        "--json",
-        "--plot",
-        plot.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec!["--rate", "150,100", "--plot", plot.to_str().unwrap()];
+    args.extend(QUICK);
+    let r = bench_json(&args, 52_000);
     let points = r["sweep"].as_array().unwrap();
     let offered: Vec<u64> = points
         .iter()
