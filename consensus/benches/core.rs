@@ -52,14 +52,17 @@ fn main() {
         let d = batch.digest();
         let (v, s) = (View(0), Seq(seq));
         let mut msgs = vec![sign(0, &|| {
-            Message::PrePrepare(unsigned(
-                0,
-                PrePrepare {
-                    view: v,
-                    seq: s,
-                    batch: batch.clone(),
-                },
-            ))
+            Message::PrePrepare(
+                unsigned(
+                    0,
+                    PrePrepare {
+                        view: v,
+                        seq: s,
+                        digest: d,
+                    },
+                ),
+                batch.clone(),
+            )
         })];
         for from in [2, 3] {
             msgs.push(sign(from, &|| {
@@ -92,21 +95,30 @@ fn main() {
                         from,
                         Checkpoint {
                             seq: s,
-                            state_root: root(seq),
+                            block_hash: root(seq),
                         },
                     ))
                 }));
             }
         }
-        for m in msgs {
+        for (i, m) in msgs.into_iter().enumerate() {
             messages += 1;
             inputs.push(Input::Message(
                 tally_crypto::verify(&set, &chain, m).expect("valid"),
             ));
+            if i == 0 {
+                // The driver found the batch's transactions held and valid.
+                inputs.push(Input::Validated {
+                    view: v,
+                    seq: s,
+                    digest: d,
+                });
+            }
         }
         inputs.push(Input::Executed {
             seq: s,
-            state_root: root(seq),
+            digest: d,
+            block_hash: root(seq),
         });
     }
     eprintln!(
@@ -121,6 +133,7 @@ fn main() {
         Box::new(ConstantSigner(keys[1].public_key())),
         &[],
         Seq(0),
+        &[],
     );
     let mut out = Vec::with_capacity(64);
     let (mut committed, mut outputs) = (0u64, 0u64);
@@ -163,7 +176,7 @@ fn body_sign(key: &SecretKey, chain: &ChainId, _from: usize, msg: Message) -> Me
         m
     }
     match msg {
-        Message::PrePrepare(m) => Message::PrePrepare(s(key, chain, m)),
+        Message::PrePrepare(m, b) => Message::PrePrepare(s(key, chain, m), b),
         Message::Prepare(m) => Message::Prepare(s(key, chain, m)),
         Message::Commit(m) => Message::Commit(s(key, chain, m)),
         Message::Checkpoint(m) => Message::Checkpoint(s(key, chain, m)),

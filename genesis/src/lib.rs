@@ -31,6 +31,35 @@ pub use config::NodeConfig;
 /// The largest validator set a genesis may name.
 pub const VALIDATORS_MAX: usize = 128;
 
+/// The largest consensus message a node sends or accepts (the p2p frame limit). A VIEW-CHANGE
+/// or NEW-VIEW grows with the validator count and the watermark window; the genesis refuses
+/// a window whose worst case would not fit.
+pub const CONSENSUS_MESSAGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The largest watermark window `n` validators can use: their worst-case NEW-VIEW (2f+1
+/// view changes claiming every sequence number of the window, with a certificate for each
+/// one O re-issues) and VIEW-CHANGE fit in [`CONSENSUS_MESSAGE_BYTES_MAX`].
+pub fn max_watermark_window(n: usize) -> u64 {
+    use tally_consensus::pbft::messages::{
+        worst_case_new_view_bytes, worst_case_view_change_bytes,
+    };
+    let fits = |w: u64| {
+        worst_case_new_view_bytes(n, w) <= CONSENSUS_MESSAGE_BYTES_MAX
+            && worst_case_view_change_bytes(n, w) <= CONSENSUS_MESSAGE_BYTES_MAX
+    };
+    // The sizes grow with the window: binary search for the largest that fits.
+    let (mut lo, mut hi) = (0u64, 1_000_000u64);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// The genesis: everything the validators must agree on before block 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -390,6 +419,17 @@ impl Genesis {
             return bad(
                 "watermark_window",
                 "must be at least checkpoint_interval (so a checkpoint can become stable inside the window) and at most 1000000",
+            );
+        }
+        let max_window = max_watermark_window(n);
+        if p.watermark_window > max_window {
+            return bad(
+                "watermark_window",
+                &format!(
+                    "{} is too large for {n} validators: a view change could exceed the {} MiB message limit; at most {max_window}",
+                    p.watermark_window,
+                    CONSENSUS_MESSAGE_BYTES_MAX >> 20
+                ),
             );
         }
         if p.view_change_timeout_ms < 10 || p.view_change_timeout_ms > 600_000 {

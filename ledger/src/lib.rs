@@ -38,7 +38,7 @@ pub use execute::{
     check_transactions_with, decode_for_chain, execute_batch, genesis_state,
 };
 pub use state::{Account, LtHash};
-pub use tx::{Action, SignedTransaction, TX_BYTES_MAX, TX_DOMAIN, Transaction};
+pub use tx::{Action, SignedTransaction, TX_BYTES_MAX, TX_BYTES_MIN, TX_DOMAIN, Transaction};
 
 /// Why a transaction was refused or failed. `code()` is stable: it is stored in blocks and
 /// mapped to RPC error codes (see `docs/rpc.md`).

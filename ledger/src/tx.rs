@@ -14,6 +14,10 @@ pub const TX_DOMAIN: Domain = Domain::new("tally/tx/v1");
 pub const TX_VERSION: u8 = 1;
 /// The largest encoded signed transaction, in bytes.
 pub const TX_BYTES_MAX: usize = 64 * 1024;
+/// The smallest encoded transaction: version, a one-byte chain id, sender, nonce, a put of
+/// a one-byte key and an empty value, signature (`1 + 2 + 32 + 8 + 8 + 64`). Bounds how many
+/// transactions a batch of a given byte size can name.
+pub const TX_BYTES_MIN: usize = 115;
 /// The longest data key, in bytes.
 pub const DATA_KEY_BYTES_MAX: usize = 256;
 
@@ -281,6 +285,25 @@ mod tests {
             nonce: 7,
             action,
         }
+    }
+
+    /// No transaction encodes smaller than [`TX_BYTES_MIN`]: the smallest one allowed is
+    /// exactly that size.
+    #[test]
+    fn the_smallest_transaction_is_tx_bytes_min() {
+        let key = SecretKey::from_seed(&[3; 32]);
+        let tx = Transaction {
+            chain_id: ChainId::new("c").unwrap(),
+            sender: key.public_key(),
+            nonce: 0,
+            action: Action::Put {
+                key: vec![1],
+                value: vec![],
+            },
+        }
+        .sign(&key)
+        .unwrap();
+        assert_eq!(tx.encoded().len(), TX_BYTES_MIN);
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct ValidatorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidatorKindLabels {
+    pub validator: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -113,7 +119,14 @@ pub struct Metrics {
     pub storage_write_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub storage_written_bytes: Family<KindLabels, Counter>,
     pub storage_size: Gauge,
-    pub evidence: Family<KindLabels, Counter>,
+    pub evidence: Family<ValidatorKindLabels, Counter>,
+    pub state_diverged: Gauge,
+    pub state_repairs: Family<OutcomeLabels, Counter>,
+    pub consensus_stored_messages: Gauge,
+    pub consensus_stored_bytes: Gauge,
+    pub consensus_stored_messages_bound: Gauge,
+    pub consensus_stored_bytes_bound: Gauge,
+    pub consensus_pending_validations: Gauge,
     pub consensus_rejections: Family<ReasonLabels, Counter>,
     pub signature_rejections: Family<KindLabels, Counter>,
     pub signatures_checked: Family<KindLabels, Counter>,
@@ -160,6 +173,13 @@ impl Metrics {
             storage_written_bytes: Family::default(),
             storage_size: Gauge::default(),
             evidence: Family::default(),
+            state_diverged: Gauge::default(),
+            state_repairs: Family::default(),
+            consensus_stored_messages: Gauge::default(),
+            consensus_stored_bytes: Gauge::default(),
+            consensus_stored_messages_bound: Gauge::default(),
+            consensus_stored_bytes_bound: Gauge::default(),
+            consensus_pending_validations: Gauge::default(),
             consensus_rejections: Family::default(),
             signature_rejections: Family::default(),
             signatures_checked: Family::default(),
@@ -332,8 +352,45 @@ impl Metrics {
         );
         r.register(
             "tally_evidence",
-            "Equivocation evidence seen, by message kind",
+            "Equivocation evidence seen, by offending validator and statement kind",
             m.evidence.clone(),
+        );
+        r.register(
+            "tally_state_diverged",
+            "1 while this node's state differs from a checkpoint a quorum certified (it votes on nothing until repaired)",
+            m.state_diverged.clone(),
+        );
+        r.register(
+            "tally_state_repairs",
+            "Attempts to replace a diverged state with the certified one from peers, by outcome",
+            m.state_repairs.clone(),
+        );
+        r.register(
+            "tally_consensus_stored_messages",
+            "Messages and entries the consensus core holds for peers (bounded by tally_consensus_stored_messages_bound)",
+            m.consensus_stored_messages.clone(),
+        );
+        r.register_with_unit(
+            "tally_consensus_stored",
+            "Bytes the consensus core holds for peers (bounded by tally_consensus_stored_bound_bytes)",
+            Unit::Bytes,
+            m.consensus_stored_bytes.clone(),
+        );
+        r.register(
+            "tally_consensus_stored_messages_bound",
+            "The most messages the consensus core can hold with this genesis, whatever peers send",
+            m.consensus_stored_messages_bound.clone(),
+        );
+        r.register_with_unit(
+            "tally_consensus_stored_bound",
+            "The most bytes the consensus core can hold with this genesis, whatever peers send",
+            Unit::Bytes,
+            m.consensus_stored_bytes_bound.clone(),
+        );
+        r.register(
+            "tally_consensus_pending_validations",
+            "Accepted pre-prepares whose transactions are being fetched or checked",
+            m.consensus_pending_validations.clone(),
         );
         r.register(
             "tally_consensus_rejections",
@@ -408,6 +465,18 @@ impl Metrics {
             let _ = self.votes_missing.get_or_create(&ValidatorLabels {
                 validator: v.clone(),
             });
+            for kind in [
+                "pre_prepare",
+                "prepare",
+                "commit",
+                "checkpoint",
+                "view_change",
+            ] {
+                let _ = self.evidence.get_or_create(&ValidatorKindLabels {
+                    validator: v.clone(),
+                    kind: kind.into(),
+                });
+            }
         }
         for phase in [
             "pre_prepare_to_prepared",
@@ -444,10 +513,10 @@ impl Metrics {
                 source: source.into(),
             });
         }
-        for kind in ["pre_prepare", "prepare", "commit", "checkpoint"] {
-            let _ = self
-                .evidence
-                .get_or_create(&KindLabels { kind: kind.into() });
+        for outcome in ["ok", "failed"] {
+            let _ = self.state_repairs.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
         }
         for kind in ["transaction", "gossip", "consensus"] {
             let _ = self

@@ -51,6 +51,20 @@ impl StoredBlock {
         out
     }
 
+    /// The header alone (the first 104 bytes), without reading the transactions.
+    pub fn decode_header(bytes: &[u8]) -> Result<BlockHeader, BlockDecodeError> {
+        if bytes.len() < 104 {
+            return Err(BlockDecodeError("truncated header".into()));
+        }
+        let digest = |b: &[u8]| Digest(b.try_into().expect("32 bytes"));
+        Ok(BlockHeader {
+            height: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            prev_hash: digest(&bytes[8..40]),
+            batch_digest: digest(&bytes[40..72]),
+            state_root: digest(&bytes[72..104]),
+        })
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<StoredBlock, BlockDecodeError> {
         let mut pos = 0usize;
         let mut take = |n: usize| -> Result<&[u8], BlockDecodeError> {

@@ -11,7 +11,7 @@ use tally_ledger::{
     execute_batch, genesis_state,
     state::{account_key, data_key},
 };
-use tally_storage::{BlockCommit, StorageError, Store};
+use tally_storage::{BlockCommit, StateInstall, StorageError, Store};
 
 use crate::FastMap;
 use crate::block::{BlockDecodeError, StoredBlock};
@@ -264,6 +264,31 @@ impl Chain {
             block,
             touched: executed.touched_accounts,
         })
+    }
+
+    /// Replaces the chain's state with a verified one (a repair): `install` carries the
+    /// whole state at `install.height`, whose block is `head` (already written or among
+    /// `install.blocks`), and `state_hash` its lattice hash. One atomic write; the caches go.
+    pub fn install(
+        &mut self,
+        mut install: StateInstall,
+        head: &StoredBlock,
+        state_hash: LtHash,
+    ) -> Result<(), ChainError> {
+        if head.header.height != install.height || head.header.state_root != state_hash.root() {
+            return Err(ChainError::Corrupt(
+                "the installed state does not match its block".into(),
+            ));
+        }
+        install
+            .meta
+            .push((META_STATE_HASH.to_vec(), state_hash.to_bytes()));
+        self.store.install_state(install)?;
+        self.height = head.header.height;
+        self.last_hash = head.hash();
+        self.state_hash = state_hash;
+        self.accounts.clear();
+        Ok(())
     }
 
     pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, ChainError> {

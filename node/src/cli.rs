@@ -50,6 +50,14 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Equivocation evidence the nodes hold: validators that signed two conflicting
+    /// statements (--verify: each piece checked against the genesis keys alone).
+    Evidence {
+        #[command(flatten)]
+        endpoints: crate::client::Endpoints,
+        #[arg(long)]
+        verify: bool,
+    },
     /// An account's balance and next nonce (--verify: 2f+1 nodes agree).
     Account {
         address: String,
@@ -297,6 +305,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::run(a),
         Command::Status { endpoints, verify } => {
             client_runtime()?.block_on(crate::client::status(&endpoints, verify))
+        }
+        Command::Evidence { endpoints, verify } => {
+            client_runtime()?.block_on(crate::client::evidence(&endpoints, verify))
         }
         Command::Block {
             height,

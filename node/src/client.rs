@@ -334,3 +334,92 @@ pub async fn send(
     }
     Ok(())
 }
+
+/// `tally evidence`: the equivocation evidence every node holds, deduplicated. With
+/// `verify`, each piece is checked against the genesis alone — both statements validly
+/// signed by the named validator's genesis key for this chain, of one kind, for one slot,
+/// saying different things — and the JSON fields a client in another language would use
+/// must match the raw record. Fails if any piece does not check out.
+pub async fn evidence(e: &Endpoints, verify: bool) -> Result<()> {
+    use tally_consensus::pbft::Evidence;
+    let urls = e.urls()?;
+    let mut seen = std::collections::BTreeMap::new();
+    let mut reached = 0;
+    for url in &urls {
+        let Ok(c) = client(url) else { continue };
+        let Ok(list) = call(&c, "evidence_list", json!({})).await else {
+            eprintln!("{url}: unreachable");
+            continue;
+        };
+        reached += 1;
+        for item in list.as_array().cloned().unwrap_or_default() {
+            let raw = item["raw"].as_str().unwrap_or("").to_string();
+            seen.entry(raw).or_insert((url.clone(), item));
+        }
+    }
+    if reached == 0 {
+        bail!("no node answered");
+    }
+    let genesis = if verify { Some(e.genesis()?) } else { None };
+    let mut bad = 0;
+    for (raw, (url, item)) in &seen {
+        let who = format!(
+            "validator {} ({})",
+            item["name"].as_str().unwrap_or("?"),
+            item["validator"]
+        );
+        let what = format!(
+            "{} at view {} seq {} (from {url})",
+            item["kind"].as_str().unwrap_or("?"),
+            item["view"],
+            item["seq"]
+        );
+        let Some(g) = &genesis else {
+            println!("{who} equivocated: {what}");
+            continue;
+        };
+        let checked = (|| -> Result<()> {
+            let bytes = hex::decode(raw).context("raw is not hex")?;
+            let ev = Evidence::decode(&bytes)?;
+            let keys: Vec<PublicKey> = g.validators.iter().map(|v| v.public_key).collect();
+            let set = tally_consensus::ValidatorSet::new(&keys)?;
+            ev.verify(&set, &g.chain_id)?;
+            if item["validator"].as_u64() != Some(ev.validator().0 as u64) {
+                bail!("the JSON names another validator than the signed statements");
+            }
+            for (json, s) in item["statements"]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .zip([&ev.first, &ev.second])
+            {
+                let same = json["domain"].as_str() == Some(s.domain().tag())
+                    && json["signed_bytes"].as_str()
+                        == Some(tally_crypto::to_hex(&s.signing_bytes()).as_str())
+                    && json["signature"].as_str()
+                        == Some(tally_crypto::to_hex(&s.signature().0).as_str());
+                if !same {
+                    bail!("the JSON statements differ from the raw record");
+                }
+            }
+            Ok(())
+        })();
+        match checked {
+            Ok(()) => println!(
+                "{who} equivocated: {what}: verified (two conflicting statements, both signed by its genesis key)"
+            ),
+            Err(err) => {
+                bad += 1;
+                println!("{who}: {what}: DOES NOT VERIFY: {err}");
+            }
+        }
+    }
+    if seen.is_empty() {
+        println!("no evidence at {reached} of {} nodes", urls.len());
+    }
+    if bad > 0 {
+        bail!("{bad} pieces of evidence do not verify");
+    }
+    Ok(())
+}

@@ -18,11 +18,17 @@ use tracing::{info, warn};
 
 use crate::admission::{self, Admission};
 use crate::chain::Chain;
-use crate::driver::{Driver, DriverInput, load_records};
+use crate::driver::{Driver, DriverInput, load_records, recent_digests};
 use crate::mempool::Mempool;
 use crate::rpc::{self, RpcCtx};
 use crate::shared::{Shared, Status};
+use crate::snapshots::Snapshots;
 use crate::sync;
+use crate::wire::{self, SyncRequest, SyncResponse};
+
+// Every consensus message the genesis allows must fit in a p2p frame.
+const _: () =
+    assert!(tally_p2p::CONSENSUS_FRAME_MAX as u64 >= tally_genesis::CONSENSUS_MESSAGE_BYTES_MAX);
 
 fn socket(address: &str) -> Result<SocketAddr> {
     use std::net::ToSocketAddrs;
@@ -78,17 +84,32 @@ pub async fn run(home: &Path) -> Result<()> {
 
     let params = &genesis.consensus;
     let records = load_records(&*store).map_err(|e| anyhow::anyhow!("consensus records: {e}"))?;
+    let stable = records
+        .iter()
+        .filter_map(|r| match r {
+            tally_consensus::pbft::Record::Stable(c) => Some(c.seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
+    let recent = recent_digests(&*store, stable, chain.height(), params.watermark_window);
+    let mut pbft_config = PbftConfig::new(
+        params.checkpoint_interval,
+        params.watermark_window,
+        params.view_change_timeout_ms,
+    );
+    // A batch names at most one transaction per smallest transaction in its byte budget.
+    pbft_config.batch_txs_max =
+        ((params.batch_bytes_max as usize).div_ceil(tally_ledger::TX_BYTES_MIN) + 1)
+            .min(tally_consensus::batch::BATCH_TXS_MAX);
     let core = Pbft::new(
-        PbftConfig::new(
-            params.checkpoint_interval,
-            params.watermark_window,
-            params.view_change_timeout_ms,
-        ),
+        pbft_config,
         validators.clone(),
         me,
         Box::new(KeySigner::new(key.clone(), genesis.chain_id.clone())),
         &records,
         Seq(chain.height()),
+        &recent,
     );
 
     let metrics = Arc::new(Metrics::new(NodeInfoLabels {
@@ -126,7 +147,6 @@ pub async fn run(home: &Path) -> Result<()> {
         }),
         tx_waiters: Mutex::new(Default::default()),
         blocks,
-        evidence: Mutex::new(Default::default()),
         metrics: metrics.clone(),
         keys: Arc::new(tally_crypto::KeyCache::new(200_000)),
         mempool_changed: Notify::new(),
@@ -147,9 +167,10 @@ pub async fn run(home: &Path) -> Result<()> {
     })?;
 
     let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
-    let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+    let (exec_tx, exec_rx) = mpsc::channel(crate::executor::COMMANDS_MAX);
     let (executed_tx, executed_rx) = mpsc::unbounded_channel();
-    let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+    let (sync_tx, sync_rx) = mpsc::channel(sync::COMMANDS_MAX);
+    let snapshots = Snapshots::spawn(store.clone());
     let admission = Admission::new(shared.clone(), p2p.clone());
     let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
     // Long-running tasks with timers: stopped before the runtime is dropped (a timer polled
@@ -201,6 +222,42 @@ pub async fn run(home: &Path) -> Result<()> {
             });
         })
     };
+    // Batches a NEW-VIEW re-proposed that this node lacks: asked of the validators that
+    // claimed them first. The driver allows one fetch per sequence number in its window.
+    let fetch_payload = {
+        let (shared, p2p, driver_tx) = (shared.clone(), p2p.clone(), driver_tx.clone());
+        Arc::new(move |seq: Seq, digest: Digest, from: Vec<ValidatorId>| {
+            let (shared, p2p, driver_tx) = (shared.clone(), p2p.clone(), driver_tx.clone());
+            tokio::spawn(async move {
+                let mut peers: Vec<PublicKey> = from
+                    .iter()
+                    .filter_map(|id| shared.validators.public_key(*id))
+                    .collect();
+                for p in shared.status().peers {
+                    if !peers.contains(&p) {
+                        peers.push(p);
+                    }
+                }
+                let request = wire::encode(&SyncRequest::Payload { seq: seq.0, digest });
+                for peer in peers {
+                    let Ok(Ok(bytes)) = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        p2p.request(peer, request.clone()),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    if let Some(SyncResponse::Payload(Some(batch))) = wire::decode(&bytes)
+                        && batch.digest() == digest
+                    {
+                        let _ = driver_tx.send(DriverInput::Payload { seq, batch }).await;
+                        return;
+                    }
+                }
+            });
+        })
+    };
     let fetch_for_executor = {
         let (shared, p2p) = (shared.clone(), p2p.clone());
         let handle = tokio::runtime::Handle::current();
@@ -214,6 +271,15 @@ pub async fn run(home: &Path) -> Result<()> {
         exec_rx,
         executed_tx,
         fetch_for_executor,
+        crate::executor::ExecutorParts {
+            snapshots: snapshots.clone(),
+            checkpoint_interval: params.checkpoint_interval,
+            peers: Box::new(sync::P2pPeers {
+                shared: shared.clone(),
+                p2p: p2p.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        },
     );
 
     let driver = Driver::new(
@@ -223,6 +289,7 @@ pub async fn run(home: &Path) -> Result<()> {
         exec_tx.clone(),
         sync_tx,
         fetch_for_driver,
+        fetch_payload,
         params.batch_bytes_max as usize,
         Duration::from_millis(params.batch_delay_ms),
         Duration::from_millis(params.view_change_timeout_ms * 2),
@@ -238,6 +305,7 @@ pub async fn run(home: &Path) -> Result<()> {
     // p2p events → verifier, admission, sync server, status.
     {
         let (shared, p2p, admission) = (shared.clone(), p2p.clone(), admission.clone());
+        let driver_tx = driver_tx.clone();
         let gossip_slots = Arc::new(tokio::sync::Semaphore::new(GOSSIP_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(event) = p2p_events.recv().await {
@@ -273,9 +341,39 @@ pub async fn run(home: &Path) -> Result<()> {
                         }
                     }
                     P2pEvent::SyncRequest { id, bytes, .. } => {
-                        let (shared, p2p) = (shared.clone(), p2p.clone());
+                        let Some(request) = wire::decode::<SyncRequest>(&bytes) else {
+                            p2p.respond(
+                                id,
+                                wire::encode(&SyncResponse::Error("malformed request".into())),
+                            );
+                            continue;
+                        };
+                        if let SyncRequest::Payload { seq, digest } = request {
+                            // The driver holds the batches; a full queue answers "none".
+                            let (reply, answer) = tokio::sync::oneshot::channel();
+                            let asked = driver_tx.try_send(DriverInput::PayloadRequest {
+                                seq: Seq(seq),
+                                digest,
+                                reply,
+                            });
+                            let p2p = p2p.clone();
+                            tokio::spawn(async move {
+                                let batch = match asked {
+                                    Ok(()) => tokio::time::timeout(Duration::from_secs(2), answer)
+                                        .await
+                                        .ok()
+                                        .and_then(|r| r.ok())
+                                        .flatten(),
+                                    Err(_) => None,
+                                };
+                                p2p.respond(id, wire::encode(&SyncResponse::Payload(batch)));
+                            });
+                            continue;
+                        }
+                        let (shared, p2p, snapshots) =
+                            (shared.clone(), p2p.clone(), snapshots.clone());
                         tokio::task::spawn_blocking(move || {
-                            p2p.respond(id, sync::serve(&shared, &bytes));
+                            p2p.respond(id, sync::serve(&shared, &snapshots, request));
                         });
                     }
                     P2pEvent::PeerConnected(k) => shared.update_status(|s| {

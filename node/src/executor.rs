@@ -1,11 +1,20 @@
 //! The executor: applies committed batches (from consensus) and certified blocks (from state
 //! transfer) strictly in height order. Each block with all its effects is one RocksDB write;
-//! then RPC waiters, subscribers, the mempool and the driver hear of it.
+//! then RPC waiters, subscribers, the mempool and the driver hear of it. After a block at a
+//! checkpoint height it takes a snapshot of the state (for peers that repair theirs), and
+//! when the core finds this node's state diverged it runs the repair (`crate::repair`):
+//! the executor owns the chain, so nothing else writes it meanwhile.
+//!
+//! Its command queue is bounded ([`COMMANDS_MAX`]): consensus never has more than a window
+//! of commits outstanding, and state transfer waits for room. Each command yields at most one
+//! report, a repair at most one per block it executes, so the report queue stays within the
+//! same bound.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tally_consensus::pbft::CheckpointCert;
 use tally_consensus::{Batch, CommitCertificate, Seq};
 use tally_crypto::Digest;
 use tally_ledger::{CheckedTx, check_transactions_with};
@@ -13,7 +22,16 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::chain::Chain;
+use crate::repair::{self, Peers};
 use crate::shared::Shared;
+use crate::snapshots::Snapshots;
+
+/// Commands queued for the executor: a window of commits and a few state-transfer pages.
+pub const COMMANDS_MAX: usize = 4096;
+
+/// The most state bytes a repair accepts from a peer (the certified state must fit: it is
+/// held in memory until written in one atomic write).
+pub const REPAIR_STATE_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024;
 
 pub enum ExecCommand {
     /// Consensus committed `batch` (transaction hashes) at `seq`.
@@ -29,12 +47,29 @@ pub enum ExecCommand {
         txs: Vec<Vec<u8>>,
         certificate: Option<CommitCertificate>,
     },
+    /// The state diverged from this certified checkpoint: replace it from peers.
+    Repair { target: CheckpointCert },
 }
 
-/// What the executor tells the driver after each block.
-pub struct Executed {
-    pub seq: Seq,
-    pub state_root: Digest,
+/// What the executor tells the driver.
+pub enum ExecReport {
+    /// A block was applied: its batch digest and block hash.
+    Executed {
+        seq: Seq,
+        digest: Digest,
+        block_hash: Digest,
+    },
+    /// The chain now holds the certified state at `seq`.
+    Repaired { seq: Seq, block_hash: Digest },
+    /// No peer could serve a verified state (the core asks again).
+    RepairFailed { reason: String },
+}
+
+/// What the executor needs besides the chain.
+pub struct ExecutorParts {
+    pub snapshots: Snapshots,
+    pub checkpoint_interval: u64,
+    pub peers: Box<dyn Peers + Send>,
 }
 
 /// Fetches missing transaction bodies from peers (blocking the executor until it has them).
@@ -43,9 +78,10 @@ pub type BodyFetcher = Arc<dyn Fn(Vec<Digest>) -> bool + Send + Sync>;
 pub fn spawn(
     mut chain: Chain,
     shared: Arc<Shared>,
-    mut commands: mpsc::UnboundedReceiver<ExecCommand>,
-    executed: mpsc::UnboundedSender<Executed>,
+    mut commands: mpsc::Receiver<ExecCommand>,
+    reports: mpsc::UnboundedSender<ExecReport>,
     fetch: BodyFetcher,
+    parts: ExecutorParts,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("executor".into())
@@ -55,15 +91,24 @@ pub fn spawn(
                 let height = match &cmd {
                     ExecCommand::Commit { seq, .. } => seq.0,
                     ExecCommand::Block { height, .. } => *height,
+                    ExecCommand::Repair { target } => {
+                        let target = target.clone();
+                        let report = run_repair(&mut chain, &shared, &parts, target, &fetch);
+                        pending.retain(|k, _| *k > chain.height());
+                        if reports.send(report).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 if height <= chain.height() {
                     continue;
                 }
                 pending.insert(height, cmd);
                 while let Some(cmd) = pending.remove(&(chain.height() + 1)) {
-                    match apply(&mut chain, &shared, cmd, &fetch) {
+                    match apply(&mut chain, &shared, cmd, &fetch, &parts) {
                         Ok(Some(e)) => {
-                            if executed.send(e).is_err() {
+                            if reports.send(e).is_err() {
                                 return;
                             }
                         }
@@ -83,12 +128,65 @@ pub fn spawn(
         .expect("spawning the executor thread")
 }
 
+/// Replaces the diverged state with the certified one, executes the certified blocks up to
+/// the target and checks the block hash reached.
+fn run_repair(
+    chain: &mut Chain,
+    shared: &Shared,
+    parts: &ExecutorParts,
+    target: CheckpointCert,
+    fetch: &BodyFetcher,
+) -> ExecReport {
+    let installed = match repair::repair(
+        chain,
+        shared,
+        &*parts.peers,
+        &target,
+        REPAIR_STATE_BYTES_MAX,
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            return ExecReport::RepairFailed {
+                reason: e.to_string(),
+            };
+        }
+    };
+    // The snapshots held show the state that was replaced.
+    parts.snapshots.clear();
+    let start = installed.start;
+    shared.update_status(|s| {
+        s.height = chain.height();
+        s.latest_hash = chain.last_hash();
+    });
+    for b in installed.blocks {
+        let cmd = ExecCommand::Block {
+            height: b.header.height,
+            txs: b.txs,
+            certificate: b.certificate,
+        };
+        if let Err(e) = apply(chain, shared, cmd, fetch, parts) {
+            error!("execution failed during a repair, stopping: {e}");
+            std::process::exit(70);
+        }
+    }
+    match repair::check_reached(chain, start, &target) {
+        Ok((seq, block_hash)) => ExecReport::Repaired { seq, block_hash },
+        Err(e) => {
+            error!("{e}");
+            ExecReport::RepairFailed {
+                reason: e.to_string(),
+            }
+        }
+    }
+}
+
 fn apply(
     chain: &mut Chain,
     shared: &Shared,
     cmd: ExecCommand,
     fetch: &BodyFetcher,
-) -> Result<Option<Executed>, crate::chain::ChainError> {
+    parts: &ExecutorParts,
+) -> Result<Option<ExecReport>, crate::chain::ChainError> {
     let started = Instant::now();
     let (height, raw, checked, certificate, committed_at, from_sync) = match cmd {
         ExecCommand::Commit {
@@ -163,6 +261,7 @@ fn apply(
             let checked = check_transactions_with(&shared.chain_id, &txs, &shared.keys);
             (height, txs, checked, certificate, None, true)
         }
+        ExecCommand::Repair { .. } => return Ok(None),
     };
     let write_started = Instant::now();
     let crate::chain::Applied { block, touched } =
@@ -210,7 +309,11 @@ fn apply(
     }
     shared.wake_txs(&hashes);
     let hash = block.hash();
-    let state_root = block.header.state_root;
+    let digest = block.header.batch_digest;
+    if height.is_multiple_of(parts.checkpoint_interval) {
+        // Before the next block changes it: the state this block's hash commits to.
+        parts.snapshots.take(height);
+    }
     shared.update_status(|s| {
         s.height = height;
         s.latest_hash = hash;
@@ -227,8 +330,9 @@ fn apply(
         block,
         tx_hashes: hashes,
     }));
-    Ok(Some(Executed {
+    Ok(Some(ExecReport::Executed {
         seq: Seq(height),
-        state_root,
+        digest,
+        block_hash: hash,
     }))
 }

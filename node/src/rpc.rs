@@ -11,6 +11,7 @@ use jsonrpsee::server::{
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tally_consensus::pbft::Evidence;
 use tally_crypto::{Digest, PublicKey};
 use tally_ledger::{TxError, TxLocation, TxOutcome};
 use tally_monitoring::MethodLabels;
@@ -277,6 +278,30 @@ fn block_at(shared: &Shared, height: u64) -> Result<Value, ErrorObjectOwned> {
     Ok(block_json(shared, &block, None, true))
 }
 
+/// A piece of evidence as `evidence_list` serves it: who, what, and both signed statements
+/// as the exact bytes signed, so a client holding only the genesis keys can check it
+/// (`docs/rpc.md`); `raw` is the whole record, borsh-encoded, as `tally evidence` reads it.
+pub fn evidence_json(shared: &Shared, e: &Evidence) -> Value {
+    let (view, seq) = e.first.slot();
+    let statement = |s: &tally_consensus::pbft::Statement| {
+        json!({
+            "domain": s.domain().tag(),
+            "signed_bytes": tally_crypto::to_hex(&s.signing_bytes()),
+            "signature": tally_crypto::to_hex(&s.signature().0),
+        })
+    };
+    json!({
+        "validator": e.validator().0,
+        "name": shared.genesis.validators.get(e.validator().0 as usize).map(|v| v.name.clone()),
+        "public_key": shared.validators.public_key(e.validator()).map(|k| k.to_hex()),
+        "kind": e.kind(),
+        "view": view.0,
+        "seq": seq.0,
+        "statements": [statement(&e.first), statement(&e.second)],
+        "raw": tally_crypto::to_hex(&e.encode()),
+    })
+}
+
 pub fn chain_status(shared: &Shared) -> Value {
     let s = shared.status();
     let g = &shared.genesis;
@@ -295,6 +320,7 @@ pub fn chain_status(shared: &Shared) -> Value {
         "stable_checkpoint": s.stable_checkpoint,
         "peers": s.peers.len(),
         "syncing": s.syncing.is_some(),
+        "state_diverged": s.diverged,
         "sync_target": s.syncing.map(|(_, t)| t),
         "node": shared.me.and_then(|id| g.validators.get(id.0 as usize)).map(|v| v.name.clone()),
         "mempool": { "transactions": shared.mempool().len(), "bytes": shared.mempool().bytes() },
@@ -381,13 +407,23 @@ pub async fn serve(
         let timeout = Duration::from_millis(p.timeout_ms.min(120_000));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let notify = ctx.shared.tx_waiter(hash);
+            // Bounded: a caller waiting for hashes that never commit holds one entry, only
+            // while it waits.
+            let Some(notify) = ctx.shared.tx_waiter(hash) else {
+                return Err(error(
+                    codes::OVERLOADED,
+                    "too many transactions are being waited for; retry later",
+                    None,
+                ));
+            };
             let notified = notify.notified();
             let status = tx_status(&ctx.shared, &hash);
             if matches!(status["status"].as_str(), Some("committed" | "failed")) {
+                ctx.shared.tx_waiter_done(&hash, notify.clone());
                 return Ok(status);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                ctx.shared.tx_waiter_done(&hash, notify.clone());
                 return Err(error(
                     codes::TIMEOUT,
                     format!("not committed within {} ms", timeout.as_millis()),
@@ -432,17 +468,15 @@ pub async fn serve(
 
     module.register_method("evidence_list", |_params, ctx, _| {
         count(&ctx.shared, "evidence_list");
-        let list = ctx.shared.evidence.lock().unwrap_or_else(|e| e.into_inner());
-        let out: Vec<Value> = list
+        let stored = ctx
+            .shared
+            .store
+            .evidence_scan()
+            .map_err(|e| error(-32603, e.to_string(), None))?;
+        let out: Vec<Value> = stored
             .iter()
-            .map(|e| {
-                json!({
-                    "validator": e.validator.0,
-                    "name": ctx.shared.genesis.validators.get(e.validator.0 as usize).map(|v| v.name.clone()),
-                    "kind": e.kind,
-                    "detail": format!("{:?}", e.evidence),
-                })
-            })
+            .filter_map(|(_, v)| Evidence::decode(v).ok())
+            .map(|e| evidence_json(&ctx.shared, &e))
             .collect();
         Ok::<Value, ErrorObjectOwned>(Value::Array(out))
     })?;

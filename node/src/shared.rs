@@ -1,9 +1,7 @@
 //! State shared by the node's tasks: read by RPC, written by the driver and the executor.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tally_consensus::pbft::Evidence;
 use tally_consensus::{ValidatorId, ValidatorSet};
 use tally_crypto::{ChainId, Digest, KeyCache, PublicKey};
 use tally_genesis::Genesis;
@@ -23,18 +21,10 @@ pub struct Status {
     pub stable_checkpoint: u64,
     /// `(height, target)` while catching up from peers.
     pub syncing: Option<(u64, u64)>,
+    /// This node's state diverged from a certified checkpoint and is being repaired.
+    pub diverged: bool,
     pub peers: Vec<PublicKey>,
 }
-
-/// Evidence kept for RPC (the most recent first).
-#[derive(Clone, Debug)]
-pub struct EvidenceRecord {
-    pub validator: ValidatorId,
-    pub kind: &'static str,
-    pub evidence: Evidence,
-}
-
-pub const EVIDENCE_KEPT: usize = 1024;
 
 /// A block just committed, with its transactions' hashes (the executor has them; a
 /// subscriber would otherwise hash every body again).
@@ -42,6 +32,10 @@ pub struct CommittedBlock {
     pub block: StoredBlock,
     pub tx_hashes: Vec<Digest>,
 }
+
+/// Transaction hashes RPC callers may wait for at once (`tx_wait`); more wait for a free
+/// place or are told to retry.
+pub const TX_WAITERS_MAX: usize = 65_536;
 
 pub struct Shared {
     pub chain_id: ChainId,
@@ -53,10 +47,10 @@ pub struct Shared {
     pub mempool: Mutex<Mempool>,
     pub status: RwLock<Status>,
     /// Woken when a transaction is committed or fails: RPC `tx_wait` re-reads the index.
+    /// At most [`TX_WAITERS_MAX`] hashes; a waiter that times out removes its entry.
     pub tx_waiters: Mutex<crate::FastMap<Digest, Arc<Notify>>>,
     /// Every block as it commits, for RPC subscribers.
     pub blocks: broadcast::Sender<Arc<CommittedBlock>>,
-    pub evidence: Mutex<VecDeque<EvidenceRecord>>,
     pub metrics: Arc<Metrics>,
     /// Validated sender keys, shared by every verification path.
     pub keys: Arc<KeyCache>,
@@ -86,14 +80,29 @@ impl Shared {
         self.mempool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The notifier `tx_wait` waits on for `hash`.
-    pub fn tx_waiter(&self, hash: Digest) -> Arc<Notify> {
-        self.tx_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(hash)
-            .or_default()
-            .clone()
+    /// The notifier `tx_wait` waits on for `hash`; `None` when [`TX_WAITERS_MAX`] other
+    /// hashes are being waited for already.
+    pub fn tx_waiter(&self, hash: Digest) -> Option<Arc<Notify>> {
+        let mut waiters = self.tx_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = waiters.get(&hash) {
+            return Some(n.clone());
+        }
+        if waiters.len() >= TX_WAITERS_MAX {
+            return None;
+        }
+        Some(waiters.entry(hash).or_default().clone())
+    }
+
+    /// A `tx_wait` for `hash` gave up: its entry goes unless another caller still waits.
+    pub fn tx_waiter_done(&self, hash: &Digest, notify: Arc<Notify>) {
+        let mut waiters = self.tx_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Held by the map and by `notify`: nobody else waits.
+        if waiters
+            .get(hash)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) <= 2)
+        {
+            waiters.remove(hash);
+        }
     }
 
     /// Wakes the RPC callers waiting for any of these transactions (one lock per block).

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use tally_consensus::pbft::Footprint;
+use tally_consensus::sim::byzantine::{self, Behavior};
 use tally_consensus::sim::{SeedReport, SimConfig, run_seed};
 
 #[derive(Args, Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct SimArgs {
     /// Validators run as twins: two replicas sharing one key.
     #[arg(long, default_value_t = 0)]
     pub twins: usize,
+    /// What the Byzantine validators do: `all` (each a random mix of every behaviour) or
+    /// one behaviour by name (see `--adversary list`).
+    #[arg(long, default_value = "all")]
+    pub adversary: String,
     /// Simulated milliseconds of the safety phase.
     #[arg(long, default_value_t = 4000)]
     pub safety_ms: u64,
@@ -50,6 +56,24 @@ pub fn run(a: SimArgs) -> Result<()> {
     if a.validators == 0 || a.byzantine + a.twins > a.validators {
         bail!("--byzantine plus --twins must not exceed --validators");
     }
+    let names: Vec<&str> = byzantine::ALL.iter().map(|b| b.name()).collect();
+    let adversary = match a.adversary.as_str() {
+        "all" => None,
+        "list" => {
+            println!("adversaries: all, {}", names.join(", "));
+            return Ok(());
+        }
+        name => match Behavior::from_name(name) {
+            Some(b) => Some(b),
+            None => bail!(
+                "--adversary {name:?} is not one of: all, {}",
+                names.join(", ")
+            ),
+        },
+    };
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
     let f = (a.validators - 1) / 3;
     let first = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -64,12 +88,14 @@ pub fn run(a: SimArgs) -> Result<()> {
         twins: a.twins,
         safety_ms: a.safety_ms,
         liveness_bound_ms: a.liveness_bound_ms,
+        adversary,
     };
     println!(
-        "tally sim: pbft, n = {} (f = {}), byzantine {}, twins {}, seeds {}..{} ({} seeds)",
+        "tally sim: pbft, n = {} (f = {}), byzantine {} (adversary {}), twins {}, seeds {}..{} ({} seeds)",
         a.validators,
         f,
         a.byzantine,
+        a.adversary,
         a.twins,
         first,
         first + a.seeds - 1,
@@ -123,7 +149,17 @@ pub fn run(a: SimArgs) -> Result<()> {
     let mut events: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut messages, mut commits, mut live) = (0u64, 0u64, 0u64);
     let mut liveness: Vec<u64> = Vec::new();
+    let mut censorship: Vec<u64> = Vec::new();
+    let (mut peak, mut bound) = (Footprint::default(), Footprint::default());
+    let mut peak_share = 0.0f64;
     for r in &reports {
+        peak = peak.max(r.peak_footprint);
+        bound = bound.max(r.footprint_bound);
+        if r.footprint_bound.bytes > 0 {
+            peak_share =
+                peak_share.max(r.peak_footprint.bytes as f64 / r.footprint_bound.bytes as f64);
+        }
+        censorship.extend(r.censorship_worst_ms);
         messages += r.messages_delivered;
         commits += r.commits;
         for (k, v) in &r.faults {
@@ -161,6 +197,26 @@ pub fn run(a: SimArgs) -> Result<()> {
             liveness[liveness.len() - 1]
         );
     }
+    censorship.sort_unstable();
+    if !censorship.is_empty() {
+        println!(
+            "  censorship: the slowest post-healing request committed at every honest replica after p50 {} ms, max {} ms (per seed)",
+            censorship[censorship.len() / 2],
+            censorship[censorship.len() - 1]
+        );
+    }
+    let over = reports
+        .iter()
+        .filter(|r| r.violations.iter().any(|v| v.starts_with("memory")))
+        .count();
+    println!(
+        "  memory per honest replica: peak {} messages / {} bytes over all seeds, at most {:.1}% of its seed's stated byte bound (largest bound {} messages / {} bytes); {over} seeds exceeded their bound",
+        peak.messages,
+        peak.bytes,
+        peak_share * 100.0,
+        bound.messages,
+        bound.bytes,
+    );
     println!("  faults injected:");
     for (k, v) in &faults {
         println!("    {k:<32} {v}");
@@ -179,8 +235,14 @@ pub fn run(a: SimArgs) -> Result<()> {
             println!("    {d}");
         }
         println!(
-            "    replay: tally sim --protocol pbft --validators {} --seeds 1 --seed {} --byzantine {} --twins {} --safety-ms {} --liveness-bound-ms {}",
-            a.validators, r.seed, a.byzantine, a.twins, a.safety_ms, a.liveness_bound_ms
+            "    replay: tally sim --protocol pbft --validators {} --seeds 1 --seed {} --byzantine {} --adversary {} --twins {} --safety-ms {} --liveness-bound-ms {}",
+            a.validators,
+            r.seed,
+            a.byzantine,
+            a.adversary,
+            a.twins,
+            a.safety_ms,
+            a.liveness_bound_ms
         );
     }
     if !failing.is_empty() {

@@ -19,29 +19,43 @@ use tracing::{info, warn};
 use crate::block::StoredBlock;
 use crate::executor::ExecCommand;
 use crate::shared::Shared;
+use crate::snapshots::Snapshots;
 use crate::wire::{self, SYNC_BLOCKS_MAX, SyncRequest, SyncResponse};
 
 pub enum SyncCommand {
     Fetch { target: u64 },
 }
 
-/// Answers a peer's sync request.
 /// A pending transaction is offered to an asking primary only after it waited this long
 /// (gossip reaches a primary with room sooner), and offered again only after this long.
 const PENDING_MIN_AGE: Duration = Duration::from_millis(500);
 const PENDING_REOFFER_AFTER: Duration = Duration::from_secs(2);
 
-pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
-    let response = match wire::decode::<SyncRequest>(request) {
-        None => SyncResponse::Error("malformed request".into()),
-        Some(SyncRequest::Status) => {
+/// Answers a peer's sync request (payload requests go to the driver, which holds the
+/// batches, before this is called).
+pub fn serve(shared: &Shared, snapshots: &Snapshots, request: SyncRequest) -> Vec<u8> {
+    let response = match request {
+        SyncRequest::Payload { .. } => SyncResponse::Payload(None),
+        SyncRequest::Snapshots => SyncResponse::Snapshots(snapshots.heights()),
+        SyncRequest::SnapshotPage {
+            height,
+            after,
+            max_bytes,
+        } => match snapshots.read(height, after, max_bytes as usize) {
+            Some(page) => SyncResponse::SnapshotPage {
+                entries: page.entries,
+                done: page.done,
+            },
+            None => SyncResponse::Error(format!("no snapshot at height {height}")),
+        },
+        SyncRequest::Status => {
             let s = shared.status();
             SyncResponse::Status {
                 height: s.height,
                 latest_hash: s.latest_hash,
             }
         }
-        Some(SyncRequest::Blocks { from, max }) => {
+        SyncRequest::Blocks { from, max } => {
             let mut blocks = Vec::new();
             let mut bytes = 0;
             for h in from..from.saturating_add(max.min(SYNC_BLOCKS_MAX) as u64) {
@@ -58,7 +72,7 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
             }
             SyncResponse::Blocks(blocks)
         }
-        Some(SyncRequest::Txs { hashes }) => {
+        SyncRequest::Txs { hashes } => {
             let pool = shared.mempool();
             SyncResponse::Txs(
                 hashes
@@ -68,7 +82,7 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
                     .collect(),
             )
         }
-        Some(SyncRequest::Pending { max }) => SyncResponse::Txs(shared.mempool().offer_pending(
+        SyncRequest::Pending { max } => SyncResponse::Txs(shared.mempool().offer_pending(
             Instant::now(),
             PENDING_MIN_AGE,
             PENDING_REOFFER_AFTER,
@@ -106,11 +120,14 @@ pub fn verify_block(
     Ok((block.txs, certificate))
 }
 
+/// Fetch commands queued for the sync task (the newest target wins; more are dropped).
+pub const COMMANDS_MAX: usize = 16;
+
 pub async fn run(
     shared: Arc<Shared>,
     p2p: P2pHandle,
-    exec: mpsc::UnboundedSender<ExecCommand>,
-    mut commands: mpsc::UnboundedReceiver<SyncCommand>,
+    exec: mpsc::Sender<ExecCommand>,
+    mut commands: mpsc::Receiver<SyncCommand>,
 ) {
     let mut target = 0u64;
     let mut poll = tokio::time::interval(Duration::from_secs(2));
@@ -198,7 +215,7 @@ pub async fn run(
 async fn fetch_from(
     shared: &Arc<Shared>,
     p2p: &P2pHandle,
-    exec: &mpsc::UnboundedSender<ExecCommand>,
+    exec: &mpsc::Sender<ExecCommand>,
     peer: PublicKey,
     height: u64,
 ) -> Result<u64, String> {
@@ -236,11 +253,14 @@ async fn fetch_from(
         let h = height + 1 + i as u64;
         match result {
             Ok((txs, certificate)) => {
-                let _ = exec.send(ExecCommand::Block {
+                let cmd = ExecCommand::Block {
                     height: h,
                     txs,
                     certificate: Some(certificate),
-                });
+                };
+                if exec.send(cmd).await.is_err() {
+                    return Err("the executor stopped".into());
+                }
                 n += 1;
             }
             Err(e) => {
@@ -271,4 +291,67 @@ async fn peers_height(shared: &Shared, p2p: &P2pHandle) -> Option<u64> {
     }
     heights.sort_unstable_by(|a, b| b.cmp(a));
     Some(heights[need - 1])
+}
+
+/// The p2p network as a repair (`crate::repair`) sees it. The repair runs on the executor's
+/// thread, so requests block on the runtime.
+pub struct P2pPeers {
+    pub shared: Arc<Shared>,
+    pub p2p: P2pHandle,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl P2pPeers {
+    fn ask(&self, peer: PublicKey, request: &SyncRequest) -> Result<SyncResponse, String> {
+        let bytes = wire::encode(request);
+        let response = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), self.p2p.request(peer, bytes)).await
+            })
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        match wire::decode::<SyncResponse>(&response) {
+            Some(SyncResponse::Error(e)) => Err(e),
+            Some(r) => Ok(r),
+            None => Err("undecodable response".into()),
+        }
+    }
+}
+
+impl crate::repair::Peers for P2pPeers {
+    fn peers(&self) -> Vec<PublicKey> {
+        self.shared.status().peers
+    }
+
+    fn snapshots(&self, peer: PublicKey) -> Result<Vec<u64>, String> {
+        match self.ask(peer, &SyncRequest::Snapshots)? {
+            SyncResponse::Snapshots(h) => Ok(h),
+            _ => Err("unexpected response".into()),
+        }
+    }
+
+    fn blocks(&self, peer: PublicKey, from: u64, max: u32) -> Result<Vec<Vec<u8>>, String> {
+        match self.ask(peer, &SyncRequest::Blocks { from, max })? {
+            SyncResponse::Blocks(b) => Ok(b),
+            _ => Err("unexpected response".into()),
+        }
+    }
+
+    fn snapshot_page(
+        &self,
+        peer: PublicKey,
+        height: u64,
+        after: Option<Vec<u8>>,
+    ) -> Result<(Vec<tally_storage::Entry>, bool), String> {
+        let request = SyncRequest::SnapshotPage {
+            height,
+            after,
+            max_bytes: crate::snapshots::PAGE_BYTES_MAX as u32,
+        };
+        match self.ask(peer, &request)? {
+            SyncResponse::SnapshotPage { entries, done } => Ok((entries, done)),
+            _ => Err("unexpected response".into()),
+        }
+    }
 }

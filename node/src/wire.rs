@@ -1,6 +1,7 @@
 //! What nodes send each other besides consensus messages (borsh-encoded).
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use tally_consensus::Batch;
 use tally_crypto::Digest;
 
 /// Gossiped transactions: the node that admitted them bundles a few milliseconds' worth.
@@ -28,13 +29,35 @@ pub enum SyncRequest {
     /// `Txs`). A primary asks when its own pool runs low: it can propose only what its pool
     /// holds, and gossip it was too busy or full to take is otherwise lost to it.
     Pending { max: u32 },
+    /// The batch (transaction hashes) with `digest` at sequence number `seq`, which a
+    /// NEW-VIEW re-proposed (answered with `Payload`).
+    Payload { seq: u64, digest: Digest },
+    /// The checkpoint heights whose state snapshot the peer holds (answered with
+    /// `Snapshots`).
+    Snapshots,
+    /// State entries of the snapshot at `height` after key `after`, at most `max_bytes`
+    /// (answered with `SnapshotPage`).
+    SnapshotPage {
+        height: u64,
+        after: Option<Vec<u8>>,
+        max_bytes: u32,
+    },
 }
 
 #[derive(BorshSerialize, BorshDeserialize, Debug, Clone)]
 pub enum SyncResponse {
-    Status { height: u64, latest_hash: Digest },
+    Status {
+        height: u64,
+        latest_hash: Digest,
+    },
     Blocks(Vec<Vec<u8>>),
     Txs(Vec<Vec<u8>>),
+    Payload(Option<Batch>),
+    Snapshots(Vec<u64>),
+    SnapshotPage {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+    },
     Error(String),
 }
 

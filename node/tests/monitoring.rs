@@ -275,7 +275,7 @@ async fn prometheus_scrapes_a_loaded_network_and_every_panel_has_data() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(loaded.len(), 6, "alert rules loaded");
+    assert_eq!(loaded.len(), 8, "alert rules loaded");
     for r in loaded {
         assert_eq!(r["health"], "ok", "rule {} evaluates: {r}", r["name"]);
     }

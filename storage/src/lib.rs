@@ -1,9 +1,11 @@
 //! Tally's storage: one [`Store`] trait, two backends.
 //!
-//! * [`RocksStore`]: RocksDB with column families `blocks`, `tx_index`, `state`, `consensus`
-//!   and `meta`. A block and all its effects land in one atomic `WriteBatch`
+//! * [`RocksStore`]: RocksDB with column families `blocks`, `tx_index`, `state`, `consensus`,
+//!   `evidence` and `meta`. A block and all its effects land in one atomic `WriteBatch`
 //!   ([`Store::commit_block`]); consensus records can be written synced
-//!   ([`Store::write_consensus`]).
+//!   ([`Store::write_consensus`]); a repaired state replaces the old one in one write
+//!   ([`Store::install_state`]); [`Store::snapshot`] is a consistent view of the state to
+//!   serve to a peer repairing its own.
 //! * [`MemStore`]: the same contract in memory, for tests and the simulator.
 //!
 //! Both pass one shared test suite (`tests/suite.rs`).
@@ -34,6 +36,11 @@ mod rocks;
 
 pub use mem::MemStore;
 pub use rocks::RocksStore;
+
+/// Column-family-free ordering helper: `[start, end)` contains `key`.
+pub(crate) fn in_range(key: &[u8], range: &(Vec<u8>, Vec<u8>)) -> bool {
+    key >= range.0.as_slice() && key < range.1.as_slice()
+}
 use tally_crypto::Digest;
 
 /// Meta key under which [`Store::commit_block`] records the height of the latest block.
@@ -72,6 +79,31 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// A state installed whole, replacing the chain's state and its blocks above a height
+/// ([`Store::install_state`]).
+#[derive(Clone, Debug, Default)]
+pub struct StateInstall {
+    /// The chain's height once installed; blocks above it are deleted.
+    pub height: u64,
+    /// Every state entry at `height`.
+    pub state: Vec<Entry>,
+    /// Blocks written (replacing those at the same heights), all at or below `height`.
+    pub blocks: Vec<(u64, Vec<u8>)>,
+    /// Index entries deleted, then written.
+    pub tx_index_delete: Vec<Digest>,
+    pub tx_index_put: Vec<(Digest, Vec<u8>)>,
+    /// Meta entries written (e.g. the state hash).
+    pub meta: Vec<Entry>,
+}
+
+/// A consistent, read-only view of the state as of when it was taken.
+pub trait StateSnapshot: Send + Sync {
+    /// The chain's height in this view.
+    fn latest_height(&self) -> Result<u64, StorageError>;
+    /// As [`Store::state_scan`], in this view.
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError>;
+}
+
 /// The storage contract shared by both backends.
 pub trait Store: Send + Sync {
     /// Writes a block, its index and state changes and `meta`, all or nothing. `height` must
@@ -100,13 +132,33 @@ pub trait Store: Send + Sync {
     /// Writes meta entries outside a block (e.g. the genesis hash at initialisation).
     fn meta_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError>;
 
-    /// Writes consensus records (puts and deletes) atomically; with `sync`, durable on return.
-    fn write_consensus(&self, writes: &[Write], sync: bool) -> Result<(), StorageError>;
+    /// Writes consensus records (puts and deletes) and deletes the key ranges `[start, end)`
+    /// of `delete_ranges`, atomically (ranges first); with `sync`, durable on return.
+    fn write_consensus(
+        &self,
+        writes: &[Write],
+        delete_ranges: &[(Vec<u8>, Vec<u8>)],
+        sync: bool,
+    ) -> Result<(), StorageError>;
 
     fn consensus_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Every consensus record whose key starts with `prefix`, in key order.
     fn consensus_scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, StorageError>;
+
+    /// Stores a piece of evidence under `key` (synced).
+    fn evidence_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
+
+    /// Every piece of evidence, in key order.
+    fn evidence_scan(&self) -> Result<Vec<Entry>, StorageError>;
+
+    /// A consistent view of the state and the chain height as of now; later writes do not
+    /// show in it.
+    fn snapshot(&self) -> Box<dyn StateSnapshot + '_>;
+
+    /// Replaces the whole state, and the blocks above `install.height`, in one synced write:
+    /// after a crash either the old chain or the installed one is there, never a mix.
+    fn install_state(&self, install: StateInstall) -> Result<(), StorageError>;
 
     /// Approximate bytes on disk (or in memory).
     fn size_bytes(&self) -> u64;

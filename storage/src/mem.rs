@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use tally_crypto::Digest;
 
 use crate::{
-    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, Write,
-    decode_height,
+    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StateInstall, StateSnapshot,
+    StorageError, Store, Write, decode_height, in_range,
 };
 
 #[derive(Default)]
@@ -16,6 +16,7 @@ struct Inner {
     tx_index: HashMap<Digest, Vec<u8>>,
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     consensus: BTreeMap<Vec<u8>, Vec<u8>>,
+    evidence: BTreeMap<Vec<u8>, Vec<u8>>,
     meta: HashMap<Vec<u8>, Vec<u8>>,
     bytes: u64,
 }
@@ -128,8 +129,16 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn write_consensus(&self, writes: &[Write], _sync: bool) -> Result<(), StorageError> {
+    fn write_consensus(
+        &self,
+        writes: &[Write],
+        delete_ranges: &[(Vec<u8>, Vec<u8>)],
+        _sync: bool,
+    ) -> Result<(), StorageError> {
         let mut inner = self.lock();
+        for range in delete_ranges {
+            inner.consensus.retain(|k, _| !in_range(k, range));
+        }
         for (k, v) in writes {
             match v {
                 Some(v) => inner.consensus.insert(k.clone(), v.clone()),
@@ -153,7 +162,81 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn evidence_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.lock().evidence.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn evidence_scan(&self) -> Result<Vec<Entry>, StorageError> {
+        Ok(self
+            .lock()
+            .evidence
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn snapshot(&self) -> Box<dyn StateSnapshot + '_> {
+        let inner = self.lock();
+        Box::new(MemSnapshot {
+            height: match inner.meta.get(META_LATEST_HEIGHT) {
+                Some(b) => decode_height(b).unwrap_or(0),
+                None => 0,
+            },
+            state: inner.state.clone(),
+        })
+    }
+
+    fn install_state(&self, install: StateInstall) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.state = install.state.into_iter().collect();
+        let height = install.height;
+        inner.blocks.retain(|h, _| *h <= height);
+        for (h, b) in install.blocks {
+            inner.blocks.insert(h, b);
+        }
+        for h in &install.tx_index_delete {
+            inner.tx_index.remove(h);
+        }
+        for (h, v) in install.tx_index_put {
+            inner.tx_index.insert(h, v);
+        }
+        for (k, v) in install.meta {
+            inner.meta.insert(k, v);
+        }
+        inner
+            .meta
+            .insert(META_LATEST_HEIGHT.to_vec(), height.to_le_bytes().to_vec());
+        Ok(())
+    }
+
     fn size_bytes(&self) -> u64 {
         self.lock().bytes
+    }
+}
+
+/// A copy of the state (the in-memory backend's snapshot).
+struct MemSnapshot {
+    height: u64,
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl StateSnapshot for MemSnapshot {
+    fn latest_height(&self) -> Result<u64, StorageError> {
+        Ok(self.height)
+    }
+
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .state
+            .range((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

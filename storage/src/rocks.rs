@@ -5,13 +5,13 @@ use std::sync::Mutex;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    IteratorMode, Options, SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 use tally_crypto::Digest;
 
 use crate::{
-    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StorageError, Store, Write,
-    decode_height,
+    BlockCommit, Entry, META_INITIALIZED, META_LATEST_HEIGHT, StateInstall, StateSnapshot,
+    StorageError, Store, Write, decode_height,
 };
 
 const CF_BLOCKS: &str = "blocks";
@@ -19,7 +19,15 @@ const CF_TX_INDEX: &str = "tx_index";
 const CF_STATE: &str = "state";
 const CF_CONSENSUS: &str = "consensus";
 const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 5] = [CF_BLOCKS, CF_TX_INDEX, CF_STATE, CF_CONSENSUS, CF_META];
+const CF_EVIDENCE: &str = "evidence";
+const COLUMN_FAMILIES: [&str; 6] = [
+    CF_BLOCKS,
+    CF_TX_INDEX,
+    CF_STATE,
+    CF_CONSENSUS,
+    CF_META,
+    CF_EVIDENCE,
+];
 
 /// A [`Store`] on RocksDB.
 pub struct RocksStore {
@@ -201,9 +209,17 @@ impl Store for RocksStore {
         self.write(batch, sync)
     }
 
-    fn write_consensus(&self, writes: &[Write], sync: bool) -> Result<(), StorageError> {
+    fn write_consensus(
+        &self,
+        writes: &[Write],
+        delete_ranges: &[(Vec<u8>, Vec<u8>)],
+        sync: bool,
+    ) -> Result<(), StorageError> {
         let cf = self.cf(CF_CONSENSUS);
         let mut batch = WriteBatch::default();
+        for (start, end) in delete_ranges {
+            batch.delete_range_cf(cf, start, end);
+        }
         for (k, v) in writes {
             match v {
                 Some(v) => batch.put_cf(cf, k, v),
@@ -230,6 +246,72 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn evidence_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_EVIDENCE), key, value);
+        self.write(batch, true)
+    }
+
+    fn evidence_scan(&self) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EVIDENCE), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self) -> Box<dyn StateSnapshot + '_> {
+        Box::new(RocksSnapshot {
+            store: self,
+            snapshot: self.db.snapshot(),
+        })
+    }
+
+    fn install_state(&self, install: StateInstall) -> Result<(), StorageError> {
+        let _guard = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = self.latest_height()?;
+        let mut batch = WriteBatch::default();
+        // The old state goes key by key (a range delete would need a bound above every key).
+        let state = self.cf(CF_STATE);
+        for item in self.db.iterator_cf(state, IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err)?;
+            batch.delete_cf(state, k);
+        }
+        let mut entries = install.state;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in &entries {
+            batch.put_cf(state, k, v);
+        }
+        let blocks = self.cf(CF_BLOCKS);
+        if latest > install.height {
+            batch.delete_range_cf(
+                blocks,
+                (install.height + 1).to_be_bytes(),
+                (latest + 1).to_be_bytes(),
+            );
+        }
+        for (h, b) in &install.blocks {
+            batch.put_cf(blocks, h.to_be_bytes(), b);
+        }
+        let index = self.cf(CF_TX_INDEX);
+        for h in &install.tx_index_delete {
+            batch.delete_cf(index, h.0);
+        }
+        for (h, v) in &install.tx_index_put {
+            batch.put_cf(index, h.0, v);
+        }
+        let meta = self.cf(CF_META);
+        for (k, v) in &install.meta {
+            batch.put_cf(meta, k, v);
+        }
+        batch.put_cf(meta, META_LATEST_HEIGHT, install.height.to_le_bytes());
+        self.write(batch, true)
+    }
+
     fn size_bytes(&self) -> u64 {
         COLUMN_FAMILIES
             .iter()
@@ -249,5 +331,43 @@ impl Store for RocksStore {
                 Some(sst + mem)
             })
             .sum()
+    }
+}
+
+/// A RocksDB snapshot: reads see the database as it was when taken.
+struct RocksSnapshot<'a> {
+    store: &'a RocksStore,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl StateSnapshot for RocksSnapshot<'_> {
+    fn latest_height(&self) -> Result<u64, StorageError> {
+        match self
+            .snapshot
+            .get_cf(self.store.cf(CF_META), META_LATEST_HEIGHT)
+            .map_err(db_err)?
+        {
+            Some(b) => decode_height(&b),
+            None => Ok(0),
+        }
+    }
+
+    fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let mode = match after {
+            Some(a) => IteratorMode::From(a, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.snapshot.iterator_cf(self.store.cf(CF_STATE), mode) {
+            let (k, v) = item.map_err(db_err)?;
+            if Some(&*k) == after {
+                continue;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,7 +1,7 @@
 //! One test suite, run against both backends.
 
 use tally_crypto::Digest;
-use tally_storage::{BlockCommit, MemStore, RocksStore, StorageError, Store};
+use tally_storage::{BlockCommit, MemStore, RocksStore, StateInstall, StorageError, Store};
 
 fn commit(height: u64) -> BlockCommit {
     BlockCommit {
@@ -77,6 +77,7 @@ fn consensus_records(s: &dyn Store) {
             (b"pbft/b/1".to_vec(), Some(vec![3])),
             (b"raft/x".to_vec(), Some(vec![4])),
         ],
+        &[],
         true,
     )
     .unwrap();
@@ -84,12 +85,85 @@ fn consensus_records(s: &dyn Store) {
     let a = s.consensus_scan(b"pbft/a/").unwrap();
     assert_eq!(a.len(), 2);
     assert_eq!(s.consensus_scan(b"pbft/").unwrap().len(), 3);
-    s.write_consensus(&[(b"pbft/a/1".to_vec(), None)], false)
+    s.write_consensus(&[(b"pbft/a/1".to_vec(), None)], &[], false)
         .unwrap();
     assert_eq!(s.consensus_scan(b"pbft/a/").unwrap().len(), 1);
     assert_eq!(s.consensus_get(b"pbft/a/1").unwrap(), None);
+    // A range delete takes exactly [start, end), in the same write as the puts after it.
+    s.write_consensus(
+        &[(b"pbft/c".to_vec(), Some(vec![5]))],
+        &[(b"pbft/".to_vec(), b"pbft/b/2".to_vec())],
+        true,
+    )
+    .unwrap();
+    assert_eq!(s.consensus_scan(b"pbft/").unwrap().len(), 1);
+    assert_eq!(s.consensus_get(b"pbft/c").unwrap(), Some(vec![5]));
+    assert_eq!(s.consensus_get(b"raft/x").unwrap(), Some(vec![4]));
     // Consensus records and blocks are separate: no block was written.
     assert_eq!(s.latest_height().unwrap(), 0);
+}
+
+fn evidence_kept(s: &dyn Store) {
+    s.evidence_put(b"b", b"two").unwrap();
+    s.evidence_put(b"a", b"one").unwrap();
+    s.evidence_put(b"b", b"two again").unwrap();
+    assert_eq!(
+        s.evidence_scan().unwrap(),
+        vec![
+            (b"a".to_vec(), b"one".to_vec()),
+            (b"b".to_vec(), b"two again".to_vec())
+        ]
+    );
+}
+
+/// A snapshot keeps seeing the state of when it was taken; an install replaces the state
+/// and the blocks above its height in one write.
+fn snapshots_and_installs(s: &dyn Store) {
+    for h in 1..=3 {
+        s.commit_block(commit(h)).unwrap();
+    }
+    {
+        let snap = s.snapshot();
+        s.commit_block(commit(4)).unwrap();
+        assert_eq!(snap.latest_height().unwrap(), 3);
+        let seen = snap.state_scan(None, 100).unwrap();
+        assert!(seen.iter().all(|(k, _)| k != b"k4"), "{seen:?}");
+        assert!(
+            seen.contains(&(b"counter".to_vec(), 3u64.to_le_bytes().to_vec())),
+            "{seen:?}"
+        );
+        let page = snap.state_scan(None, 2).unwrap();
+        let rest = snap.state_scan(Some(&page[1].0), 100).unwrap();
+        assert_eq!(page.len() + rest.len(), seen.len());
+    }
+    assert_eq!(s.state_get(b"k4").unwrap(), Some(vec![4]));
+    s.install_state(StateInstall {
+        height: 2,
+        state: vec![(b"x".to_vec(), vec![1]), (b"counter".to_vec(), vec![2])],
+        blocks: vec![(2, b"block 2 from a peer".to_vec())],
+        tx_index_delete: vec![
+            Digest::of(&3u64.to_le_bytes()),
+            Digest::of(&4u64.to_le_bytes()),
+        ],
+        tx_index_put: vec![(Digest::of(b"t"), vec![9])],
+        meta: vec![(b"state_hash".to_vec(), vec![2; 4])],
+    })
+    .unwrap();
+    assert_eq!(s.latest_height().unwrap(), 2);
+    assert_eq!(
+        s.state_scan(None, 100).unwrap(),
+        vec![(b"counter".to_vec(), vec![2]), (b"x".to_vec(), vec![1])]
+    );
+    assert_eq!(s.block(1).unwrap().unwrap(), b"block 1");
+    assert_eq!(s.block(2).unwrap().unwrap(), b"block 2 from a peer");
+    assert_eq!(s.block(3).unwrap(), None);
+    assert_eq!(s.block(4).unwrap(), None);
+    assert_eq!(s.tx_index(&Digest::of(&3u64.to_le_bytes())).unwrap(), None);
+    assert_eq!(s.tx_index(&Digest::of(b"t")).unwrap(), Some(vec![9]));
+    assert_eq!(s.meta_get(b"state_hash").unwrap(), Some(vec![2; 4]));
+    // The chain goes on from the installed height.
+    s.commit_block(commit(3)).unwrap();
+    assert_eq!(s.latest_height().unwrap(), 3);
 }
 
 fn meta_outside_blocks(s: &dyn Store) {
@@ -143,6 +217,16 @@ macro_rules! suite {
                 let (_guard, s) = $make;
                 super::meta_outside_blocks(&s);
             }
+            #[test]
+            fn evidence_kept() {
+                let (_guard, s) = $make;
+                super::evidence_kept(&s);
+            }
+            #[test]
+            fn snapshots_and_installs() {
+                let (_guard, s) = $make;
+                super::snapshots_and_installs(&s);
+            }
         }
     };
 }
@@ -162,13 +246,18 @@ fn rocks_survives_reopen() {
         for h in 1..=3 {
             s.commit_block(commit(h)).unwrap();
         }
-        s.write_consensus(&[(b"c".to_vec(), Some(vec![9]))], true)
+        s.write_consensus(&[(b"c".to_vec(), Some(vec![9]))], &[], true)
             .unwrap();
+        s.evidence_put(b"e", b"proof").unwrap();
     }
     let s = RocksStore::open(dir.path()).unwrap();
     assert_eq!(s.latest_height().unwrap(), 3);
     assert_eq!(s.block(2).unwrap().unwrap(), b"block 2");
     assert_eq!(s.consensus_get(b"c").unwrap(), Some(vec![9]));
+    assert_eq!(
+        s.evidence_scan().unwrap(),
+        vec![(b"e".to_vec(), b"proof".to_vec())]
+    );
     assert!(s.size_bytes() > 0 || s.block(1).unwrap().is_some());
 }
 

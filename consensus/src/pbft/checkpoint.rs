@@ -1,21 +1,43 @@
-//! Checkpoints and garbage collection (TOCS'02 §4.3): a CHECKPOINT every K sequence numbers;
-//! 2f+1 matching ones make it stable; the log at or below it is discarded and the low
-//! watermark moves to it.
+//! Checkpoints and garbage collection (TOCS'02 §4.3): a CHECKPOINT every K sequence numbers,
+//! signing the block hash at that height; 2f+1 matching ones make it stable; the log at or
+//! below it is discarded and the low watermark moves to it.
+//!
+//! A replica signs checkpoints up to two windows above its stable checkpoint (one executing
+//! far ahead by state transfer waits for a stable checkpoint to catch up with it), so its own
+//! checkpoint votes and block hashes number at most `2L/K`.
+//!
+//! A replica whose own block hash at a stable checkpoint differs from the certified one has
+//! diverged (a corrupt disk, an operator's edit, a bug): it stops signing and executing,
+//! and asks the driver to replace its state with the certified one
+//! ([`Output::RepairState`]). Checkpoint votes are stored only for sequence numbers inside
+//! the window, one per sender each, plus each sender's latest one beyond it: at most
+//! `n · (L/K + 1)` votes, however many a peer signs.
 
 use tally_crypto::Digest;
 
-use super::messages::{Checkpoint, Message, Signed};
+use super::evidence::Statement;
+use super::messages::{Checkpoint, CheckpointCert, Message, Signed};
 use super::records::Record;
-use super::{Pbft, Stable};
+use super::{Pbft, Repair};
 use crate::Seq;
 use crate::protocol::{Event, Output};
 
 impl Pbft {
-    /// The driver executed `seq`. At checkpoint sequence numbers this replica signs and
-    /// broadcasts its state root.
-    pub(crate) fn on_executed(&mut self, seq: Seq, state_root: Digest, out: &mut Vec<Output>) {
+    /// The driver executed `seq` (batch `digest`, block `block_hash`). At checkpoint sequence
+    /// numbers this replica signs and broadcasts its block hash.
+    pub(crate) fn on_executed(
+        &mut self,
+        seq: Seq,
+        digest: Digest,
+        block_hash: Digest,
+        out: &mut Vec<Output>,
+    ) {
         if seq > self.last_executed {
             self.last_executed = seq;
+        }
+        if seq > self.stable.seq {
+            self.executed.insert(seq, digest);
+            self.trim_executed();
         }
         if seq >= self.next_commit {
             // Executed by state transfer, not by our own commits: skip ahead.
@@ -28,15 +50,18 @@ impl Pbft {
             self.fetching = None;
         }
         // A checkpoint is signed once per sequence number, also when the report comes late
-        // (after a restart: see [`Pbft::unsigned_checkpoints`]).
+        // (after a restart: see [`Pbft::unsigned_checkpoints`]). A diverged replica's hashes
+        // are not worth signing.
         if seq.0.is_multiple_of(self.config.checkpoint_interval)
             && seq > self.stable.seq
-            && !self.own_roots.contains_key(&seq)
+            && seq.0 <= self.stable.seq.0 + 2 * self.config.watermark_window
+            && !self.own_hashes.contains_key(&seq)
+            && self.may_sign()
         {
-            self.own_roots.insert(seq, state_root);
-            let cp = Checkpoint { seq, state_root };
+            self.own_hashes.insert(seq, block_hash);
+            let cp = Checkpoint { seq, block_hash };
             if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {
-                out.push(Output::Broadcast(Message::Checkpoint(signed.clone())));
+                out.push(Output::Broadcast(Message::Checkpoint(signed)));
                 self.checkpoints
                     .entry(seq)
                     .or_default()
@@ -48,7 +73,7 @@ impl Pbft {
             && p.seq <= self.last_executed
         {
             self.pending_stable = None;
-            self.make_stable(p, out);
+            self.adopt_stable(p, out);
         }
         self.emit_commits(out);
         self.maybe_request_batch(out);
@@ -56,7 +81,7 @@ impl Pbft {
 
     /// Checkpoint sequence numbers above the stable checkpoint that this replica executed
     /// but has not signed — after a restart, all of them. The driver reports each again with
-    /// its state root (`Input::Executed`); otherwise a replica that crashed between executing
+    /// its block hash (`Input::Executed`); otherwise a replica that crashed between executing
     /// a checkpoint and signing it would withhold its vote forever, and with enough such
     /// replicas the checkpoint never becomes stable and the window stays full. Only the
     /// latest two matter: a newer stable checkpoint supersedes older ones.
@@ -65,7 +90,7 @@ impl Pbft {
         let last = self.last_executed.0 / k * k;
         (0..2)
             .map(|i| last.saturating_sub(i * k))
-            .filter(|s| *s > self.stable.seq.0 && !self.own_roots.contains_key(&Seq(*s)))
+            .filter(|s| *s > self.stable.seq.0 && !self.own_hashes.contains_key(&Seq(*s)))
             .rev()
             .map(Seq)
             .collect()
@@ -76,95 +101,124 @@ impl Pbft {
         if seq <= self.stable.seq || !seq.0.is_multiple_of(self.config.checkpoint_interval) {
             return;
         }
-        if let Some(e) = self.evidence.observe(&Message::Checkpoint(m.clone())) {
-            out.push(Output::Evidence(e));
-        }
+        let from = m.from;
         if seq > self.high_watermark() {
             // Far ahead of us: keep only each sender's latest, so a faulty one cannot fill
-            // memory with checkpoints for made-up sequence numbers.
-            let from = m.from;
+            // memory with checkpoints for made-up sequence numbers (nor the evidence
+            // tracker: it only sees checkpoints inside the window).
             let hw = self.high_watermark();
             for (_, votes) in self.checkpoints.range_mut(hw.next()..) {
                 votes.remove(&from);
             }
             self.checkpoints.retain(|_, v| !v.is_empty());
+        } else if let Some(e) = self.evidence.observe(Statement::Checkpoint(m)) {
+            out.push(Output::Evidence(e));
         }
         self.checkpoints
             .entry(seq)
             .or_default()
-            .entry(m.from)
+            .entry(from)
             .or_insert(m);
         self.check_stable(seq, out);
     }
 
     /// A quorum of matching CHECKPOINTs for `seq`: stable if this replica has executed `seq`
-    /// with the same root; otherwise it is behind, and fetches the state.
+    /// with the same block hash; otherwise it is behind, and fetches the blocks.
     pub(crate) fn check_stable(&mut self, seq: Seq, out: &mut Vec<Output>) {
         let quorum = self.validators.quorum();
         let Some(votes) = self.checkpoints.get(&seq) else {
             return;
         };
-        let mut by_root: std::collections::HashMap<Digest, Vec<&Signed<Checkpoint>>> =
+        let mut by_hash: std::collections::BTreeMap<Digest, Vec<&Signed<Checkpoint>>> =
             Default::default();
         for v in votes.values() {
-            by_root.entry(v.body.state_root).or_default().push(v);
+            by_hash.entry(v.body.block_hash).or_default().push(v);
         }
-        let Some((root, proof)) = by_root.into_iter().find(|(_, v)| v.len() >= quorum) else {
+        let Some((block_hash, proof)) = by_hash.into_iter().find(|(_, v)| v.len() >= quorum) else {
             return;
         };
-        let stable = Stable {
+        let cert = CheckpointCert {
             seq,
-            state_root: root,
-            proof: proof.into_iter().take(quorum).cloned().collect(),
+            block_hash,
+            signatures: proof
+                .into_iter()
+                .take(quorum)
+                .map(|c| (c.from, c.signature))
+                .collect(),
         };
-        self.adopt_stable(stable, out);
+        self.adopt_stable(cert, out);
     }
 
-    /// Adopts a proven checkpoint: at once if this replica executed up to it, after a state
-    /// transfer otherwise.
-    pub(crate) fn adopt_stable(&mut self, stable: Stable, out: &mut Vec<Output>) {
-        if stable.seq <= self.stable.seq {
+    /// Adopts a proven checkpoint: at once if this replica executed up to it with the same
+    /// block hash; after a state transfer if it is behind; and if its own block differs, it
+    /// has diverged and asks for a repair.
+    pub(crate) fn adopt_stable(&mut self, cert: CheckpointCert, out: &mut Vec<Output>) {
+        if cert.seq <= self.stable.seq {
             return;
         }
-        if self.last_executed >= stable.seq {
-            match self.own_roots.get(&stable.seq) {
-                Some(r) if *r != stable.state_root => {
-                    // Our execution disagrees with a quorum: only a bug or a corrupt disk
-                    // does this. Take the certified state instead of ours.
-                    out.push(Output::Event(Event::Rejected {
-                        reason: "state_root_differs_from_quorum",
-                    }));
-                    self.start_fetch(stable.seq, stable.state_root, out);
-                }
-                _ => self.make_stable(stable, out),
+        if self.diverged.is_some() {
+            // Our execution is not trusted: follow the certificates, and repair to the latest.
+            self.make_stable(cert.clone(), out);
+            self.diverged = Some(Repair {
+                target: cert.clone(),
+                asked_at: self.now,
+            });
+            out.push(Output::Persist(Record::Repair(cert.clone())));
+            out.push(Output::RepairState {
+                certified: cert,
+                own_hash: None,
+            });
+            return;
+        }
+        if self.last_executed >= cert.seq {
+            match self.own_hashes.get(&cert.seq).copied() {
+                Some(own) if own != cert.block_hash => self.diverge(cert, own, out),
+                _ => self.make_stable(cert, out),
             }
         } else {
-            self.start_fetch(stable.seq, stable.state_root, out);
+            self.start_fetch(cert.seq, cert.block_hash, out);
             if self
                 .pending_stable
                 .as_ref()
-                .is_none_or(|p| p.seq < stable.seq)
+                .is_none_or(|p| p.seq < cert.seq)
             {
-                self.pending_stable = Some(stable);
+                self.pending_stable = Some(cert);
             }
         }
     }
 
-    /// Moves the low watermark to `stable.seq` and discards everything at or below it.
-    pub(crate) fn make_stable(&mut self, stable: Stable, out: &mut Vec<Output>) {
-        if stable.seq <= self.stable.seq {
+    /// Our block at `cert.seq` hashes to `own`, a quorum certified another: stop signing and
+    /// executing, follow the certified checkpoint, and ask the driver for a repair. The
+    /// divergence is persisted, so a restart resumes the repair rather than voting on a
+    /// state known to be wrong.
+    fn diverge(&mut self, cert: CheckpointCert, own: Digest, out: &mut Vec<Output>) {
+        out.push(Output::Event(Event::Rejected {
+            reason: "state_diverged_from_quorum",
+        }));
+        self.diverged = Some(Repair {
+            target: cert.clone(),
+            asked_at: self.now,
+        });
+        out.push(Output::Persist(Record::Repair(cert.clone())));
+        self.make_stable(cert.clone(), out);
+        out.push(Output::RepairState {
+            certified: cert,
+            own_hash: Some(own),
+        });
+    }
+
+    /// Moves the low watermark to `cert.seq` and discards everything at or below it.
+    pub(crate) fn make_stable(&mut self, cert: CheckpointCert, out: &mut Vec<Output>) {
+        if cert.seq <= self.stable.seq {
             return;
         }
-        let seq = stable.seq;
-        out.push(Output::Persist(Record::Stable {
-            seq,
-            state_root: stable.state_root,
-            proof: stable.proof.clone(),
-        }));
-        self.stable = stable;
+        let seq = cert.seq;
+        out.push(Output::Persist(Record::Stable(cert.clone())));
+        self.stable = cert;
         self.log = self.log.split_off(&seq.next());
         self.checkpoints = self.checkpoints.split_off(&seq.next());
-        self.own_roots = self.own_roots.split_off(&seq);
+        self.own_hashes = self.own_hashes.split_off(&seq);
+        self.executed = self.executed.split_off(&seq.next());
         self.evidence.prune(seq);
         self.safety.prune_seqs(seq, out);
         if self.next_propose <= seq {
@@ -183,9 +237,13 @@ impl Pbft {
         if let Some((_, votes)) = self.checkpoints.iter().next_back()
             && let Some(own) = votes.get(&self.me)
         {
-            out.push(Output::Broadcast(Message::Checkpoint(own.clone())));
-        } else if let Some(own) = self.stable.proof.iter().find(|c| c.from == self.me) {
-            out.push(Output::Broadcast(Message::Checkpoint(own.clone())));
+            out.push(Output::Broadcast(Message::Checkpoint(*own)));
+        } else if let Some(own) = self
+            .stable
+            .checkpoint_messages()
+            .find(|c| c.from == self.me)
+        {
+            out.push(Output::Broadcast(Message::Checkpoint(own)));
         }
     }
 }

@@ -18,11 +18,12 @@ use tally_crypto::Digest;
 
 use super::messages::{
     Checkpoint, Commit, NewView, PrePrepare, Prepare, Signed, SignedBody, ViewChange,
+    ViewChangeProofs,
 };
 use super::records::{Record, VoteType};
 use crate::protocol::Output;
 use crate::signer::Signer;
-use crate::{Seq, ValidatorId, View};
+use crate::{Batch, Seq, ValidatorId, View};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("safety rules refuse to sign a conflicting {kind:?} for view {view:?} seq {seq:?}")]
@@ -36,7 +37,7 @@ pub struct SafetyRules {
     signer: Box<dyn Signer>,
     me: ValidatorId,
     votes: HashMap<(VoteType, View, Seq), Digest>,
-    view_changes: BTreeMap<View, Signed<ViewChange>>,
+    view_changes: BTreeMap<View, (Signed<ViewChange>, ViewChangeProofs)>,
     new_views: BTreeMap<View, Signed<NewView>>,
 }
 
@@ -63,14 +64,15 @@ impl SafetyRules {
                 } => {
                     self.votes.insert((*kind, *view, *seq), *digest);
                 }
-                Record::OwnPrePrepare(pp) => {
+                Record::OwnPrePrepare(pp, _) => {
                     self.votes.insert(
                         (VoteType::PrePrepare, pp.body.view, pp.body.seq),
-                        pp.body.batch.digest(),
+                        pp.body.digest,
                     );
                 }
-                Record::OwnViewChange(vc) => {
-                    self.view_changes.insert(vc.body.new_view, vc.clone());
+                Record::OwnViewChange(vc, proofs) => {
+                    self.view_changes
+                        .insert(vc.body.new_view, (vc.clone(), proofs.clone()));
                 }
                 Record::OwnNewView(nv) => {
                     self.new_views.insert(nv.body.view, nv.clone());
@@ -121,21 +123,36 @@ impl SafetyRules {
         })
     }
 
-    /// Signs a PRE-PREPARE; the persisted record is the whole signed message (see
-    /// [`Record::OwnPrePrepare`]).
+    /// Signs a PRE-PREPARE for `batch`; the persisted record is the whole signed message with
+    /// its batch (see [`Record::OwnPrePrepare`]).
     pub fn sign_pre_prepare(
         &mut self,
         pp: PrePrepare,
+        batch: &Batch,
         out: &mut Vec<Output>,
     ) -> Result<Signed<PrePrepare>, SafetyViolation> {
-        let (view, seq, digest) = (pp.view, pp.seq, pp.batch.digest());
+        let (view, seq, digest) = (pp.view, pp.seq, pp.digest);
+        debug_assert_eq!(digest, batch.digest());
         let fresh = !self.votes.contains_key(&(VoteType::PrePrepare, view, seq));
         let mut scratch = Vec::new();
         let signed = self.vote(VoteType::PrePrepare, view, seq, digest, pp, &mut scratch)?;
         if fresh {
-            out.push(Output::Persist(Record::OwnPrePrepare(signed.clone())));
+            out.push(Output::Persist(Record::OwnPrePrepare(
+                signed,
+                batch.clone(),
+            )));
         }
         Ok(signed)
+    }
+
+    /// Signs a PRE-PREPARE the new primary re-issues in a NEW-VIEW's O (it may not hold the
+    /// batch; the NEW-VIEW it persists is what it retransmits).
+    pub fn sign_pre_prepare_digest(
+        &mut self,
+        pp: PrePrepare,
+        out: &mut Vec<Output>,
+    ) -> Result<Signed<PrePrepare>, SafetyViolation> {
+        self.vote(VoteType::PrePrepare, pp.view, pp.seq, pp.digest, pp, out)
     }
 
     pub fn sign_prepare(
@@ -159,7 +176,7 @@ impl SafetyRules {
         c: Checkpoint,
         out: &mut Vec<Output>,
     ) -> Result<Signed<Checkpoint>, SafetyViolation> {
-        self.vote(VoteType::Checkpoint, View(0), c.seq, c.state_root, c, out)
+        self.vote(VoteType::Checkpoint, View(0), c.seq, c.block_hash, c, out)
     }
 
     /// The digest this replica pre-prepared at `(view, seq)`, if any (the primary resumes
@@ -177,8 +194,8 @@ impl SafetyRules {
             .max()
     }
 
-    /// This replica's VIEW-CHANGE for `view`, if it already signed one.
-    pub fn own_view_change(&self, view: View) -> Option<&Signed<ViewChange>> {
+    /// This replica's VIEW-CHANGE for `view` and its proofs, if it already signed one.
+    pub fn own_view_change(&self, view: View) -> Option<&(Signed<ViewChange>, ViewChangeProofs)> {
         self.view_changes.get(&view)
     }
 
@@ -194,9 +211,10 @@ impl SafetyRules {
     pub fn sign_view_change(
         &mut self,
         vc: ViewChange,
+        proofs: ViewChangeProofs,
         out: &mut Vec<Output>,
     ) -> Result<Signed<ViewChange>, SafetyViolation> {
-        if let Some(existing) = self.view_changes.get(&vc.new_view) {
+        if let Some((existing, _)) = self.view_changes.get(&vc.new_view) {
             return if existing.body == vc {
                 Ok(existing.clone())
             } else {
@@ -214,8 +232,11 @@ impl SafetyRules {
             signature,
         };
         self.view_changes
-            .insert(signed.body.new_view, signed.clone());
-        out.push(Output::Persist(Record::OwnViewChange(signed.clone())));
+            .insert(signed.body.new_view, (signed.clone(), proofs.clone()));
+        out.push(Output::Persist(Record::OwnViewChange(
+            signed.clone(),
+            proofs,
+        )));
         Ok(signed)
     }
 
@@ -253,11 +274,23 @@ impl SafetyRules {
         out.push(Output::Persist(Record::PruneSeqs { up_to }));
     }
 
-    /// Forgets view changes and new views of views `< below` (this replica is in `below`
-    /// and never goes back).
+    /// Forgets votes, view changes and new views of views `< below` (this replica is in
+    /// `below` and never signs in an earlier view again). Checkpoint votes belong to no view
+    /// and stay until [`SafetyRules::prune_seqs`].
     pub fn prune_views(&mut self, below: View, out: &mut Vec<Output>) {
+        self.votes
+            .retain(|(kind, view, _), _| *kind == VoteType::Checkpoint || *view >= below);
         self.view_changes = self.view_changes.split_off(&below);
         self.new_views = self.new_views.split_off(&below);
         out.push(Output::Persist(Record::PruneViews { below }));
+    }
+
+    /// Signed votes remembered (for the memory bound).
+    pub fn len(&self) -> usize {
+        self.votes.len() + self.view_changes.len() + self.new_views.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

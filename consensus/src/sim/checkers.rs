@@ -4,14 +4,18 @@
 //! Sources: agreement, validity and the view rules are Castro–Liskov TOCS'02 §4.5 (safety)
 //! and §2 (the service properties); "committed prefix never changes" and "views only grow"
 //! follow openraft's invariants; "honest replicas never sign conflicting messages" is what
-//! the safety rules guarantee (Aptos safety-rules).
+//! the safety rules guarantee (Aptos safety-rules); bounded memory, censorship resistance and
+//! complete evidence are this project's fault model (`docs/consensus.md`).
 
 use std::collections::{HashMap, HashSet};
 
 use tally_crypto::{ChainId, Digest};
 
-use crate::pbft::Message;
+use crate::pbft::evidence::StatementKind;
+use crate::pbft::{Evidence, Footprint, Message, Statement};
 use crate::{Batch, CommitCertificate, Seq, ValidatorId, ValidatorSet, View};
+
+type StatementKey = (usize, StatementKind, View, Seq, ValidatorId);
 
 pub struct Checker {
     validators: ValidatorSet,
@@ -24,6 +28,14 @@ pub struct Checker {
     proposed: HashSet<(View, Seq, Digest)>,
     /// The highest view each node has been seen in.
     views: HashMap<usize, View>,
+    /// Statements delivered to honest replicas where they examine them: the first content.
+    delivered: HashMap<StatementKey, Digest>,
+    /// Conflicting pairs delivered so, which must have produced evidence.
+    equivocations: HashSet<StatementKey>,
+    reported: HashSet<StatementKey>,
+    /// Requests submitted after healing, when; and when each honest node committed them.
+    submitted: HashMap<Digest, u64>,
+    commit_times: HashMap<(Digest, usize), u64>,
     pub violations: Vec<String>,
 }
 
@@ -36,6 +48,11 @@ impl Checker {
             signed: HashMap::new(),
             proposed: HashSet::new(),
             views: HashMap::new(),
+            delivered: HashMap::new(),
+            equivocations: HashSet::new(),
+            reported: HashSet::new(),
+            submitted: HashMap::new(),
+            commit_times: HashMap::new(),
             violations: Vec::new(),
         }
     }
@@ -89,14 +106,14 @@ impl Checker {
     /// Records PRE-PREPAREs signed by the primary of their view (normal case or NEW-VIEW).
     pub fn record_proposals_in(&mut self, msg: &Message) {
         let pre_prepares = match msg {
-            Message::PrePrepare(m) => std::slice::from_ref(m),
+            Message::PrePrepare(m, _) => std::slice::from_ref(m),
             Message::NewView(m) => m.body.pre_prepares.as_slice(),
             _ => return,
         };
         for pp in pre_prepares {
             if pp.from == self.validators.primary(pp.body.view) {
                 self.proposed
-                    .insert((pp.body.view, pp.body.seq, pp.body.batch.digest()));
+                    .insert((pp.body.view, pp.body.seq, pp.body.digest));
             }
         }
     }
@@ -134,16 +151,11 @@ impl Checker {
     pub fn check_honest_signature(&mut self, node: usize, msg: &Message) {
         let from = msg.from();
         let (kind, view, seq, digest) = match msg {
-            Message::PrePrepare(m) => (
-                "pre_prepare",
-                m.body.view,
-                m.body.seq,
-                m.body.batch.digest(),
-            ),
+            Message::PrePrepare(m, _) => ("pre_prepare", m.body.view, m.body.seq, m.body.digest),
             Message::Prepare(m) => ("prepare", m.body.view, m.body.seq, m.body.digest),
             Message::Commit(m) => ("commit", m.body.view, m.body.seq, m.body.digest),
-            Message::Checkpoint(m) => ("checkpoint", View(0), m.body.seq, m.body.state_root),
-            Message::ViewChange(m) => (
+            Message::Checkpoint(m) => ("checkpoint", View(0), m.body.seq, m.body.block_hash),
+            Message::ViewChange(m, _) => (
                 "view_change",
                 m.body.new_view,
                 Seq(0),
@@ -174,6 +186,110 @@ impl Checker {
                 "evidence: reported against honest validator {against}"
             ));
         }
+    }
+
+    /// Evidence verifies with only the genesis keys.
+    pub fn violation_evidence_invalid(&mut self, node: usize, against: ValidatorId) {
+        self.violation(format!(
+            "evidence: node {node} reported evidence against validator {against} that does not verify"
+        ));
+    }
+
+    /// A restarted replica starts with an empty evidence tracker: what it saw before does
+    /// not count.
+    pub fn node_restarted(&mut self, node: usize) {
+        self.delivered.retain(|k, _| k.0 != node);
+    }
+
+    /// A statement reached honest replica `node` where it examines it (its current view in
+    /// normal operation, inside its window). A second one from the same validator for the
+    /// same slot with other content is an equivocation the replica must report.
+    pub fn statement_delivered(&mut self, node: usize, s: &Statement) {
+        let (view, seq) = s.slot();
+        let key = (node, s.kind(), view, seq, s.from());
+        match self.delivered.get(&key) {
+            None => {
+                self.delivered.insert(key, s.content());
+            }
+            Some(d) if *d != s.content() => {
+                self.equivocations.insert(key);
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub fn evidence_reported(&mut self, node: usize, e: &Evidence) {
+        let (view, seq) = e.first.slot();
+        self.reported
+            .insert((node, e.first.kind(), view, seq, e.validator()));
+    }
+
+    /// Every equivocation that reached an honest replica where it examines statements
+    /// produced evidence there.
+    pub fn check_evidence_complete(&mut self) {
+        let missed: Vec<StatementKey> = self
+            .equivocations
+            .iter()
+            .filter(|k| !self.reported.contains(k))
+            .copied()
+            .collect();
+        for (node, kind, view, seq, from) in missed.into_iter().take(3) {
+            self.violation(format!(
+                "evidence: node {node} received conflicting {} from validator {from} at {view:?} {seq:?} and reported nothing",
+                kind.as_str()
+            ));
+        }
+    }
+
+    /// Bounded memory: what an honest replica stores never exceeds the bound its
+    /// configuration states, whatever the Byzantine validators send.
+    pub fn check_memory(&mut self, node: usize, now: Footprint, bound: &Footprint) {
+        if !now.within(bound) {
+            self.violation(format!(
+                "memory: node {node} stores {} messages / {} bytes, over the stated bound of {} / {}",
+                now.messages, now.bytes, bound.messages, bound.bytes
+            ));
+        }
+    }
+
+    pub fn request_submitted(&mut self, d: Digest, at: u64) {
+        self.submitted.insert(d, at);
+    }
+
+    pub fn request_committed(&mut self, node: usize, d: Digest, at: u64) {
+        if self.submitted.contains_key(&d) {
+            self.commit_times.entry((d, node)).or_insert(at);
+        }
+    }
+
+    /// Censorship resistance: every request submitted after healing — held by every honest
+    /// validator — committed at every honest replica within `bound_ms`, whoever is
+    /// Byzantine. Returns the slowest request's time to commit everywhere.
+    pub fn check_censorship(&mut self, honest: &[usize], bound_ms: u64, now: u64) -> Option<u64> {
+        let mut worst = 0;
+        let mut late = Vec::new();
+        let submitted: Vec<(Digest, u64)> = self.submitted.iter().map(|(d, t)| (*d, *t)).collect();
+        for (d, at) in submitted {
+            let mut done = at;
+            for &node in honest {
+                match self.commit_times.get(&(d, node)) {
+                    Some(t) => done = done.max(*t),
+                    None => done = done.max(now.max(at + bound_ms + 1)),
+                }
+            }
+            let took = done - at;
+            worst = worst.max(took);
+            if took > bound_ms {
+                late.push(d);
+            }
+        }
+        if let Some(d) = late.first() {
+            self.violation(format!(
+                "censorship: {} of the requests submitted after healing (e.g. {d:?}) did not commit at every honest replica within {bound_ms} ms",
+                late.len()
+            ));
+        }
+        (!self.submitted.is_empty()).then_some(worst)
     }
 
     /// Liveness after healing: every request submitted after the network healed committed

@@ -2,11 +2,20 @@
 //!
 //! One seed decides everything: protocol parameters, message delay, loss (up to 30%),
 //! duplication and reordering, symmetric and one-way partitions, crashes and restarts with
-//! persisted state (losing writes that were not synced), clock drift, the Byzantine
-//! validators and their behaviours, and twins (two replicas sharing one key). Each run has a
-//! safety phase under faults, then a liveness phase: the network heals, every crashed replica
-//! restarts, and requests submitted after healing must commit at every honest replica within
-//! a bound. The checkers ([`checkers`]) run on every commit and every message sent.
+//! persisted state (losing writes that were not synced), clock drift, a corrupted state at
+//! an honest replica (which must detect it and be repaired), the Byzantine validators and
+//! their behaviours ([`byzantine`]: mutating what an honest core sends, and sending validly
+//! signed messages of their own making), and twins (two replicas sharing one key). Each run
+//! has a safety phase under faults, then a liveness phase: the network heals, every crashed
+//! replica restarts, and requests submitted after healing must commit at every honest
+//! replica within a bound. The checkers ([`checkers`]) run on every commit, every message
+//! sent or delivered and every step of an honest replica (its memory).
+//!
+//! The simulator plays the node's driver: it checks the batches the core asks it to
+//! validate (a batch is valid when it names only requests that were submitted), marks their
+//! requests as proposed exactly when the node would, fetches payloads and state from peers
+//! (Byzantine ones may answer wrongly) and repairs a diverged replica from a peer's state
+//! that matches the certified checkpoint.
 //!
 //! Signatures are real: every message is signed with ed25519 and verified on delivery (a
 //! cache keyed by the message's hash spares re-verifying duplicates).
@@ -25,7 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use tally_crypto::{ChainId, Digest, SecretKey, Verified};
 
-use crate::pbft::{Message, Pbft, PbftConfig, Record};
+use crate::pbft::{CheckpointCert, Footprint, Message, Pbft, PbftConfig, Record, Statement};
 use crate::protocol::{Event, Input, Output, Protocol};
 use crate::{Batch, CommitCertificate, KeySigner, Seq, ValidatorId, ValidatorSet, View};
 use byzantine::{Behavior, Byzantine};
@@ -44,6 +53,9 @@ pub struct SimConfig {
     pub safety_ms: u64,
     /// Simulated milliseconds allowed, after healing, for new requests to commit everywhere.
     pub liveness_bound_ms: u64,
+    /// The Byzantine behaviour every Byzantine validator has; `None`: each gets a random
+    /// mix of all of them.
+    pub adversary: Option<Behavior>,
 }
 
 impl SimConfig {
@@ -54,6 +66,7 @@ impl SimConfig {
             twins: 0,
             safety_ms: 4_000,
             liveness_bound_ms: 60_000,
+            adversary: None,
         }
     }
 }
@@ -71,6 +84,12 @@ pub struct SeedReport {
     pub violations: Vec<String>,
     pub liveness_ms: Option<u64>,
     pub simulated_ms: u64,
+    /// The most any honest replica stored at once (messages and bytes, measured apart).
+    pub peak_footprint: Footprint,
+    /// The bound the configuration of this seed states ([`Pbft::footprint_bound`]).
+    pub footprint_bound: Footprint,
+    /// How long, after healing, the slowest request took to commit at every honest replica.
+    pub censorship_worst_ms: Option<u64>,
     /// For failing runs: each replica's final state.
     pub diagnostics: Vec<String>,
 }
@@ -85,6 +104,9 @@ struct Params {
     batch_delay: u64,
     request_every: u64,
     mid_step_crash: f64,
+    /// A request set aside once proposed is proposed again after this long (the node's
+    /// `repropose_after`: twice the view-change timeout).
+    repropose_after: u64,
 }
 
 struct Node {
@@ -100,9 +122,13 @@ struct Node {
     clock_offset: u64,
     drift_ppm: i64,
     batch_requested: bool,
+    /// Requests this node set aside as proposed (by itself or by a pre-prepare its core
+    /// accepted), and when.
     inflight: HashMap<Digest, u64>,
     crash_armed: bool,
     rng: Rng,
+    /// Checks under way: `(view, seq, digest)` → answered at.
+    validating: HashSet<(View, Seq, Digest)>,
 }
 
 impl Node {
@@ -140,6 +166,30 @@ enum Ev {
         blocks: Vec<(Batch, CommitCertificate)>,
         first: u64,
     },
+    Validated {
+        node: usize,
+        view: View,
+        seq: Seq,
+        digest: Digest,
+    },
+    PayloadFetch {
+        node: usize,
+        seq: Seq,
+        digest: Digest,
+        from: Vec<ValidatorId>,
+    },
+    PayloadReply {
+        node: usize,
+        seq: Seq,
+        batch: Batch,
+    },
+    Repair {
+        node: usize,
+        certified: CheckpointCert,
+    },
+    CorruptState {
+        node: usize,
+    },
     Heal,
 }
 
@@ -161,6 +211,8 @@ struct Sim {
     now: u64,
     partition: Option<Partition>,
     pending: BTreeMap<u64, Digest>,
+    /// Every request ever submitted: what makes a batch valid.
+    issued: HashSet<Digest>,
     next_request: u64,
     liveness_requests: HashSet<Digest>,
     healed_at: Option<u64>,
@@ -199,6 +251,8 @@ impl Sim {
         let l = k * rng.range(2, 4);
         let mut pbft = PbftConfig::new(k, l, rng.range(100, 400));
         pbft.max_backoff_exponent = 4;
+        pbft.batch_txs_max = 16;
+        pbft.future_bytes_per_sender = 64 * 1024;
         let p = Params {
             min_delay: 1,
             max_delay: rng.range(2, 60),
@@ -212,6 +266,7 @@ impl Sim {
             batch_delay: rng.range(1, 20),
             request_every: rng.range(5, 60),
             mid_step_crash: rng.range(0, 3) as f64 / 1000.0,
+            repropose_after: 2 * pbft.view_change_timeout_ms,
         };
 
         // Who is faulty: twins first, then Byzantine validators, disjoint.
@@ -229,14 +284,20 @@ impl Sim {
         let mut nodes = Vec::new();
         let make = |i: usize, rng: &mut Rng| {
             let byz = byzantine.contains(&i).then(|| {
-                let mut behaviors: Vec<Behavior> = byzantine::ALL
-                    .iter()
-                    .copied()
-                    .filter(|_| rng.chance(0.4))
-                    .collect();
-                if behaviors.is_empty() {
-                    behaviors.push(*rng.pick(&byzantine::ALL).expect("non-empty"));
-                }
+                let behaviors: Vec<Behavior> = match cfg.adversary {
+                    Some(b) => vec![b],
+                    None => {
+                        let mut mix: Vec<Behavior> = byzantine::ALL
+                            .iter()
+                            .copied()
+                            .filter(|_| rng.chance(0.4))
+                            .collect();
+                        if mix.is_empty() {
+                            mix.push(*rng.pick(&byzantine::ALL).expect("non-empty"));
+                        }
+                        mix
+                    }
+                };
                 Byzantine {
                     behaviors,
                     id: ValidatorId(i as u16),
@@ -244,6 +305,7 @@ impl Sim {
                     chain: chain.clone(),
                     n,
                     seen: vec![],
+                    flood_seq: 0,
                 }
             });
             let drift = if rng.chance(0.5) {
@@ -267,6 +329,7 @@ impl Sim {
                 inflight: HashMap::new(),
                 crash_armed: false,
                 rng: rng.fork(),
+                validating: HashSet::new(),
             }
         };
         for i in 0..n {
@@ -290,6 +353,7 @@ impl Sim {
             now: 0,
             partition: None,
             pending: BTreeMap::new(),
+            issued: HashSet::new(),
             next_request: 0,
             liveness_requests: HashSet::new(),
             healed_at: None,
@@ -305,6 +369,9 @@ impl Sim {
             sim.start_core(i);
             let first_tick = sim.rng.range(0, TICK_MS);
             sim.schedule(first_tick, Ev::Tick { node: i });
+        }
+        if let Some(core) = &sim.nodes[0].core {
+            sim.report.footprint_bound = core.footprint_bound();
         }
         let drifting = sim.nodes.iter().filter(|n| n.drift_ppm != 0).count() as u64;
         sim.fault_n("clock_drift_nodes", drifting);
@@ -330,6 +397,17 @@ impl Sim {
             self.schedule(at, Ev::Crash { node, mid_step });
             let back = (at + self.rng.range(50, 2_000)).min(safety);
             self.schedule(back, Ev::Restart { node });
+        }
+        // A corrupted disk (or an operator's edit) at one honest replica: its state diverges
+        // from the others' from then on, until it notices and is repaired.
+        if self.rng.chance(0.2) {
+            let honest: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| !self.nodes[i].faulty)
+                .collect();
+            if let Some(&node) = self.rng.pick(&honest) {
+                let at = self.rng.range(0, safety);
+                self.schedule(at, Ev::CorruptState { node });
+            }
         }
     }
 
@@ -357,6 +435,13 @@ impl Sim {
     fn start_core(&mut self, i: usize) {
         let records: Vec<Record> = self.nodes[i].durable.values().cloned().collect();
         let node = &self.nodes[i];
+        let keep = crate::pbft::EXECUTED_KEPT_WINDOWS * self.pbft.watermark_window as usize;
+        let first = node.executed.len().saturating_sub(keep);
+        let recent: Vec<(Seq, Digest)> = node.executed[first..]
+            .iter()
+            .enumerate()
+            .map(|(j, (b, _))| (Seq((first + j + 1) as u64), b.digest()))
+            .collect();
         let core = Pbft::new(
             self.pbft.clone(),
             self.validators.clone(),
@@ -364,18 +449,30 @@ impl Sim {
             Box::new(KeySigner::new(node.key.clone(), self.chain.clone())),
             &records,
             Seq(node.executed.len() as u64),
+            &recent,
         );
         let view = core.view();
         let unsigned = core.unsigned_checkpoints();
         self.nodes[i].core = Some(core);
         self.nodes[i].batch_requested = false;
+        self.nodes[i].validating.clear();
+        self.checker.node_restarted(i);
         if !self.nodes[i].faulty {
             self.checker.check_view_grows(i, view);
         }
         // As the node's driver does at start: report executed checkpoints not yet signed.
         for seq in unsigned {
-            let state_root = self.nodes[i].roots[seq.0 as usize - 1];
-            self.step(i, Input::Executed { seq, state_root });
+            let at = seq.0 as usize - 1;
+            let digest = self.nodes[i].executed[at].0.digest();
+            let block_hash = self.nodes[i].roots[at];
+            self.step(
+                i,
+                Input::Executed {
+                    seq,
+                    digest,
+                    block_hash,
+                },
+            );
         }
     }
 
@@ -412,6 +509,7 @@ impl Sim {
                         pending_requests: pending,
                     },
                 );
+                self.byzantine_acts(node);
             }
             Ev::Crash { node, mid_step } => {
                 if self.healed_at.is_none() && self.nodes[node].core.is_some() {
@@ -447,7 +545,71 @@ impl Sim {
                 blocks,
                 first,
             } => self.state_reply(node, blocks, first),
+            Ev::Validated {
+                node,
+                view,
+                seq,
+                digest,
+            } => {
+                self.nodes[node].validating.remove(&(view, seq, digest));
+                self.step(node, Input::Validated { view, seq, digest });
+            }
+            Ev::PayloadFetch {
+                node,
+                seq,
+                digest,
+                from,
+            } => self.payload_fetch(node, seq, digest, from),
+            Ev::PayloadReply { node, seq, batch } => {
+                self.step(node, Input::Payload { seq, batch });
+            }
+            Ev::Repair { node, certified } => self.repair(node, certified),
+            Ev::CorruptState { node } => {
+                let n = &mut self.nodes[node];
+                if n.core.is_some()
+                    && let Some(last) = n.roots.last_mut()
+                {
+                    *last = Digest::of(&[last.0.as_slice(), b"corrupt"].concat());
+                    self.fault("state_corrupted");
+                }
+            }
             Ev::Heal => self.heal(),
+        }
+    }
+
+    /// A Byzantine validator's messages of its own making.
+    fn byzantine_acts(&mut self, node: usize) {
+        let Some(core) = &self.nodes[node].core else {
+            return;
+        };
+        if self.nodes[node].byz.is_none() {
+            return;
+        }
+        let pending: Vec<Digest> = self.pending.values().copied().collect();
+        let ctx = byzantine::Context {
+            view: core.view(),
+            stable: core.stable_checkpoint(),
+            window: self.pbft.watermark_window,
+            checkpoint_interval: self.pbft.checkpoint_interval,
+            batch_txs_max: self.pbft.batch_txs_max,
+            pending: &pending,
+        };
+        let mut faults = Vec::new();
+        let byz = self.nodes[node].byz.as_mut().expect("checked");
+        let msgs = byz.act(&ctx, &mut self.rng, &mut faults);
+        for f in faults {
+            self.fault(f);
+        }
+        for (to, msg) in msgs {
+            let targets: Vec<ValidatorId> = match to {
+                Some(t) => vec![t],
+                None => self.validators.ids().collect(),
+            };
+            for t in targets {
+                if t != self.nodes[node].validator {
+                    self.transmit_to_validator(node, t, msg.clone());
+                }
+            }
         }
     }
 
@@ -459,8 +621,10 @@ impl Sim {
             .update(&self.next_request.to_le_bytes());
         let d = h.finalize();
         self.pending.insert(self.next_request, d);
+        self.issued.insert(d);
         if liveness {
             self.liveness_requests.insert(d);
+            self.checker.request_submitted(d, self.now);
         }
         d
     }
@@ -529,7 +693,11 @@ impl Sim {
             && !self.nodes[node].faulty
         {
             let view = core.view();
+            let footprint = core.footprint();
             self.checker.check_view_grows(node, view);
+            self.checker
+                .check_memory(node, footprint, &self.report.footprint_bound);
+            self.report.peak_footprint = self.report.peak_footprint.max(footprint);
         }
     }
 
@@ -586,16 +754,44 @@ impl Sim {
                     let d = self.p.batch_delay;
                     self.schedule(d, Ev::BatchReady { node });
                 }
+                Output::Validate { view, seq, batch } => self.validate(node, view, seq, batch),
+                Output::FetchPayload { seq, digest, from } => {
+                    self.event("payload_fetches");
+                    let d = self.rng.range(2, 30);
+                    self.schedule(
+                        d,
+                        Ev::PayloadFetch {
+                            node,
+                            seq,
+                            digest,
+                            from,
+                        },
+                    );
+                }
                 Output::FetchState { .. } => {
                     self.event("state_transfer_requests");
                     let d = self.rng.range(5, 50);
                     self.schedule(d, Ev::StateFetch { node });
+                }
+                Output::RepairState {
+                    certified,
+                    own_hash,
+                } => {
+                    if own_hash.is_some() {
+                        self.event("divergences_detected");
+                    }
+                    let d = self.rng.range(20, 200);
+                    self.schedule(d, Ev::Repair { node, certified });
                 }
                 Output::Evidence(e) => {
                     self.fault("evidence_reported");
                     let against = e.validator();
                     let honest = !self.validator_faulty(against);
                     self.checker.check_evidence(against, honest);
+                    if e.verify(&self.validators, &self.chain).is_err() {
+                        self.checker.violation_evidence_invalid(node, against);
+                    }
+                    self.checker.evidence_reported(node, &e);
                 }
                 Output::Event(e) => self.on_event(node, e),
             }
@@ -607,18 +803,132 @@ impl Sim {
         }
     }
 
+    /// The node's driver checks a batch the core accepted: the requests are set aside as
+    /// proposed at once (as `mark_proposed` does), and the batch is valid when it names only
+    /// submitted requests (their bodies exist and were checked).
+    fn validate(&mut self, node: usize, view: View, seq: Seq, batch: Batch) {
+        let now = self.now;
+        let digest = batch.digest();
+        let valid = batch.txs.iter().all(|d| self.issued.contains(d));
+        let n = &mut self.nodes[node];
+        for tx in &batch.txs {
+            n.inflight.insert(*tx, now);
+        }
+        if !valid {
+            self.fault("invalid_batch_refused");
+            return;
+        }
+        if n.validating.insert((view, seq, digest)) {
+            let d = n.rng.range(0, 5);
+            self.schedule(
+                d,
+                Ev::Validated {
+                    node,
+                    view,
+                    seq,
+                    digest,
+                },
+            );
+        }
+    }
+
+    /// Asks a peer (those named first) for the batch of `digest` at `seq`. A Byzantine peer
+    /// may answer with another batch; the core checks it against the digest.
+    fn payload_fetch(&mut self, node: usize, seq: Seq, digest: Digest, from: Vec<ValidatorId>) {
+        if self.nodes[node].core.is_none() {
+            return;
+        }
+        let holders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                i != node
+                    && self.nodes[i]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.payload(seq, &digest).is_some())
+            })
+            .collect();
+        let preferred: Vec<usize> = holders
+            .iter()
+            .copied()
+            .filter(|&i| from.contains(&self.nodes[i].validator))
+            .collect();
+        let pool = if preferred.is_empty() {
+            &holders
+        } else {
+            &preferred
+        };
+        let Some(&source) = self.rng.pick(pool) else {
+            return;
+        };
+        let mut batch = self.nodes[source]
+            .core
+            .as_ref()
+            .and_then(|c| c.payload(seq, &digest).cloned())
+            .expect("holder");
+        if self.nodes[source].byz.is_some() && self.rng.chance(0.5) {
+            self.fault("byz_bad_payload_reply");
+            batch.txs.push(Digest::of(b"made up"));
+        }
+        let d = self.rng.range(2, 30);
+        self.schedule(d, Ev::PayloadReply { node, seq, batch });
+    }
+
+    /// The node's repair: replace the diverged replica's chain and state up to the certified
+    /// checkpoint with a peer's, after checking the peer's block hash there against the
+    /// certificate (a peer whose chain does not match is skipped).
+    fn repair(&mut self, node: usize, certified: CheckpointCert) {
+        if self.nodes[node]
+            .core
+            .as_ref()
+            .is_none_or(|c| !c.is_diverged())
+        {
+            return;
+        }
+        let seq = certified.seq.0 as usize;
+        let sources: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                i != node
+                    && self.nodes[i].roots.len() >= seq
+                    && seq > 0
+                    && self.nodes[i].roots[seq - 1] == certified.block_hash
+            })
+            .collect();
+        let Some(&source) = self.rng.pick(&sources) else {
+            // Nobody holds it (yet): the core asks again.
+            return;
+        };
+        let executed = self.nodes[source].executed[..seq].to_vec();
+        let roots = self.nodes[source].roots[..seq].to_vec();
+        let n = &mut self.nodes[node];
+        n.executed = executed;
+        n.roots = roots;
+        self.event("repairs");
+        self.step(
+            node,
+            Input::Repaired {
+                seq: certified.seq,
+                block_hash: certified.block_hash,
+            },
+        );
+    }
+
     fn on_event(&mut self, node: usize, e: Event) {
         let name = match e {
-            Event::ViewChangeStarted { .. } => {
-                self.nodes[node].inflight.clear();
-                "view_changes_started"
-            }
+            Event::ViewChangeStarted { .. } => "view_changes_started",
             Event::NewView { .. } => {
-                self.nodes[node].inflight.clear();
+                // As the node's driver: what the old view proposed may be proposed again,
+                // except what the NEW-VIEW carried over.
+                let carried: HashSet<Digest> = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .map(|c| c.uncommitted_txs().into_iter().collect())
+                    .unwrap_or_default();
+                self.nodes[node].inflight.retain(|d, _| carried.contains(d));
                 "new_views_entered"
             }
             Event::StableCheckpoint { .. } => "stable_checkpoints",
             Event::Rejected { .. } => "protocol_rejections",
+            Event::Repaired { .. } => "repaired",
             _ => return,
         };
         self.event(name);
@@ -675,13 +985,17 @@ impl Sim {
             vec![msg]
         };
         for m in msgs {
-            if self.verify(&m).is_some() {
-                self.checker.record_proposals_in(&m);
-            }
-            for dest in 0..self.nodes.len() {
-                if dest != from_node && self.nodes[dest].validator == to {
-                    self.transmit(from_node, dest, m.clone());
-                }
+            self.transmit_to_validator(from_node, to, m);
+        }
+    }
+
+    fn transmit_to_validator(&mut self, from_node: usize, to: ValidatorId, m: Message) {
+        if self.verify(&m).is_some() {
+            self.checker.record_proposals_in(&m);
+        }
+        for dest in 0..self.nodes.len() {
+            if dest != from_node && self.nodes[dest].validator == to {
+                self.transmit(from_node, dest, m.clone());
             }
         }
     }
@@ -696,7 +1010,16 @@ impl Sim {
             self.fault("message_loss");
             return;
         }
-        let delay = self.rng.range(self.p.min_delay, self.p.max_delay);
+        let mut delay = self.rng.range(self.p.min_delay, self.p.max_delay);
+        if self.nodes[from]
+            .byz
+            .as_ref()
+            .is_some_and(|b| b.has(Behavior::Withhold))
+            && self.rng.chance(0.3)
+        {
+            self.fault(Behavior::Withhold.fault_name());
+            delay += self.rng.range(500, 5_000);
+        }
         if self.rng.chance(self.p.duplicate) {
             self.fault("message_duplicate");
             let d2 = self.rng.range(self.p.min_delay, self.p.max_delay * 2);
@@ -723,8 +1046,52 @@ impl Sim {
             None => self.fault("invalid_signature_rejected"),
             Some(v) => {
                 self.report.messages_delivered += 1;
+                if !self.nodes[to].faulty {
+                    self.expect_evidence(to, &msg);
+                }
                 self.step(to, Input::Message(v));
             }
+        }
+    }
+
+    /// Tells the evidence checker about a statement delivered to an honest replica where it
+    /// examines it: the current view in normal operation, inside the window.
+    fn expect_evidence(&mut self, to: usize, msg: &Message) {
+        let Some(core) = &self.nodes[to].core else {
+            return;
+        };
+        let (view, stable, high) = (core.view(), core.stable_checkpoint(), core.high_watermark());
+        let normal = core.status() == crate::pbft::Status::Normal;
+        let in_window = |s: Seq| s > stable && s <= high;
+        let primary = self.validators.primary(view);
+        let statement = match msg {
+            Message::PrePrepare(m, b)
+                if m.body.view == view
+                    && normal
+                    && in_window(m.body.seq)
+                    && b.txs.len() <= self.pbft.batch_txs_max
+                    && m.from == primary =>
+            {
+                Statement::PrePrepare(*m)
+            }
+            Message::Prepare(m)
+                if m.body.view == view && normal && in_window(m.body.seq) && m.from != primary =>
+            {
+                Statement::Prepare(*m)
+            }
+            Message::Commit(m) if m.body.view == view && normal && in_window(m.body.seq) => {
+                Statement::Commit(*m)
+            }
+            Message::Checkpoint(m)
+                if in_window(m.body.seq)
+                    && m.body.seq.0.is_multiple_of(self.pbft.checkpoint_interval) =>
+            {
+                Statement::Checkpoint(*m)
+            }
+            _ => return,
+        };
+        if statement.from() != self.nodes[to].validator {
+            self.checker.statement_delivered(to, &statement);
         }
     }
 
@@ -753,9 +1120,9 @@ impl Sim {
                 self.pending.retain(|_, d| d != tx);
             }
         }
+        let digest = batch.digest();
         let mut h = Digest::hasher();
-        h.update(&self.nodes[node].root().0)
-            .update(&batch.digest().0);
+        h.update(&self.nodes[node].root().0).update(&digest.0);
         let root = h.finalize();
         let n = &mut self.nodes[node];
         for tx in &batch.txs {
@@ -763,9 +1130,16 @@ impl Sim {
         }
         n.executed.push((batch, cert));
         n.roots.push(root);
+        if honest {
+            let txs: Vec<Digest> = n.executed.last().expect("pushed").0.txs.clone();
+            for tx in txs {
+                self.checker.request_committed(node, tx, self.now);
+            }
+        }
         Some(Input::Executed {
             seq,
-            state_root: root,
+            digest,
+            block_hash: root,
         })
     }
 
@@ -774,12 +1148,13 @@ impl Sim {
             return;
         }
         let now = self.now;
+        let repropose_after = self.p.repropose_after;
         let n = &mut self.nodes[node];
         let want = n.rng.range(1, self.p.batch_max) as usize;
         let txs: Vec<Digest> = self
             .pending
             .values()
-            .filter(|d| n.inflight.get(*d).is_none_or(|t| now > t + 3_000))
+            .filter(|d| n.inflight.get(*d).is_none_or(|t| now > t + repropose_after))
             .take(want)
             .copied()
             .collect();
@@ -833,7 +1208,11 @@ impl Sim {
     /// The driver's side of state transfer: check every block's certificate against the
     /// validator set, then execute it. Nothing from a peer is trusted unverified.
     fn state_reply(&mut self, node: usize, blocks: Vec<(Batch, CommitCertificate)>, first: u64) {
-        if self.nodes[node].core.is_none() {
+        if self.nodes[node]
+            .core
+            .as_ref()
+            .is_none_or(|c| c.is_diverged())
+        {
             return;
         }
         for (i, (batch, cert)) in blocks.into_iter().enumerate() {
@@ -882,7 +1261,26 @@ impl Sim {
         (missing, laggards)
     }
 
+    /// How long the slowest request after healing may take to commit everywhere: f + 1
+    /// view changes (f faulty primaries in a row, then an honest one), each at most two
+    /// timeouts (the request timer, then the view-change timer) at the largest backoff, and
+    /// two seconds for the rest.
+    fn censorship_bound_ms(&self) -> u64 {
+        let f = self.validators.f() as u64;
+        let t_max = self.pbft.view_change_timeout_ms << self.pbft.max_backoff_exponent;
+        (f + 2) * 2 * t_max + 2_000
+    }
+
     fn finish(mut self) -> SeedReport {
+        if self.healed_at.is_some() {
+            let honest: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| !self.nodes[i].faulty)
+                .collect();
+            let bound = self.censorship_bound_ms();
+            self.report.censorship_worst_ms =
+                self.checker.check_censorship(&honest, bound, self.now);
+        }
+        self.checker.check_evidence_complete();
         if self.healed_at.is_some() && self.report.liveness_ms.is_none() {
             let (missing, laggards) = self.liveness_missing();
             self.checker
@@ -891,8 +1289,20 @@ impl Sim {
                 for (i, n) in self.nodes.iter().enumerate() {
                     let state = n.core.as_ref().map_or("down".into(), |c| c.debug_state());
                     self.report.diagnostics.push(format!(
-                        "node {i} (validator {}, executed {}, batch requested {}): {state}",
+                        "node {i} (validator {}{}, executed {}, batch requested {}): {state}",
                         n.validator.0,
+                        match &n.byz {
+                            Some(b) => format!(
+                                ", byzantine: {}",
+                                b.behaviors
+                                    .iter()
+                                    .map(|b| b.name())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            ),
+                            None if n.faulty => ", twin".to_string(),
+                            None => String::new(),
+                        },
                         n.executed.len(),
                         n.batch_requested
                     ));

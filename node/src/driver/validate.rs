@@ -1,0 +1,157 @@
+//! Checking the batches the core accepted ([`Output::Validate`]) and fetching the batches it
+//! lacks ([`Output::FetchPayload`]).
+//!
+//! Nothing here acts on a peer's message directly: the core asks only for pre-prepares it
+//! accepted (from the primary of its current view, inside its window, the first for that
+//! slot), so a validator that is not the primary cannot make this node look up, fetch or set
+//! aside a transaction. Both stores are keyed by sequence number — at most one entry per
+//! sequence number in the window, L in all — and forget entries of past views and below the
+//! stable checkpoint.
+//!
+//! [`Output::Validate`]: tally_consensus::Output::Validate
+//! [`Output::FetchPayload`]: tally_consensus::Output::FetchPayload
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tally_consensus::protocol::{Input, Protocol};
+use tally_consensus::{Batch, Seq, ValidatorId, View};
+use tally_crypto::Digest;
+use tally_monitoring::Metrics;
+
+use super::Driver;
+
+/// How long an accepted pre-prepare waits for its transaction bodies before the driver
+/// gives up on it (the core asks again on its next retransmission).
+const BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a payload fetch may take before it may be asked for again.
+const PAYLOAD_WAIT: Duration = Duration::from_secs(2);
+
+/// A validation waiting for bodies.
+pub(super) struct Validation {
+    view: View,
+    digest: Digest,
+    txs: Vec<Digest>,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Pending {
+    validations: BTreeMap<Seq, Validation>,
+    payloads: BTreeMap<Seq, (Digest, Instant)>,
+}
+
+impl Pending {
+    pub fn validations(&self) -> usize {
+        self.validations.len()
+    }
+}
+
+impl Driver {
+    /// The core accepted the pre-prepare of `batch` at `(view, seq)`: its transactions are
+    /// set aside as proposed, and once every body is held (they were checked when admitted)
+    /// the core hears that the batch is valid.
+    pub(super) fn on_validate(&mut self, view: View, seq: Seq, batch: Batch) {
+        let now = Instant::now();
+        let digest = batch.digest();
+        let missing: Vec<Digest> = {
+            let mut pool = self.shared.mempool();
+            pool.mark_proposed(&batch.txs, now);
+            batch
+                .txs
+                .iter()
+                .filter(|h| pool.body(h).is_none())
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            self.pending.validations.remove(&seq);
+            self.step(Input::Validated { view, seq, digest });
+            return;
+        }
+        let already = self
+            .pending
+            .validations
+            .get(&seq)
+            .is_some_and(|v| v.view == view && v.digest == digest && now < v.since + BODY_WAIT);
+        if already {
+            return;
+        }
+        let primary = self.core.validators().primary(view);
+        (self.fetch_bodies)(missing, Some(primary));
+        self.pending.validations.insert(
+            seq,
+            Validation {
+                view,
+                digest,
+                txs: batch.txs,
+                since: now,
+            },
+        );
+    }
+
+    /// Bodies arrived, or time passed: validations whose bodies are all held complete; those
+    /// of past views, below the stable checkpoint or waiting too long are dropped.
+    pub(super) fn retry_validations(&mut self) {
+        if self.pending.validations.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (view, stable) = (self.core.view(), self.core.stable_checkpoint());
+        let mut ready = Vec::new();
+        {
+            let pool = self.shared.mempool();
+            let metrics = &self.shared.metrics;
+            self.pending.validations.retain(|seq, v| {
+                if v.view != view || *seq <= stable {
+                    return false;
+                }
+                if v.txs.iter().all(|h| pool.body(h).is_some()) {
+                    ready.push((v.view, *seq, v.digest));
+                    return false;
+                }
+                if now >= v.since + BODY_WAIT {
+                    Metrics::inc_reason(&metrics.consensus_rejections, "missing_bodies");
+                    return false;
+                }
+                true
+            });
+        }
+        for (view, seq, digest) in ready {
+            self.step(Input::Validated { view, seq, digest });
+        }
+    }
+
+    /// The core needs the batch of `digest` at `seq` (a NEW-VIEW re-proposed it): ask the
+    /// validators that claimed it first, then the others. One fetch per sequence number at a
+    /// time.
+    pub(super) fn on_fetch_payload(&mut self, seq: Seq, digest: Digest, from: Vec<ValidatorId>) {
+        let now = Instant::now();
+        let stable = self.core.stable_checkpoint();
+        self.pending.payloads.retain(|s, _| *s > stable);
+        if self
+            .pending
+            .payloads
+            .get(&seq)
+            .is_some_and(|(d, at)| *d == digest && now < *at + PAYLOAD_WAIT)
+        {
+            return;
+        }
+        self.pending.payloads.insert(seq, (digest, now));
+        (self.fetch_payload)(seq, digest, from);
+    }
+
+    /// A batch a peer sent for `seq`: the core keeps it only if it hashes to what it needs.
+    pub(super) fn on_payload(&mut self, seq: Seq, batch: Batch) {
+        if self
+            .pending
+            .payloads
+            .get(&seq)
+            .is_some_and(|(d, _)| *d == batch.digest())
+        {
+            self.pending.payloads.remove(&seq);
+        }
+        self.step(Input::Payload { seq, batch });
+    }
+}
