@@ -137,9 +137,13 @@ fn run_repair(
     target: CheckpointCert,
     fetch: &BodyFetcher,
 ) -> ExecReport {
+    let trust = repair::Trust {
+        validators: &shared.validators,
+        chain_id: &shared.chain_id,
+    };
     let installed = match repair::repair(
         chain,
-        shared,
+        &trust,
         &*parts.peers,
         &target,
         REPAIR_STATE_BYTES_MAX,

@@ -37,7 +37,12 @@ use tally_storage::{Entry, StateInstall};
 
 use crate::block::StoredBlock;
 use crate::chain::Chain;
-use crate::shared::Shared;
+
+/// What checking a peer's blocks needs: the genesis validators and the chain id.
+pub struct Trust<'a> {
+    pub validators: &'a tally_consensus::ValidatorSet,
+    pub chain_id: &'a tally_crypto::ChainId,
+}
 
 /// The network as a repair sees it: requests to one peer.
 pub trait Peers {
@@ -93,14 +98,14 @@ pub struct Installed {
 /// certified checkpoint `target`.
 pub fn repair(
     chain: &mut Chain,
-    shared: &Shared,
+    trust: &Trust<'_>,
     peers: &dyn Peers,
     target: &CheckpointCert,
     state_bytes_max: usize,
 ) -> Result<Installed, RepairError> {
     let mut last_error = RepairError::NoPeer;
     for peer in peers.peers() {
-        match repair_from(chain, shared, peers, peer, target, state_bytes_max) {
+        match repair_from(chain, trust, peers, peer, target, state_bytes_max) {
             Ok(done) => return Ok(done),
             Err(e @ RepairError::Chain(_)) => return Err(e),
             Err(e) => {
@@ -145,7 +150,7 @@ struct Fetched {
 }
 
 fn fetch_range(
-    shared: &Shared,
+    trust: &Trust<'_>,
     peers: &dyn Peers,
     peer: PublicKey,
     from: u64,
@@ -160,7 +165,7 @@ fn fetch_range(
             return Err(fail(peer, format!("has no block {next}")));
         }
         for bytes in got.into_iter().take(max as usize) {
-            let block = check_block(shared, &bytes, next).map_err(|e| fail(peer, e))?;
+            let block = check_block(trust, &bytes, next).map_err(|e| fail(peer, e))?;
             out.push(Fetched { bytes, block });
             next += 1;
         }
@@ -170,7 +175,7 @@ fn fetch_range(
 
 /// A block is what it claims: the right height, a header naming its own transactions, and
 /// a commit certificate for them.
-fn check_block(shared: &Shared, bytes: &[u8], height: u64) -> Result<StoredBlock, String> {
+fn check_block(trust: &Trust<'_>, bytes: &[u8], height: u64) -> Result<StoredBlock, String> {
     let block = StoredBlock::decode(bytes).map_err(|e| e.to_string())?;
     if block.header.height != height {
         return Err(format!("sent block {} for {height}", block.header.height));
@@ -191,8 +196,8 @@ fn check_block(shared: &Shared, bytes: &[u8], height: u64) -> Result<StoredBlock
         .ok_or("block has no certificate")?;
     certificate
         .verify(
-            &shared.validators,
-            &shared.chain_id,
+            trust.validators,
+            trust.chain_id,
             Some((Seq(height), digest)),
         )
         .map_err(|e| format!("block {height}: {e}"))?;
@@ -216,7 +221,7 @@ fn check_chain(blocks: &[Fetched], hash: Digest) -> Result<(), String> {
 
 fn repair_from(
     chain: &mut Chain,
-    shared: &Shared,
+    trust: &Trust<'_>,
     peers: &dyn Peers,
     peer: PublicKey,
     target: &CheckpointCert,
@@ -234,7 +239,7 @@ fn repair_from(
         return Err(fail(peer, format!("holds no snapshot at or below {k}")));
     };
     // 1. The certified chain from the lowest snapshot to k.
-    let mut certified = fetch_range(shared, peers, peer, lowest, k)?;
+    let mut certified = fetch_range(trust, peers, peer, lowest, k)?;
     check_chain(&certified, target.block_hash).map_err(|e| fail(peer, e))?;
     let certified_hash = |h: u64, blocks: &[Fetched]| -> Option<Digest> {
         let first = blocks.first()?.block.header.height;
@@ -264,7 +269,7 @@ fn repair_from(
                     break;
                 }
                 let from = top.saturating_sub(BLOCKS_PER_REQUEST as u64 - 1).max(1);
-                let page = fetch_range(shared, peers, peer, from, top)?;
+                let page = fetch_range(trust, peers, peer, from, top)?;
                 check_chain(&page, anchor).map_err(|e| fail(peer, e))?;
                 anchor = page[0].block.header.prev_hash;
                 // Keep only the blocks above where our chain matches.
