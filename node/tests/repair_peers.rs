@@ -183,15 +183,18 @@ impl Peers for Network {
     }
 }
 
-/// The certified chain (16 blocks, snapshots at 8 and 16) and a chain that diverged at
-/// height 13 (a corrupt balance, then the same certified blocks executed on it).
-fn setup() -> (
+/// The genesis, the certified chain, the diverged one, the certified blocks, snapshots.
+type Setup = (
     Genesis,
     Chain,
     Chain,
     Vec<Vec<u8>>,
     BTreeMap<u64, Vec<Entry>>,
-) {
+);
+
+/// The certified chain (16 blocks, snapshots at 8 and 16) and a chain that diverged at
+/// height 13 (a corrupt balance, then the same certified blocks executed on it).
+fn setup() -> Setup {
     let g = genesis();
     let good_store: Arc<dyn Store> = Arc::new(MemStore::new());
     let mut good = Chain::open(good_store.clone(), &g).unwrap();
