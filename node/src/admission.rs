@@ -79,9 +79,13 @@ impl Source {
 pub struct Admission {
     shared: Arc<Shared>,
     verify: VerifyPool<SignedTransaction, TxReply>,
-    gossip: mpsc::UnboundedSender<Vec<u8>>,
+    gossip: mpsc::Sender<Vec<u8>>,
     p2p: P2pHandle,
 }
+
+/// Locally admitted transactions waiting to be bundled for gossip. Past this, a transaction
+/// is not gossiped (it stays in the pool; a primary that lacks it fetches or pulls it).
+const GOSSIP_QUEUE: usize = 65_536;
 
 impl Admission {
     pub fn new(shared: Arc<Shared>, p2p: P2pHandle) -> Admission {
@@ -97,7 +101,7 @@ impl Admission {
                 let _ = reply.send(result);
             }),
         );
-        let (gossip, rx) = mpsc::unbounded_channel();
+        let (gossip, rx) = mpsc::channel(GOSSIP_QUEUE);
         tokio::spawn(bundle_gossip(rx, p2p.clone(), shared.clone()));
         Admission {
             shared,
@@ -209,8 +213,16 @@ impl Admission {
                 source: source.label().into(),
             })
             .inc();
-        if let Some(b) = bytes {
-            let _ = self.gossip.send(b);
+        if let Some(b) = bytes
+            && self.gossip.try_send(b).is_err()
+        {
+            self.shared
+                .metrics
+                .p2p_dropped
+                .get_or_create(&tally_monitoring::DirectionLabels {
+                    direction: "out".into(),
+                })
+                .inc();
         }
         self.shared.mempool_changed.notify_one();
         // A proposal may be waiting for this body (its gossiped copy's check was marked as
@@ -494,7 +506,7 @@ impl Admission {
 /// 512 KiB, or at once when this node proposes (a proposal naming a transaction its backups
 /// have not received makes each of them fetch the body: it would travel twice).
 async fn bundle_gossip(
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     p2p: P2pHandle,
     shared: Arc<Shared>,
 ) {
