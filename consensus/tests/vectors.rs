@@ -73,14 +73,19 @@ fn certificate_vector_matches_the_code() {
     }
     let cert = CommitCertificate::decode(&hex::decode(&v["certificate"]).unwrap()).unwrap();
     assert_eq!(hex::encode(cert.encode()), v["certificate"]);
-    cert.verify(&validators, &chain, Some((seq, digest))).unwrap();
+    cert.verify(&validators, &chain, Some((seq, digest)))
+        .unwrap();
     // The page's validity rules: an extra invalid signature, a duplicate, or too few make it
     // invalid.
     let mut extra = cert.clone();
     extra
         .signatures
         .push((tally_consensus::ValidatorId(2), extra.signatures[0].1));
-    assert!(extra.verify(&validators, &chain, Some((seq, digest))).is_err());
+    assert!(
+        extra
+            .verify(&validators, &chain, Some((seq, digest)))
+            .is_err()
+    );
     let mut duplicate = cert.clone();
     duplicate.signatures.push(duplicate.signatures[0]);
     assert!(
@@ -90,7 +95,11 @@ fn certificate_vector_matches_the_code() {
     );
     let mut short = cert.clone();
     short.signatures.pop();
-    assert!(short.verify(&validators, &chain, Some((seq, digest))).is_err());
+    assert!(
+        short
+            .verify(&validators, &chain, Some((seq, digest)))
+            .is_err()
+    );
 }
 
 #[test]

@@ -505,11 +505,7 @@ impl Admission {
 /// Sends locally admitted transactions to peers in bundles: every 10 ms, or sooner at
 /// 512 KiB, or at once when this node proposes (a proposal naming a transaction its backups
 /// have not received makes each of them fetch the body: it would travel twice).
-async fn bundle_gossip(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    p2p: P2pHandle,
-    shared: Arc<Shared>,
-) {
+async fn bundle_gossip(mut rx: mpsc::Receiver<Vec<u8>>, p2p: P2pHandle, shared: Arc<Shared>) {
     const BUNDLE_BYTES: usize = 512 * 1024;
     loop {
         let Some(first) = rx.recv().await else { return };

@@ -171,6 +171,12 @@ struct AddressParams {
     address: String,
 }
 
+#[derive(Deserialize)]
+struct DataParams {
+    owner: String,
+    key: String,
+}
+
 /// `tx_status`'s answer.
 pub fn tx_status(shared: &Shared, hash: &Digest) -> Value {
     let location = shared
@@ -459,6 +465,29 @@ pub async fn serve(
             .map_err(|e| error(-32603, e.to_string(), None))?
             .unwrap_or_default();
         Ok::<Value, ErrorObjectOwned>(json!({ "balance": account.balance, "nonce": account.nonce }))
+    })?;
+
+    module.register_method("data_get", |params, ctx, _| {
+        count(&ctx.shared, "data_get");
+        let p: DataParams = params.parse()?;
+        let owner =
+            PublicKey::from_hex(&p.owner).map_err(|e| invalid_params(format!("owner: {e}")))?;
+        let key = hex::decode(&p.key).map_err(|e| invalid_params(format!("key: {e}")))?;
+        if key.is_empty() || key.len() > tally_ledger::tx::DATA_KEY_BYTES_MAX {
+            return Err(invalid_params(format!(
+                "key: {} bytes; 1 to {} allowed",
+                key.len(),
+                tally_ledger::tx::DATA_KEY_BYTES_MAX
+            )));
+        }
+        use tally_ledger::StateView;
+        let value = crate::chain::StoreView(&*ctx.shared.store)
+            .data(&owner, &key)
+            .map_err(|e| error(-32603, e.to_string(), None))?;
+        Ok::<Value, ErrorObjectOwned>(json!({
+            "value": value.map(|v| tally_crypto::to_hex(&v)),
+            "height": ctx.shared.status().height,
+        }))
     })?;
 
     module.register_method("chain_status", |_params, ctx, _| {

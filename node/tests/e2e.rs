@@ -7,7 +7,8 @@
 //! 4. wipe one node's data: it resyncs, verifying certificates, to the same hash;
 //! 5. SIGSTOP one node for 10 s: the others keep committing; it catches up after SIGCONT;
 //! 6. bad input (replayed, other chain, bad signature, malformed JSON) gets its documented
-//!    error and changes nothing.
+//!    error and changes nothing;
+//! 7. a put reads back with `data_get`; an untouched account is zero, not an error.
 //!
 //! Figures (kill → first commit in the new view, catch-up times) are printed.
 
@@ -409,6 +410,59 @@ async fn four_validators_end_to_end() {
         .unwrap();
     assert_eq!(status["status"], "unknown");
     assert!(net.height(node).await >= height_before);
+
+    // 7. A put's value reads back (and an untouched address or key is not an error).
+    let put = tally_ledger::Transaction {
+        chain_id: net.chain.clone(),
+        sender: sender.public_key(),
+        nonce: account_before["nonce"].as_u64().unwrap(),
+        action: tally_ledger::Action::Put {
+            key: b"greeting".to_vec(),
+            value: b"hello".to_vec(),
+        },
+    }
+    .sign(&sender)
+    .unwrap();
+    net.rpc(node, "tx_submit", json!({"tx": hex::encode(put.encoded())}))
+        .await
+        .unwrap();
+    let s = net
+        .rpc(
+            node,
+            "tx_wait",
+            json!({"hash": put.hash().to_hex(), "timeout_ms": 30_000}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s["status"], "committed", "{s}");
+    let owner = sender.public_key().to_hex();
+    let got = net
+        .rpc(
+            node,
+            "data_get",
+            json!({"owner": owner, "key": hex::encode(b"greeting")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got["value"], hex::encode(b"hello"), "{got}");
+    let none = net
+        .rpc(node, "data_get", json!({"owner": owner, "key": "00"}))
+        .await
+        .unwrap();
+    assert!(none["value"].is_null(), "{none}");
+    let nobody = net
+        .rpc(node, "account_get", json!({"address": "ab".repeat(32)}))
+        .await
+        .unwrap();
+    assert_eq!(nobody, json!({"balance": 0, "nonce": 0}));
+    let err = net
+        .rpc(node, "data_get", json!({"owner": owner, "key": ""}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("InvalidParams") && err.contains("1 to 256"),
+        "{err}"
+    );
 }
 
 /// A raw HTTP POST (for malformed JSON a client library would refuse to send).
