@@ -2,6 +2,7 @@
 //! runs thousands through `tally sim`), and the negative control that proves the checkers can
 //! fail.
 
+use tally_consensus::sim::byzantine::{ALL, Behavior};
 use tally_consensus::sim::{SimConfig, run_seed};
 
 fn assert_clean(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
@@ -13,6 +14,56 @@ fn assert_clean(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
             "seed {seed}: not live after healing"
         );
         assert!(r.commits > 0, "seed {seed}: nothing committed");
+        assert!(
+            r.peak_footprint.messages > 0 && r.peak_footprint.within(&r.footprint_bound),
+            "seed {seed}: {:?} within {:?}",
+            r.peak_footprint,
+            r.footprint_bound
+        );
+    }
+}
+
+/// Every adversary alone, so none hides behind another's effects.
+#[test]
+fn each_adversary_alone() {
+    for (i, b) in ALL.iter().enumerate() {
+        let cfg = SimConfig {
+            byzantine: 1,
+            adversary: Some(*b),
+            ..SimConfig::quick(4)
+        };
+        let first = 400 + 10 * i as u64;
+        assert_clean(&cfg, first..first + 2);
+        let r = run_seed(&cfg, first);
+        assert!(
+            r.faults.contains_key(b.fault_name())
+                || matches!(
+                    b,
+                    Behavior::EquivocatingPrimary
+                        | Behavior::WrongNewView
+                        | Behavior::LyingViewChange
+                ),
+            "{}: the adversary did nothing: {:?}",
+            b.name(),
+            r.faults
+        );
+    }
+}
+
+/// A flooding adversary fills the stores it can reach, and the bound still holds.
+#[test]
+fn floods_meet_the_memory_bound() {
+    for b in [
+        Behavior::CheckpointFlood,
+        Behavior::VoteFlood,
+        Behavior::ForgedPrePrepare,
+    ] {
+        let cfg = SimConfig {
+            byzantine: 1,
+            adversary: Some(b),
+            ..SimConfig::quick(4)
+        };
+        assert_clean(&cfg, 500..503);
     }
 }
 

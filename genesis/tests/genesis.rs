@@ -293,3 +293,36 @@ fn testnet_writes_a_loadable_network() {
     // A second run into the same folder is refused rather than overwriting keys.
     assert!(generate(&opts).is_err());
 }
+
+/// The watermark window is bounded by the validator count so that the largest VIEW-CHANGE
+/// and NEW-VIEW fit in a consensus message; the default (256) fits up to the 128-validator
+/// limit, and a genesis asking for more than the bound is refused with the bound.
+#[test]
+fn watermark_window_is_bounded_by_the_validator_count() {
+    use tally_genesis::{CONSENSUS_MESSAGE_BYTES_MAX, max_watermark_window};
+    let mut last = u64::MAX;
+    for n in [4usize, 7, 16, 31, 64, 100, 128] {
+        let w = max_watermark_window(n);
+        eprintln!("n = {n}: watermark_window at most {w}");
+        assert!(w >= 256, "n = {n}: the default window must fit ({w})");
+        assert!(w <= last, "fewer validators allow a larger window");
+        last = w;
+        use tally_consensus::pbft::messages::{
+            worst_case_new_view_bytes, worst_case_view_change_bytes,
+        };
+        assert!(worst_case_new_view_bytes(n, w) <= CONSENSUS_MESSAGE_BYTES_MAX);
+        assert!(
+            worst_case_new_view_bytes(n, w + 1) > CONSENSUS_MESSAGE_BYTES_MAX
+                || worst_case_view_change_bytes(n, w + 1) > CONSENSUS_MESSAGE_BYTES_MAX
+        );
+    }
+    let mut g = base("pbft", 4);
+    g["consensus"]["watermark_window"] = json!(max_watermark_window(4) + 1);
+    let e = parse(&g).unwrap_err();
+    assert!(
+        matches!(&e, GenesisError::BadParameter { field: "watermark_window", reason } if reason.contains("at most 132102")),
+        "{e}"
+    );
+    g["consensus"]["watermark_window"] = json!(max_watermark_window(4));
+    parse(&g).unwrap();
+}
