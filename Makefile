@@ -1,8 +1,10 @@
 # Tally: the two commands a newcomer runs are `make devnet` and `make test`.
 #
 # Builds share one target folder outside the clone, so a second clone or a CI run reuses the
-# compiled RocksDB (≈20 minutes of C++ on 2 cores the first time). sccache is used when it is
-# installed; nothing here hides a missing install step: each target installs what it needs.
+# compiled RocksDB (≈20 minutes of C++ on 2 cores the first time); scripts/claim-target.sh
+# rebuilds this workspace's own crates when another clone built there last. sccache is used
+# when it is installed; nothing here hides a missing install step: each target installs what
+# it needs.
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/tally/target
 ifneq ($(shell command -v sccache 2>/dev/null),)
@@ -17,6 +19,7 @@ all: build
 
 deps:
 	@scripts/install-deps.sh promtool:prometheus
+	@scripts/claim-target.sh
 
 build: deps
 	cargo build --workspace --bins
