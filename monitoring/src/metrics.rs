@@ -127,6 +127,7 @@ pub struct Metrics {
     pub consensus_stored_messages_bound: Gauge,
     pub consensus_stored_bytes_bound: Gauge,
     pub consensus_pending_validations: Gauge,
+    pub rpc_waiters: Gauge,
     pub consensus_rejections: Family<ReasonLabels, Counter>,
     pub signature_rejections: Family<KindLabels, Counter>,
     pub signatures_checked: Family<KindLabels, Counter>,
@@ -180,6 +181,7 @@ impl Metrics {
             consensus_stored_messages_bound: Gauge::default(),
             consensus_stored_bytes_bound: Gauge::default(),
             consensus_pending_validations: Gauge::default(),
+            rpc_waiters: Gauge::default(),
             consensus_rejections: Family::default(),
             signature_rejections: Family::default(),
             signatures_checked: Family::default(),
@@ -386,6 +388,11 @@ impl Metrics {
             "The most bytes the consensus core can hold with this genesis, whatever peers send",
             Unit::Bytes,
             m.consensus_stored_bytes_bound.clone(),
+        );
+        r.register(
+            "tally_rpc_waiters",
+            "Transaction hashes tx_wait callers are waiting for (at most 65,536)",
+            m.rpc_waiters.clone(),
         );
         r.register(
             "tally_consensus_pending_validations",

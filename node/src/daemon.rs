@@ -462,6 +462,13 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
         }
         use std::sync::atomic::Ordering::Relaxed;
         m.peers.set(stats.connected_peers.load(Relaxed) as i64);
+        m.rpc_waiters.set(
+            shared
+                .tx_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as i64,
+        );
         m.storage_size.set(shared.store.size_bytes() as i64);
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         let mut delta = |name: Key, now: u64| {

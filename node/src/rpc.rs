@@ -425,11 +425,12 @@ pub async fn serve(
             let notified = notify.notified();
             let status = tx_status(&ctx.shared, &hash);
             if matches!(status["status"].as_str(), Some("committed" | "failed")) {
-                ctx.shared.tx_waiter_done(&hash, notify.clone());
+                drop(notified);
+                ctx.shared.tx_waiter_done(&hash, notify);
                 return Ok(status);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                ctx.shared.tx_waiter_done(&hash, notify.clone());
+                ctx.shared.tx_waiter_done(&hash, notify);
                 return Err(error(
                     codes::TIMEOUT,
                     format!("not committed within {} ms", timeout.as_millis()),

@@ -93,10 +93,11 @@ impl Shared {
         Some(waiters.entry(hash).or_default().clone())
     }
 
-    /// A `tx_wait` for `hash` gave up: its entry goes unless another caller still waits.
+    /// A `tx_wait` for `hash` is done (its caller's handle is given back): the entry goes
+    /// unless another caller still waits.
     pub fn tx_waiter_done(&self, hash: &Digest, notify: Arc<Notify>) {
         let mut waiters = self.tx_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Held by the map and by `notify`: nobody else waits.
+        // Held by the map and by `notify` only: nobody else waits.
         if waiters
             .get(hash)
             .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) <= 2)

@@ -8,7 +8,8 @@
 //! 5. SIGSTOP one node for 10 s: the others keep committing; it catches up after SIGCONT;
 //! 6. bad input (replayed, other chain, bad signature, malformed JSON) gets its documented
 //!    error and changes nothing;
-//! 7. a put reads back with `data_get`; an untouched account is zero, not an error.
+//! 7. a put reads back with `data_get`; an untouched account is zero, not an error;
+//! 8. `tx_wait` for hashes that never commit leaves no entry behind once it times out.
 //!
 //! Figures (kill → first commit in the new view, catch-up times) are printed.
 
@@ -455,6 +456,21 @@ async fn four_validators_end_to_end() {
         .await
         .unwrap();
     assert_eq!(nobody, json!({"balance": 0, "nonce": 0}));
+    // 8. Waiting for transactions that never commit holds nothing once the callers give up.
+    for i in 0..50u32 {
+        let hash = tally_crypto::Digest::of(&i.to_le_bytes()).to_hex();
+        let err = net
+            .rpc(node, "tx_wait", json!({"hash": hash, "timeout_ms": 20}))
+            .await
+            .unwrap_err();
+        assert!(err.contains("not committed within"), "{err}");
+    }
+    let text = net.metrics(node).await;
+    let waiters = text
+        .lines()
+        .find(|l| l.starts_with("tally_rpc_waiters "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(waiters, Some(0.0), "tx_wait entries left behind");
     let err = net
         .rpc(node, "data_get", json!({"owner": owner, "key": ""}))
         .await
