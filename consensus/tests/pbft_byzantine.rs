@@ -52,20 +52,7 @@ fn finding_1_pre_prepares_the_core_refuses_ask_nothing_of_the_driver() {
     let out = step(&mut r, 0, h.input(h.pre_prepare(0, 0, 1, &batch(2))));
     assert!(!asks_driver(&out));
     // Stale: once in view 1 (via NEW-VIEW), view 0's pre-prepares ask nothing.
-    let vcs: Vec<_> = [0u16, 2, 3]
-        .into_iter()
-        .map(|from| h.view_change_parts(from, 1, vec![]).0)
-        .collect();
-    let nv = Message::NewView(h.sign(
-        1,
-        NewView {
-            view: View(1),
-            view_changes: vcs,
-            stable: CheckpointCert::default(),
-            pre_prepares: vec![],
-            proofs: vec![],
-        },
-    ));
+    let nv = h.new_view(1, &[0, 2, 3], vec![], vec![]);
     let out = step(&mut r, 0, h.input(nv));
     assert_eq!(r.view(), View(1));
     // The held pre-prepare of view 1 (from its primary, 1) is examined now, and only now.
@@ -99,24 +86,7 @@ fn finding_2_view_change_timeouts_double_until_a_request_commits_in_the_new_view
 
     // (b) Each view change completes (a NEW-VIEW with an empty O) and then nothing commits:
     // the time from entering view v to giving up on it doubles.
-    let new_view = |view: u64| {
-        let primary = (view % 4) as u16;
-        let vcs: Vec<_> = (0..4u16)
-            .filter(|f| *f != 2)
-            .take(3)
-            .map(|from| h.view_change_parts(from, view, vec![]).0)
-            .collect();
-        Message::NewView(h.sign(
-            primary,
-            NewView {
-                view: View(view),
-                view_changes: vcs,
-                stable: CheckpointCert::default(),
-                pre_prepares: vec![],
-                proofs: vec![],
-            },
-        ))
-    };
+    let new_view = |view: u64| h.new_view(view, &[0, 1, 3], vec![], vec![]);
     let mut r = h.replica(2, &[], 0);
     let mut now = 0;
     let mut spent = Vec::new();
@@ -373,39 +343,51 @@ fn finding_5_equivocation_inside_view_change_proofs_is_evidence() {
     };
     assert!(same.verify(&h.set, &h.chain).is_err());
 
-    // A NEW-VIEW whose O conflicts with a pre-prepare the new primary sent in the normal case
-    // of the same view.
+    // A NEW-VIEW's O and a normal-case PRE-PREPARE of the same view, for one sequence number,
+    // from the same primary: O re-issues a null batch at 1 (a gap below the claim at 2), then
+    // primary 1 pre-prepares a batch at 1.
     let mut r = h.replica(2, &[], 0);
-    let vcs: Vec<_> = [0u16, 1, 3]
+    let cert = h.prepared_cert(0, 2, batch(2).digest());
+    let vcs: Vec<_> = [(0u16, vec![cert.clone()]), (1, vec![]), (3, vec![])]
         .into_iter()
-        .map(|from| h.view_change_parts(from, 1, vec![]).0)
+        .map(|(from, certs)| h.view_change_parts(from, 1, certs).0)
         .collect();
-    let nv = h.sign(
+    let nv = Message::NewView(h.sign(
         1,
         NewView {
             view: View(1),
             view_changes: vcs,
             stable: CheckpointCert::default(),
-            pre_prepares: vec![],
-            proofs: vec![],
+            pre_prepares: vec![
+                h.signed_pre_prepare(1, 1, 1, Batch::null().digest()),
+                h.signed_pre_prepare(1, 1, 2, batch(2).digest()),
+            ],
+            proofs: vec![cert],
         },
+    ));
+    step(&mut r, 0, h.input(nv));
+    assert_eq!(r.view(), View(1));
+    let out = step(&mut r, 0, h.input(h.pre_prepare(1, 1, 1, &batch(9))));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Evidence(e) if e.validator() == ValidatorId(1) && e.kind() == "pre_prepare")),
+        "{out:?}"
     );
-    step(&mut r, 0, h.input(Message::NewView(nv)));
+    // And a prepared certificate inside a later view change showing that primary signing
+    // yet another batch at (1, 1).
+    let conflicting: PreparedCert = h.prepared_cert(1, 1, batch(8).digest());
+    let mut r = h.replica(2, &[], 0);
+    step(
+        &mut r,
+        0,
+        h.input(h.new_view(1, &[0, 1, 3], vec![], vec![])),
+    );
     accept(&h, &mut r, 1, 1, &batch(1));
-    let vc: Vec<_> = [0u16, 1, 3]
-        .into_iter()
-        .map(|from| h.view_change_parts(from, 1, vec![]).0)
-        .collect();
-    // The same primary signs another (view 1, seq 1) inside a prepared certificate that a
-    // view change for view 2 carries.
-    let conflicting: PreparedCert = h.prepared_cert(1, 1, batch(9).digest());
     let out = step(&mut r, 0, h.input(h.view_change(3, 2, vec![conflicting])));
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::Evidence(e) if e.validator() == ValidatorId(1) && e.kind() == "pre_prepare")),
         "{out:?}"
     );
-    let _ = vc;
 }
 
 /// Finding 6: view-change messages carry digests, not batches, so their size is bounded by
@@ -548,20 +530,7 @@ fn future_view_messages_are_held_per_sender() {
     assert!(f.within(&r.footprint_bound()));
     assert!(f.bytes < 2 * 64 * 1024 + 10_000, "{f:?}");
     // Entering view 1 replays replica 0's PREPARE (it was not pushed out).
-    let vcs: Vec<_> = [0u16, 2, 3]
-        .into_iter()
-        .map(|from| h.view_change_parts(from, 1, vec![]).0)
-        .collect();
-    let nv = Message::NewView(h.sign(
-        1,
-        NewView {
-            view: View(1),
-            view_changes: vcs,
-            stable: CheckpointCert::default(),
-            pre_prepares: vec![],
-            proofs: vec![],
-        },
-    ));
+    let nv = h.new_view(1, &[0, 2, 3], vec![], vec![]);
     let out = step(&mut r, 0, h.input(nv));
     assert!(out.iter().any(|o| matches!(
         o,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Net, TALLY};
+use support::{Net, TALLY, metric};
 use tally_consensus::pbft::messages::SignedBody;
 use tally_consensus::pbft::{Checkpoint, Message, PrePrepare, Prepare, Signed};
 use tally_consensus::{Batch, Seq, ValidatorId, View};
@@ -142,13 +142,6 @@ impl Adversary {
     }
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_validator_cannot_censor_flood_or_equivocate_unseen() {
     let mut net = Net::start(
@@ -179,18 +172,7 @@ async fn a_lying_validator_cannot_censor_flood_or_equivocate_unseen() {
     // The normal latency: a transaction nobody interferes with.
     let tx = net.transfer(&sender, net.nonce(0, &sender).await, 1, 1);
     let started = Instant::now();
-    net.rpc(1, "tx_submit", json!({"tx": hex::encode(tx.encoded())}))
-        .await
-        .unwrap();
-    let s = net
-        .rpc(
-            0,
-            "tx_wait",
-            json!({"hash": tx.hash().to_hex(), "timeout_ms": 30_000}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s["status"], "committed");
+    net.submit_and_wait(1, 0, &tx).await;
     let baseline = started.elapsed();
 
     // 1. Censorship: the adversary (a backup in the current view) pre-prepares the next

@@ -18,7 +18,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::Net;
+use support::{Net, metric};
 use tally_crypto::SecretKey;
 
 /// Submits `count` transfers from each account (spread over all live nodes in batches),
@@ -494,11 +494,4 @@ async fn raw_post(url: &str, body: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -12,18 +12,11 @@ mod support;
 use std::time::Instant;
 
 use serde_json::json;
-use support::Net;
+use support::{Net, metric};
 use tally_genesis::NodeConfig;
 use tally_ledger::Account;
 use tally_ledger::state::account_key;
 use tally_storage::{RocksStore, StateInstall, Store};
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Corrupted after 12 blocks: the divergence comes after the checkpoint at 8, whose snapshot
 /// the peers still hold and where node3's chain is still right. The repair installs that
@@ -41,6 +34,13 @@ async fn a_diverged_node_notices_repairs_from_its_peers_and_rejoins() {
 async fn a_divergence_older_than_any_snapshot_is_repaired_too() {
     let log = diverge_and_repair(4).await;
     assert!(!log.contains("replaced=0"), "{log}");
+}
+
+/// Submits a transfer from `sender` to node0 and waits until node1 executed it.
+async fn transfer(net: &Net, sender: &tally_crypto::SecretKey, nonce: &mut u64) {
+    let tx = net.transfer(sender, *nonce, 1, 1);
+    *nonce += 1;
+    net.submit_and_wait(0, 1, &tx).await;
 }
 
 /// Runs the scenario with `before` blocks committed before the corruption; returns node3's
@@ -62,18 +62,7 @@ async fn diverge_and_repair(before: u64) -> String {
     let mut nonce = 0;
     // Some blocks everywhere.
     for _ in 0..before {
-        let tx = net.transfer(&sender, nonce, 1, 1);
-        nonce += 1;
-        net.rpc(0, "tx_submit", json!({"tx": hex::encode(tx.encoded())}))
-            .await
-            .unwrap();
-        net.rpc(
-            0,
-            "tx_wait",
-            json!({"hash": tx.hash().to_hex(), "timeout_ms": 30_000}),
-        )
-        .await
-        .unwrap();
+        transfer(&net, &sender, &mut nonce).await;
     }
     net.until(30, "node3 caught up", || async {
         net.height(3).await >= net.height(0).await
@@ -115,18 +104,7 @@ async fn diverge_and_repair(before: u64) -> String {
     // Transactions of account 0 until well past the next checkpoints.
     let started = Instant::now();
     for _ in 0..30 {
-        let tx = net.transfer(&sender, nonce, 1, 1);
-        nonce += 1;
-        net.rpc(0, "tx_submit", json!({"tx": hex::encode(tx.encoded())}))
-            .await
-            .unwrap();
-        net.rpc(
-            1,
-            "tx_wait",
-            json!({"hash": tx.hash().to_hex(), "timeout_ms": 30_000}),
-        )
-        .await
-        .unwrap();
+        transfer(&net, &sender, &mut nonce).await;
     }
     let target = net.height(0).await;
     let took = net
@@ -177,18 +155,7 @@ async fn diverge_and_repair(before: u64) -> String {
     // And it votes: with node0 stopped, a quorum of 3 needs node3.
     net.kill(0);
     let tx = net.transfer(&sender, nonce, 1, 1);
-    net.rpc(1, "tx_submit", json!({"tx": hex::encode(tx.encoded())}))
-        .await
-        .unwrap();
-    let s = net
-        .rpc(
-            2,
-            "tx_wait",
-            json!({"hash": tx.hash().to_hex(), "timeout_ms": 30_000}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s["status"], "committed", "{s}");
+    net.submit_and_wait(1, 2, &tx).await;
     let h = net.height(2).await;
     net.until(30, "node3 commits with nodes 1 and 2", || async {
         net.height(3).await >= h

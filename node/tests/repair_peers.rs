@@ -244,19 +244,24 @@ fn finish(chain: &mut Chain, g: &Genesis, installed: tally_node::repair::Install
     }
 }
 
-#[test]
-fn lying_peers_are_refused_and_an_honest_one_repairs() {
-    let (g, good, mut bad, blocks, snapshots) = setup();
+/// The genesis validator set, and the certified checkpoint at 16 (the good chain's hash).
+fn trust_and_target(g: &Genesis, good: &Chain) -> (ValidatorSet, CheckpointCert) {
     let keys: Vec<PublicKey> = g.validators.iter().map(|v| v.public_key).collect();
-    let set = ValidatorSet::new(&keys).unwrap();
-    let trust = Trust {
-        validators: &set,
-        chain_id: &g.chain_id,
-    };
     let target = CheckpointCert {
         seq: Seq(16),
         block_hash: good.last_hash(),
         signatures: vec![],
+    };
+    (ValidatorSet::new(&keys).unwrap(), target)
+}
+
+#[test]
+fn lying_peers_are_refused_and_an_honest_one_repairs() {
+    let (g, good, mut bad, blocks, snapshots) = setup();
+    let (set, target) = trust_and_target(&g, &good);
+    let trust = Trust {
+        validators: &set,
+        chain_id: &g.chain_id,
     };
     let peer = |i: u8, lie| Peer {
         key: validator(i).public_key(),
@@ -319,16 +324,10 @@ fn lying_peers_are_refused_and_an_honest_one_repairs() {
 fn a_divergence_older_than_the_snapshots_replaces_blocks() {
     let (g, good, mut bad, blocks, mut snapshots) = setup();
     snapshots.remove(&8);
-    let keys: Vec<PublicKey> = g.validators.iter().map(|v| v.public_key).collect();
-    let set = ValidatorSet::new(&keys).unwrap();
+    let (set, target) = trust_and_target(&g, &good);
     let trust = Trust {
         validators: &set,
         chain_id: &g.chain_id,
-    };
-    let target = CheckpointCert {
-        seq: Seq(16),
-        block_hash: good.last_hash(),
-        signatures: vec![],
     };
     let net = Network(vec![Peer {
         key: validator(1).public_key(),

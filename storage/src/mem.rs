@@ -92,18 +92,7 @@ impl Store for MemStore {
     }
 
     fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
-        use std::ops::Bound;
-        let inner = self.lock();
-        let lower = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Unbounded,
-        };
-        Ok(inner
-            .state
-            .range((lower, Bound::Unbounded))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(scan(&self.lock().state, after, limit))
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -227,16 +216,20 @@ impl StateSnapshot for MemSnapshot {
     }
 
     fn state_scan(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Unbounded,
-        };
-        Ok(self
-            .state
-            .range((lower, Bound::Unbounded))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(scan(&self.state, after, limit))
     }
+}
+
+/// Up to `limit` entries of `state` with keys strictly after `after`.
+fn scan(state: &BTreeMap<Vec<u8>, Vec<u8>>, after: Option<&[u8]>, limit: usize) -> Vec<Entry> {
+    use std::ops::Bound;
+    let lower = match after {
+        Some(a) => Bound::Excluded(a.to_vec()),
+        None => Bound::Unbounded,
+    };
+    state
+        .range((lower, Bound::Unbounded))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

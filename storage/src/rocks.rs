@@ -167,18 +167,7 @@ impl Store for RocksStore {
             Some(a) => IteratorMode::From(a, Direction::Forward),
             None => IteratorMode::Start,
         };
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_STATE), mode) {
-            let (k, v) = item.map_err(db_err)?;
-            if Some(&*k) == after {
-                continue;
-            }
-            out.push((k.into_vec(), v.into_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        scan(self.db.iterator_cf(self.cf(CF_STATE), mode), after, limit)
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -357,17 +346,27 @@ impl StateSnapshot for RocksSnapshot<'_> {
             Some(a) => IteratorMode::From(a, Direction::Forward),
             None => IteratorMode::Start,
         };
-        let mut out = Vec::new();
-        for item in self.snapshot.iterator_cf(self.store.cf(CF_STATE), mode) {
-            let (k, v) = item.map_err(db_err)?;
-            if Some(&*k) == after {
-                continue;
-            }
-            out.push((k.into_vec(), v.into_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let state = self.store.cf(CF_STATE);
+        scan(self.snapshot.iterator_cf(state, mode), after, limit)
     }
+}
+
+/// Up to `limit` entries of `items` with keys strictly after `after`.
+fn scan(
+    items: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<Entry>, StorageError> {
+    let mut out = Vec::new();
+    for item in items {
+        let (k, v) = item.map_err(db_err)?;
+        if Some(&*k) == after {
+            continue;
+        }
+        out.push((k.into_vec(), v.into_vec()));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }

@@ -219,15 +219,13 @@ impl Verifiable for Evidence {
         out: &mut Vec<SignatureCheck>,
     ) -> Result<(), CryptoError> {
         for s in [&self.first, &self.second] {
-            let key = v.key(s.from()).ok_or(CryptoError::UnknownSigner {
-                signer: s.from().to_string(),
-            })?;
-            out.push(SignatureCheck {
-                key: *key,
-                domain: s.domain(),
-                body: s.signing_bytes(),
-                signature: s.signature(),
-            });
+            out.push(super::messages::check_of(
+                v,
+                s.from(),
+                s.domain(),
+                s.signing_bytes(),
+                s.signature(),
+            )?);
         }
         Ok(())
     }

@@ -246,7 +246,7 @@ impl SignedBody for NewView {
     }
 }
 
-fn check_of(
+pub(crate) fn check_of(
     v: &ValidatorSet,
     from: ValidatorId,
     domain: Domain,

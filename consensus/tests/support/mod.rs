@@ -224,6 +224,34 @@ impl H {
     }
 }
 
+impl H {
+    /// NEW-VIEW(view) from its primary with the (claim-free) VIEW-CHANGEs of `from`, the
+    /// genesis checkpoint, and the given O and certificates.
+    pub fn new_view(
+        &self,
+        view: u64,
+        from: &[u16],
+        pre_prepares: Vec<Signed<PrePrepare>>,
+        proofs: Vec<PreparedCert>,
+    ) -> Message {
+        let primary = (view % self.set.len() as u64) as u16;
+        let view_changes = from
+            .iter()
+            .map(|f| self.view_change_parts(*f, view, vec![]).0)
+            .collect();
+        Message::NewView(self.sign(
+            primary,
+            tally_consensus::pbft::NewView {
+                view: View(view),
+                view_changes,
+                stable: CheckpointCert::default(),
+                pre_prepares,
+                proofs,
+            },
+        ))
+    }
+}
+
 pub fn batch(tag: u8) -> Batch {
     Batch {
         txs: vec![Digest::of(&[tag])],

@@ -222,6 +222,23 @@ impl Net {
         .unwrap()
     }
 
+    /// Submits `tx` to node `to` and waits (30 s at most) until node `wait_at` executed it;
+    /// asserts it committed.
+    pub async fn submit_and_wait(&self, to: usize, wait_at: usize, tx: &SignedTransaction) {
+        self.rpc(to, "tx_submit", json!({"tx": hex::encode(tx.encoded())}))
+            .await
+            .unwrap();
+        let s = self
+            .rpc(
+                wait_at,
+                "tx_wait",
+                json!({"hash": tx.hash().to_hex(), "timeout_ms": 30_000}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("tx {}: {e}", tx.hash()));
+        assert_eq!(s["status"], "committed", "{s}");
+    }
+
     pub async fn nonce(&self, node: usize, key: &SecretKey) -> u64 {
         self.rpc(
             node,
@@ -251,6 +268,15 @@ impl Net {
             );
         }
     }
+}
+
+/// The sum of the samples of `name` (a metric name, with labels or a trailing space to pin
+/// it) in a /metrics page.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Drop for Net {
