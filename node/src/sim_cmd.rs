@@ -200,7 +200,7 @@ pub fn run(a: SimArgs) -> Result<()> {
     censorship.sort_unstable();
     if !censorship.is_empty() {
         println!(
-            "  censorship: the slowest post-healing request committed at every honest replica after p50 {} ms, max {} ms (per seed)",
+            "  censorship: once nothing older was waiting, the slowest post-healing request committed at every honest replica after p50 {} ms, max {} ms (per seed)",
             censorship[censorship.len() / 2],
             censorship[censorship.len() - 1]
         );
@@ -226,6 +226,10 @@ pub fn run(a: SimArgs) -> Result<()> {
         println!("    {k:<32} {v}");
     }
     println!("  violations: {} seeds", failing.len());
+    if failing.len() > 10 {
+        let seeds: Vec<String> = failing.iter().map(|r| r.seed.to_string()).collect();
+        println!("  failing seeds: {}", seeds.join(" "));
+    }
     for r in failing.iter().take(10) {
         println!("  seed {} violated:", r.seed);
         for v in r.violations.iter().take(5) {

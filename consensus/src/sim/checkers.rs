@@ -33,8 +33,12 @@ pub struct Checker {
     /// Conflicting pairs delivered so, which must have produced evidence.
     equivocations: HashSet<StatementKey>,
     reported: HashSet<StatementKey>,
-    /// Requests submitted after healing, when; and when each honest node committed them.
+    /// Every request in submission order; those submitted after healing, when; when each
+    /// was first committed at an honest replica; when each honest node committed the
+    /// post-healing ones.
+    order: Vec<Digest>,
     submitted: HashMap<Digest, u64>,
+    first_commit: HashMap<Digest, u64>,
     commit_times: HashMap<(Digest, usize), u64>,
     pub violations: Vec<String>,
 }
@@ -51,7 +55,9 @@ impl Checker {
             delivered: HashMap::new(),
             equivocations: HashSet::new(),
             reported: HashSet::new(),
+            order: Vec::new(),
             submitted: HashMap::new(),
+            first_commit: HashMap::new(),
             commit_times: HashMap::new(),
             violations: Vec::new(),
         }
@@ -252,44 +258,63 @@ impl Checker {
         }
     }
 
-    pub fn request_submitted(&mut self, d: Digest, at: u64) {
-        self.submitted.insert(d, at);
+    /// A request was submitted (`liveness`: after healing).
+    pub fn request_submitted(&mut self, d: Digest, at: u64, liveness: bool) {
+        self.order.push(d);
+        if liveness {
+            self.submitted.insert(d, at);
+        }
     }
 
     pub fn request_committed(&mut self, node: usize, d: Digest, at: u64) {
+        self.first_commit.entry(d).or_insert(at);
         if self.submitted.contains_key(&d) {
             self.commit_times.entry((d, node)).or_insert(at);
         }
     }
 
     /// Censorship resistance: every request submitted after healing — held by every honest
-    /// validator — committed at every honest replica within `bound_ms`, whoever is
-    /// Byzantine. Returns the slowest request's time to commit everywhere.
-    pub fn check_censorship(&mut self, honest: &[usize], bound_ms: u64, now: u64) -> Option<u64> {
-        let mut worst = 0;
+    /// validator — commits at every honest replica within `bound_ms` of the moment no request
+    /// submitted before it is still waiting (and of healing), whoever is Byzantine. Returns
+    /// the slowest such time.
+    pub fn check_censorship(
+        &mut self,
+        honest: &[usize],
+        healed: u64,
+        bound_ms: u64,
+        now: u64,
+    ) -> Option<u64> {
+        let mut worst = None;
         let mut late = Vec::new();
-        let submitted: Vec<(Digest, u64)> = self.submitted.iter().map(|(d, t)| (*d, *t)).collect();
-        for (d, at) in submitted {
-            let mut done = at;
-            for &node in honest {
-                match self.commit_times.get(&(d, node)) {
-                    Some(t) => done = done.max(*t),
-                    None => done = done.max(now.max(at + bound_ms + 1)),
+        // The moment every request before the i-th had committed somewhere.
+        let mut ahead_done = Some(healed);
+        for d in self.order.clone() {
+            if let Some(&submitted) = self.submitted.get(&d)
+                && let Some(ready) = ahead_done
+            {
+                let ready = ready.max(submitted);
+                let done = honest
+                    .iter()
+                    .map(|n| self.commit_times.get(&(d, *n)).copied())
+                    .try_fold(ready, |acc, t| t.map(|t| acc.max(t)));
+                let took = done.unwrap_or(now.max(ready + bound_ms + 1)) - ready;
+                worst = Some(worst.unwrap_or(0).max(took));
+                if took > bound_ms {
+                    late.push(d);
                 }
             }
-            let took = done - at;
-            worst = worst.max(took);
-            if took > bound_ms {
-                late.push(d);
-            }
+            ahead_done = match (ahead_done, self.first_commit.get(&d)) {
+                (Some(a), Some(t)) => Some(a.max(*t)),
+                _ => None,
+            };
         }
         if let Some(d) = late.first() {
             self.violation(format!(
-                "censorship: {} of the requests submitted after healing (e.g. {d:?}) did not commit at every honest replica within {bound_ms} ms",
+                "censorship: {} requests submitted after healing (e.g. {d:?}) did not commit at every honest replica within {bound_ms} ms of nothing older waiting",
                 late.len()
             ));
         }
-        (!self.submitted.is_empty()).then_some(worst)
+        worst
     }
 
     /// Liveness after healing: every request submitted after the network healed committed

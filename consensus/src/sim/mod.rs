@@ -401,8 +401,10 @@ impl Sim {
             self.schedule(back, Ev::Restart { node });
         }
         // A corrupted disk (or an operator's edit) at one honest replica: its state diverges
-        // from the others' from then on, until it notices and is repaired.
-        if self.rng.chance(0.2) {
+        // from the others' from then on, until it notices and is repaired. It counts as a
+        // fault until then, so only where one is to spare (fewer faulty validators than f).
+        let spare = self.cfg.byzantine + self.cfg.twins < self.validators.f();
+        if spare && self.rng.chance(0.2) {
             let honest: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| !self.nodes[i].faulty)
                 .collect();
@@ -590,8 +592,8 @@ impl Sim {
         self.issued.insert(d);
         if liveness {
             self.liveness_requests.insert(d);
-            self.checker.request_submitted(d, self.now);
         }
+        self.checker.request_submitted(d, self.now, liveness);
         d
     }
 
@@ -652,10 +654,12 @@ impl Sim {
         (missing, laggards)
     }
 
-    /// How long the slowest request after healing may take to commit everywhere: f + 1
-    /// view changes (f faulty primaries in a row, then an honest one), each at most two
-    /// timeouts (the request timer, then the view-change timer) at the largest backoff, and
-    /// two seconds for the rest.
+    /// How long a request submitted after healing may take to commit everywhere once no
+    /// request submitted before it is still waiting (requests are proposed oldest first, so
+    /// a backlog left by the faults delays it without anyone censoring it): f + 1 view
+    /// changes (f faulty primaries in a row, then an honest one), each at most two timeouts
+    /// (the request timer, then the view-change timer) at the largest backoff, and two
+    /// seconds for the rest.
     pub(super) fn censorship_bound_ms(&self) -> u64 {
         let f = self.validators.f() as u64;
         let t_max = self.pbft.view_change_timeout_ms << self.pbft.max_backoff_exponent;
@@ -668,8 +672,10 @@ impl Sim {
                 .filter(|&i| !self.nodes[i].faulty)
                 .collect();
             let bound = self.censorship_bound_ms();
-            self.report.censorship_worst_ms =
-                self.checker.check_censorship(&honest, bound, self.now);
+            let healed = self.healed_at.unwrap_or_default();
+            self.report.censorship_worst_ms = self
+                .checker
+                .check_censorship(&honest, healed, bound, self.now);
         }
         self.checker.check_evidence_complete();
         if self.healed_at.is_some() && self.report.liveness_ms.is_none() {
