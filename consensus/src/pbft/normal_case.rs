@@ -172,10 +172,10 @@ impl Pbft {
             self.send_prepare(seq, out);
             return;
         }
-        let primary = self.validators.primary(view) == self.me;
+        // Also at the primary re-issuing a NEW-VIEW's entry: it does not PREPARE, but its
+        // driver sets the batch's transactions aside (it must not propose them again) and
+        // gathers their bodies to execute them.
         match slot.batch(&digest) {
-            // The primary re-issuing a NEW-VIEW's entry needs the batch only to execute it.
-            Some(_) if primary => slot.validated = true,
             Some(batch) => out.push(Output::Validate {
                 view,
                 seq,
