@@ -637,3 +637,29 @@ fn restarted_replica_signs_the_checkpoints_it_owes() {
     let out = executed(&mut r, K, &batch(1), hash);
     assert!(broadcasts(&out).is_empty());
 }
+
+/// §4.3 with a faulty validator: a replica keeps resending its own latest checkpoint vote
+/// even when another validator has sent votes for sequence numbers far ahead (seed 1000211
+/// of the simulator: the replicas resent only the highest vote they held, which was the
+/// faulty one's, so lost votes never came again and the window stayed full).
+#[test]
+fn own_checkpoint_is_resent_whatever_others_sign_ahead() {
+    let h = H::new(4);
+    let mut r = h.replica(1, &[], 0);
+    for seq in 1..=K {
+        commit_at(&h, &mut r, seq, &batch(seq as u8));
+        executed(&mut r, seq, &batch(seq as u8), Digest::of(&[seq as u8]));
+    }
+    step(
+        &mut r,
+        0,
+        h.input(h.checkpoint(3, 100 * K, Digest::of(b"far ahead"))),
+    );
+    let out = step(&mut r, 10 * TIMEOUT, tick(false));
+    assert!(
+        broadcasts(&out)
+            .iter()
+            .any(|m| matches!(m, Message::Checkpoint(c) if c.from == ValidatorId(1) && c.body.seq == Seq(K))),
+        "{out:?}"
+    );
+}
