@@ -262,4 +262,99 @@ mod props {
             prop_assert!(batch[0].is_ok() && batch[1].is_err());
         }
     }
+
+    fn signed_items(chain: &ChainId, count: usize, seed: u8) -> (Vec<Raw>, Vec<SecretKey>) {
+        let keys: Vec<SecretKey> = (0..count)
+            .map(|i| {
+                SecretKey::from_seed(&[
+                    seed ^ (i as u8),
+                    (i >> 8) as u8,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                ])
+            })
+            .collect();
+        let items = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let body = (i as u32).to_le_bytes().to_vec();
+                Raw(SignatureCheck {
+                    key: ValidKey::new(&k.public_key()).unwrap(),
+                    domain: D,
+                    signature: k.sign(D, chain, &body),
+                    body,
+                })
+            })
+            .collect();
+        (items, keys)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// Batches large enough for one equation of many signatures (1,024 per equation) with
+        /// bad items anywhere — none, one, a few, most — give exactly what each item gives on
+        /// its own, and what ed25519-dalek's `verify_strict` says of it.
+        #[test]
+        fn batches_with_bad_items_anywhere(
+            count in 1usize..1300,
+            bad in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            dense in any::<bool>(),
+            seed in any::<u8>(),
+        ) {
+            let chain = ChainId::new("b").unwrap();
+            let (mut items, keys) = signed_items(&chain, count, seed);
+            let mut bad: Vec<usize> = bad.iter().map(|i| i.index(count)).collect();
+            if dense {
+                bad.extend((0..count).filter(|i| i % 3 == 0));
+            }
+            bad.sort_unstable();
+            bad.dedup();
+            for &i in &bad {
+                items[i].0.signature.0[33] ^= 1;
+            }
+            let expected: Vec<bool> = items
+                .iter()
+                .map(|item| verify_one(&chain, &item.0).is_ok())
+                .collect();
+            for (i, item) in items.iter().enumerate() {
+                let dalek = ed25519_dalek::VerifyingKey::from_bytes(&keys[i].public_key().0).unwrap();
+                let msg = tally_crypto::signing_message(D, &chain, &item.0.body);
+                let strict = dalek.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&item.0.signature.0)).is_ok();
+                prop_assert_eq!(strict, expected[i]);
+                prop_assert_eq!(expected[i], !bad.contains(&i));
+            }
+            let results = verify_batch(&(), &chain, items);
+            let got: Vec<bool> = results.iter().map(|r| r.is_ok()).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
 }
