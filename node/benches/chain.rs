@@ -13,7 +13,7 @@ use std::time::Instant;
 use tally_crypto::{ChainId, SecretKey};
 use tally_genesis::{ConsensusParams, Genesis, GenesisAccount, Protocol, Validator};
 use tally_ledger::{Action, Transaction, check_transactions};
-use tally_node::chain::Chain;
+use tally_node::execution::chain::Chain;
 use tally_storage::{RocksStore, Store};
 
 const ACCOUNTS: usize = 2000;

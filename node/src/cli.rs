@@ -33,11 +33,11 @@ pub enum Command {
     Tx(TxCommand),
     /// Run a local network (one process per validator) with demo transactions and a live
     /// status line.
-    Devnet(crate::devnet::DevnetArgs),
+    Devnet(crate::tools::devnet::DevnetArgs),
     /// Chain status from a node (--verify: 2f+1 nodes agree on a recent block).
     Status {
         #[command(flatten)]
-        endpoints: crate::client::Endpoints,
+        endpoints: crate::tools::client::Endpoints,
         #[arg(long)]
         verify: bool,
     },
@@ -46,7 +46,7 @@ pub enum Command {
     Block {
         height: u64,
         #[command(flatten)]
-        endpoints: crate::client::Endpoints,
+        endpoints: crate::tools::client::Endpoints,
         #[arg(long)]
         verify: bool,
     },
@@ -54,7 +54,7 @@ pub enum Command {
     /// statements (--verify: each piece checked against the genesis keys alone).
     Evidence {
         #[command(flatten)]
-        endpoints: crate::client::Endpoints,
+        endpoints: crate::tools::client::Endpoints,
         #[arg(long)]
         verify: bool,
     },
@@ -62,13 +62,13 @@ pub enum Command {
     Account {
         address: String,
         #[command(flatten)]
-        endpoints: crate::client::Endpoints,
+        endpoints: crate::tools::client::Endpoints,
         #[arg(long)]
         verify: bool,
     },
     /// Benchmark: open-loop load through JSON-RPC against a local network of validator
     /// processes; throughput, latency, CPU, memory and the verification ceiling.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Run a validator node from its home folder (config.toml, key, data).
     Start {
         #[arg(long)]
@@ -76,7 +76,7 @@ pub enum Command {
     },
     /// Run the deterministic consensus simulator over many seeds (faults, Byzantine
     /// validators, twins) and check every invariant.
-    Sim(crate::sim_cmd::SimArgs),
+    Sim(crate::tools::sim::SimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -149,7 +149,7 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
     #[command(flatten)]
-    pub endpoints: crate::client::Endpoints,
+    pub endpoints: crate::tools::client::Endpoints,
     #[command(subcommand)]
     pub action: ActionArgs,
 }
@@ -300,26 +300,28 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("details: {}/network.json", a.out.display());
             Ok(())
         }
-        Command::Sim(a) => crate::sim_cmd::run(a),
-        Command::Devnet(a) => crate::devnet::run(a),
-        Command::Bench(a) => crate::bench::run(a),
+        Command::Sim(a) => crate::tools::sim::run(a),
+        Command::Devnet(a) => crate::tools::devnet::run(a),
+        Command::Bench(a) => crate::tools::bench::run(a),
         Command::Status { endpoints, verify } => {
-            client_runtime()?.block_on(crate::client::status(&endpoints, verify))
+            client_runtime()?.block_on(crate::tools::client::status(&endpoints, verify))
         }
         Command::Evidence { endpoints, verify } => {
-            client_runtime()?.block_on(crate::client::evidence(&endpoints, verify))
+            client_runtime()?.block_on(crate::tools::client::evidence(&endpoints, verify))
         }
         Command::Block {
             height,
             endpoints,
             verify,
-        } => client_runtime()?.block_on(crate::client::block(&endpoints, height, verify)),
+        } => client_runtime()?.block_on(crate::tools::client::block(&endpoints, height, verify)),
         Command::Account {
             address,
             endpoints,
             verify,
-        } => client_runtime()?.block_on(crate::client::account(&endpoints, &address, verify)),
-        Command::Tx(TxCommand::Send(a)) => client_runtime()?.block_on(crate::client::send(
+        } => {
+            client_runtime()?.block_on(crate::tools::client::account(&endpoints, &address, verify))
+        }
+        Command::Tx(TxCommand::Send(a)) => client_runtime()?.block_on(crate::tools::client::send(
             &a.endpoints,
             &a.from,
             a.chain_id,

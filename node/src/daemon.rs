@@ -16,14 +16,14 @@ use tally_storage::{RocksStore, Store};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{info, warn};
 
-use crate::admission::{self, Admission};
-use crate::chain::Chain;
 use crate::driver::{Driver, DriverInput, load_records, recent_digests};
-use crate::mempool::Mempool;
+use crate::execution::chain::Chain;
+use crate::execution::snapshots::Snapshots;
+use crate::execution::sync;
+use crate::ingress::admission::{self, Admission};
+use crate::ingress::mempool::Mempool;
 use crate::rpc::{self, RpcCtx};
 use crate::shared::{Shared, Status};
-use crate::snapshots::Snapshots;
-use crate::sync;
 use crate::wire::{self, SyncRequest, SyncResponse};
 
 // Every consensus message the genesis allows must fit in a p2p frame.
@@ -167,7 +167,7 @@ pub async fn run(home: &Path) -> Result<()> {
     })?;
 
     let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
-    let (exec_tx, exec_rx) = mpsc::channel(crate::executor::COMMANDS_MAX);
+    let (exec_tx, exec_rx) = mpsc::channel(crate::execution::executor::COMMANDS_MAX);
     let (executed_tx, executed_rx) = mpsc::unbounded_channel();
     let (sync_tx, sync_rx) = mpsc::channel(sync::COMMANDS_MAX);
     let snapshots = Snapshots::spawn(store.clone());
@@ -265,13 +265,13 @@ pub async fn run(home: &Path) -> Result<()> {
             handle.block_on(admission::fetch_bodies(&shared, &p2p, hashes, None))
         })
     };
-    let _executor = crate::executor::spawn(
+    let _executor = crate::execution::executor::spawn(
         chain,
         shared.clone(),
         exec_rx,
         executed_tx,
         fetch_for_executor,
-        crate::executor::ExecutorParts {
+        crate::execution::executor::ExecutorParts {
             snapshots: snapshots.clone(),
             checkpoint_interval: params.checkpoint_interval,
             peers: Box::new(sync::P2pPeers {

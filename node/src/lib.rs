@@ -1,24 +1,21 @@
-//! The Tally node: the chain (execution + persistence), the driver (the one consensus event
-//! loop), the mempool, p2p admission, block sync, JSON-RPC, and the `tally` command.
+//! The Tally node. The daemon's modules follow the data path:
+//!
+//! * [`ingress`]: transactions in (JSON-RPC and gossip) — decode, signature check, mempool;
+//! * [`driver`]: the one event loop around the consensus core (verify, validate, persist, send);
+//! * [`execution`]: committed batches into blocks, RocksDB, block sync, state repair;
+//! * [`rpc`]: the JSON-RPC server; [`daemon`] wires them together.
+//!
+//! [`tools`] holds the other subcommands of the `tally` binary (bench, devnet, the RPC client,
+//! sim); nothing in the daemon depends on them.
 
-pub mod admission;
-pub mod bench;
-pub mod block;
-pub mod chain;
 pub mod cli;
-pub mod client;
 pub mod daemon;
-pub mod devnet;
 pub mod driver;
-pub mod executor;
-pub mod mempool;
-pub mod repair;
+pub mod execution;
+pub mod ingress;
 pub mod rpc;
 pub mod shared;
-pub mod sim_cmd;
-pub mod snapshots;
-pub mod sync;
-pub mod verify;
+pub mod tools;
 pub mod wire;
 
 /// Hash maps on the hot path (keyed by transaction digests and account keys): foldhash with

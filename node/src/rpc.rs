@@ -16,9 +16,9 @@ use tally_crypto::{Digest, PublicKey};
 use tally_ledger::{TxError, TxLocation, TxOutcome};
 use tally_monitoring::MethodLabels;
 
-use crate::admission::{Admission, SubmitError};
-use crate::block::StoredBlock;
-use crate::mempool::AdmitError;
+use crate::execution::block::StoredBlock;
+use crate::ingress::admission::{Admission, SubmitError};
+use crate::ingress::mempool::AdmitError;
 use crate::shared::Shared;
 
 /// Error codes beyond JSON-RPC's standard ones (-32700 parse error, -32600 invalid request,
@@ -461,7 +461,7 @@ pub async fn serve(
         let who =
             PublicKey::from_hex(&p.address).map_err(|e| invalid_params(format!("address: {e}")))?;
         use tally_ledger::StateView;
-        let account = crate::chain::StoreView(&*ctx.shared.store)
+        let account = crate::execution::chain::StoreView(&*ctx.shared.store)
             .account(&who)
             .map_err(|e| error(-32603, e.to_string(), None))?
             .unwrap_or_default();
@@ -482,7 +482,7 @@ pub async fn serve(
             )));
         }
         use tally_ledger::StateView;
-        let value = crate::chain::StoreView(&*ctx.shared.store)
+        let value = crate::execution::chain::StoreView(&*ctx.shared.store)
             .data(&owner, &key)
             .map_err(|e| error(-32603, e.to_string(), None))?;
         Ok::<Value, ErrorObjectOwned>(json!({

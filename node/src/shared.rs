@@ -9,8 +9,8 @@ use tally_monitoring::Metrics;
 use tally_storage::Store;
 use tokio::sync::{Notify, broadcast};
 
-use crate::block::StoredBlock;
-use crate::mempool::Mempool;
+use crate::execution::block::StoredBlock;
+use crate::ingress::mempool::Mempool;
 
 #[derive(Clone, Debug, Default)]
 pub struct Status {

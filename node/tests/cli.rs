@@ -393,8 +393,8 @@ fn bench_drives_a_local_network_and_reports() {
     assert!(r["ceiling"]["ceiling_tx_per_s"].as_f64().unwrap() > 0.0);
     let before = r["ceiling"]["rounds_before_per_s"].as_array().unwrap();
     let after = r["ceiling"]["rounds_after_per_s"].as_array().unwrap();
-    assert_eq!(before.len(), tally_node::bench::CEILING_ROUNDS);
-    assert_eq!(after.len(), tally_node::bench::CEILING_ROUNDS);
+    assert_eq!(before.len(), tally_node::tools::bench::CEILING_ROUNDS);
+    assert_eq!(after.len(), tally_node::tools::bench::CEILING_ROUNDS);
     let rounds: Vec<_> = before.iter().chain(after).collect();
     let best = r["ceiling"]["verifications_per_s_all_cores"]
         .as_f64()

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tally_crypto::{ChainId, SecretKey};
 use tally_genesis::{ConsensusParams, Genesis, GenesisAccount, Protocol, Validator};
 use tally_ledger::{Action, Transaction, check_transactions};
-use tally_node::chain::Chain;
+use tally_node::execution::chain::Chain;
 use tally_storage::{MemStore, RocksStore, Store};
 
 const CHILD_ENV: &str = "TALLY_CRASH_CHILD_DIR";

@@ -1,4 +1,4 @@
-//! The repair (`tally_node::repair`) against lying peers: each serves a state or blocks
+//! The repair (`tally_node::execution::repair`) against lying peers: each serves a state or blocks
 //! that do not match the certified checkpoint in one way, and is refused; an honest peer
 //! after them repairs the diverged chain to exactly the certified one. In memory (the real
 //! network path is `tests/repair.rs`).
@@ -12,9 +12,9 @@ use tally_consensus::{batch_digest, commit_body};
 use tally_crypto::{ChainId, Digest, PublicKey, SecretKey};
 use tally_genesis::{ConsensusParams, Genesis, GenesisAccount, Protocol, Validator};
 use tally_ledger::{Account, Action, Transaction, check_transactions, state::account_key};
-use tally_node::block::StoredBlock;
-use tally_node::chain::Chain;
-use tally_node::repair::{Peers, RepairError, Trust, check_reached, repair};
+use tally_node::execution::block::StoredBlock;
+use tally_node::execution::chain::Chain;
+use tally_node::execution::repair::{Peers, RepairError, Trust, check_reached, repair};
 use tally_storage::{Entry, MemStore, StateInstall, Store};
 
 fn validator(i: u8) -> SecretKey {
@@ -235,7 +235,7 @@ fn setup() -> Setup {
     (g, good, bad, blocks, snapshots)
 }
 
-fn finish(chain: &mut Chain, g: &Genesis, installed: tally_node::repair::Installed) {
+fn finish(chain: &mut Chain, g: &Genesis, installed: tally_node::execution::repair::Installed) {
     for b in installed.blocks {
         let checked = check_transactions(&g.chain_id, &b.txs);
         chain

@@ -27,9 +27,9 @@ use tally_p2p::P2pHandle;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::executor::{ExecCommand, ExecReport};
+use crate::execution::executor::{ExecCommand, ExecReport};
+use crate::execution::sync::SyncCommand;
 use crate::shared::Shared;
-use crate::sync::SyncCommand;
 
 pub enum DriverInput {
     Message(Verified<Message>),
@@ -148,7 +148,7 @@ impl Driver {
                 .block(seq.0)
                 .ok()
                 .flatten()
-                .and_then(|b| crate::block::StoredBlock::decode(&b).ok());
+                .and_then(|b| crate::execution::block::StoredBlock::decode(&b).ok());
             if let Some(b) = block {
                 self.step(Input::Executed {
                     seq,
@@ -552,7 +552,7 @@ pub fn recent_digests(
     (first..=height)
         .filter_map(|h| {
             let bytes = store.block(h).ok()??;
-            let header = crate::block::StoredBlock::decode_header(&bytes).ok()?;
+            let header = crate::execution::block::StoredBlock::decode_header(&bytes).ok()?;
             Some((Seq(h), header.batch_digest))
         })
         .collect()

@@ -35,8 +35,8 @@ use tally_crypto::{Digest, PublicKey};
 use tally_ledger::{LtHash, TxLocation};
 use tally_storage::{Entry, StateInstall};
 
-use crate::block::StoredBlock;
-use crate::chain::Chain;
+use crate::execution::block::StoredBlock;
+use crate::execution::chain::Chain;
 
 /// What checking a peer's blocks needs: the genesis validators and the chain id.
 pub struct Trust<'a> {
@@ -83,7 +83,7 @@ pub enum RepairError {
         expected: Digest,
     },
     #[error(transparent)]
-    Chain(#[from] crate::chain::ChainError),
+    Chain(#[from] crate::execution::chain::ChainError),
 }
 
 /// A state installed: the chain is at `start`; `blocks` are the certified blocks
@@ -374,14 +374,16 @@ fn build_install(
     let store = chain.store();
     let mut delete: HashSet<Digest> = HashSet::new();
     for h in keep_below + 1..=chain.height() {
-        if let Some(bytes) = store.block(h).map_err(crate::chain::ChainError::from)?
+        if let Some(bytes) = store
+            .block(h)
+            .map_err(crate::execution::chain::ChainError::from)?
             && let Ok(b) = StoredBlock::decode(&bytes)
         {
             for tx in &b.txs {
                 let hash = Digest::of(tx);
                 let indexed_here = store
                     .tx_index(&hash)
-                    .map_err(crate::chain::ChainError::from)?
+                    .map_err(crate::execution::chain::ChainError::from)?
                     .and_then(|v| TxLocation::decode(&v))
                     .is_some_and(|l| l.height > keep_below);
                 if indexed_here {
@@ -402,7 +404,7 @@ fn build_install(
             let earlier = !delete.contains(&hash)
                 && store
                     .tx_index(&hash)
-                    .map_err(crate::chain::ChainError::from)?
+                    .map_err(crate::execution::chain::ChainError::from)?
                     .is_some();
             if earlier {
                 continue;

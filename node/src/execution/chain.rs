@@ -14,7 +14,7 @@ use tally_ledger::{
 use tally_storage::{BlockCommit, StateInstall, StorageError, Store};
 
 use crate::FastMap;
-use crate::block::{BlockDecodeError, StoredBlock};
+use crate::execution::block::{BlockDecodeError, StoredBlock};
 
 pub const META_GENESIS_HASH: &[u8] = b"genesis_hash";
 pub const META_CHAIN_ID: &[u8] = b"chain_id";

@@ -13,11 +13,11 @@ use tally_p2p::{GossipId, P2pHandle};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::chain::StoreView;
 use crate::driver::DriverInput;
-use crate::mempool::{AdmitError, Stashed};
+use crate::execution::chain::StoreView;
+use crate::ingress::mempool::{AdmitError, Stashed};
+use crate::ingress::verify::{Priority, VerifyPool};
 use crate::shared::Shared;
-use crate::verify::{Priority, VerifyPool};
 use crate::wire::{self, SyncRequest, SyncResponse, TxBundle};
 
 /// A primary asks its peers for pending work when fewer than this many of its own
@@ -540,7 +540,7 @@ async fn bundle_gossip(mut rx: mpsc::Receiver<Vec<u8>>, p2p: P2pHandle, shared: 
 
 /// Transactions whose bodies the mempool already holds (pending or recently seen); the
 /// others are about to be checked, which a proposal needing one of them then waits for.
-fn known_bodies(shared: Arc<Shared>) -> crate::verify::Known<SignedTransaction> {
+fn known_bodies(shared: Arc<Shared>) -> crate::ingress::verify::Known<SignedTransaction> {
     Arc::new(move |txs: &[SignedTransaction]| {
         let mut pool = shared.mempool();
         txs.iter()

@@ -16,10 +16,10 @@ use tally_p2p::P2pHandle;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::block::StoredBlock;
-use crate::executor::ExecCommand;
+use crate::execution::block::StoredBlock;
+use crate::execution::executor::ExecCommand;
+use crate::execution::snapshots::Snapshots;
 use crate::shared::Shared;
-use crate::snapshots::Snapshots;
 use crate::wire::{self, SYNC_BLOCKS_MAX, SyncRequest, SyncResponse};
 
 pub enum SyncCommand {
@@ -293,7 +293,7 @@ async fn peers_height(shared: &Shared, p2p: &P2pHandle) -> Option<u64> {
     Some(heights[need - 1])
 }
 
-/// The p2p network as a repair (`crate::repair`) sees it. The repair runs on the executor's
+/// The p2p network as a repair (`crate::execution::repair`) sees it. The repair runs on the executor's
 /// thread, so requests block on the runtime.
 pub struct P2pPeers {
     pub shared: Arc<Shared>,
@@ -319,7 +319,7 @@ impl P2pPeers {
     }
 }
 
-impl crate::repair::Peers for P2pPeers {
+impl crate::execution::repair::Peers for P2pPeers {
     fn peers(&self) -> Vec<PublicKey> {
         self.shared.status().peers
     }
@@ -347,7 +347,7 @@ impl crate::repair::Peers for P2pPeers {
         let request = SyncRequest::SnapshotPage {
             height,
             after,
-            max_bytes: crate::snapshots::PAGE_BYTES_MAX as u32,
+            max_bytes: crate::execution::snapshots::PAGE_BYTES_MAX as u32,
         };
         match self.ask(peer, &request)? {
             SyncResponse::SnapshotPage { entries, done } => Ok((entries, done)),

@@ -14,7 +14,7 @@ use tally_genesis::Protocol;
 use tally_genesis::testnet::{NetworkInfo, TestnetOptions, generate};
 use tally_ledger::{Action, Transaction};
 
-use crate::client::{call, client};
+use crate::tools::client::{call, client};
 
 #[derive(Args, Debug, Clone)]
 pub struct DevnetArgs {

@@ -2,7 +2,7 @@
 //! transfer) strictly in height order. Each block with all its effects is one RocksDB write;
 //! then RPC waiters, subscribers, the mempool and the driver hear of it. After a block at a
 //! checkpoint height it takes a snapshot of the state (for peers that repair theirs), and
-//! when the core finds this node's state diverged it runs the repair (`crate::repair`):
+//! when the core finds this node's state diverged it runs the repair (`crate::execution::repair`):
 //! the executor owns the chain, so nothing else writes it meanwhile.
 //!
 //! Its command queue is bounded ([`COMMANDS_MAX`]): consensus never has more than a window
@@ -21,10 +21,10 @@ use tally_ledger::{CheckedTx, check_transactions_with};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::chain::Chain;
-use crate::repair::{self, Peers};
+use crate::execution::chain::Chain;
+use crate::execution::repair::{self, Peers};
+use crate::execution::snapshots::Snapshots;
 use crate::shared::Shared;
-use crate::snapshots::Snapshots;
 
 /// Commands queued for the executor: a window of commits and a few state-transfer pages.
 pub const COMMANDS_MAX: usize = 4096;
@@ -190,7 +190,7 @@ fn apply(
     cmd: ExecCommand,
     fetch: &BodyFetcher,
     parts: &ExecutorParts,
-) -> Result<Option<ExecReport>, crate::chain::ChainError> {
+) -> Result<Option<ExecReport>, crate::execution::chain::ChainError> {
     let started = Instant::now();
     let (height, raw, checked, certificate, committed_at, from_sync) = match cmd {
         ExecCommand::Commit {
@@ -268,7 +268,7 @@ fn apply(
         ExecCommand::Repair { .. } => return Ok(None),
     };
     let write_started = Instant::now();
-    let crate::chain::Applied { block, touched } =
+    let crate::execution::chain::Applied { block, touched } =
         chain.apply(height, raw, &checked, certificate, false)?;
     let m = &shared.metrics;
     m.storage_write_duration
