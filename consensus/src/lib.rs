@@ -6,6 +6,7 @@
 //! * [`sim`]: a deterministic simulator that runs whole clusters under faults, with
 //!   one checker per invariant.
 
+pub mod availability;
 pub mod batch;
 pub mod certificate;
 pub mod pbft;
@@ -14,6 +15,7 @@ pub mod signer;
 pub mod sim;
 pub mod types;
 
+pub use availability::{ATTEST_DOMAIN, BatchHeader, BatchProof, ProofError};
 pub use batch::{Batch, batch_digest};
 pub use certificate::{COMMIT_DOMAIN, CertificateError, CommitCertificate, commit_body};
 pub use protocol::{Event, Input, Millis, Output, Protocol};
