@@ -1,7 +1,7 @@
 //! Tally's storage: one [`Store`] trait, two backends.
 //!
 //! * [`RocksStore`]: RocksDB with column families `blocks`, `tx_index`, `state`, `consensus`,
-//!   `evidence` and `meta`. A block and all its effects land in one atomic `WriteBatch`
+//!   `evidence`, `batches` (data batches not yet in a block) and `meta`. A block and all its effects land in one atomic `WriteBatch`
 //!   ([`Store::commit_block`]); consensus records can be written synced
 //!   ([`Store::write_consensus`]); a repaired state replaces the old one in one write
 //!   ([`Store::install_state`]); [`Store::snapshot`] is a consistent view of the state to
@@ -151,6 +151,19 @@ pub trait Store: Send + Sync {
 
     /// Every piece of evidence, in key order.
     fn evidence_scan(&self) -> Result<Vec<Entry>, StorageError>;
+
+    /// Stores data batches (key: the batch's header digest; value: its encoding); with
+    /// `sync`, durable on return. A validator attests a batch only after it is durable here.
+    fn batches_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError>;
+
+    fn batch_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Removes stored batches (those now in blocks, or that can no longer be ordered).
+    /// Keys not present are ignored.
+    fn batches_delete(&self, keys: &[Vec<u8>]) -> Result<(), StorageError>;
+
+    /// Every stored batch, in key order (read once, at start-up).
+    fn batches_scan(&self) -> Result<Vec<Entry>, StorageError>;
 
     /// A consistent view of the state and the chain height as of now; later writes do not
     /// show in it.

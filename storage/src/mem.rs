@@ -17,6 +17,7 @@ struct Inner {
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     consensus: BTreeMap<Vec<u8>, Vec<u8>>,
     evidence: BTreeMap<Vec<u8>, Vec<u8>>,
+    batches: BTreeMap<Vec<u8>, Vec<u8>>,
     meta: HashMap<Vec<u8>, Vec<u8>>,
     bytes: u64,
 }
@@ -160,6 +161,35 @@ impl Store for MemStore {
         Ok(self
             .lock()
             .evidence
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn batches_put(&self, entries: &[Entry], _sync: bool) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for (k, v) in entries {
+            inner.batches.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+
+    fn batch_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().batches.get(key).cloned())
+    }
+
+    fn batches_delete(&self, keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for k in keys {
+            inner.batches.remove(k);
+        }
+        Ok(())
+    }
+
+    fn batches_scan(&self) -> Result<Vec<Entry>, StorageError> {
+        Ok(self
+            .lock()
+            .batches
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())

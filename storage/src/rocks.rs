@@ -20,13 +20,15 @@ const CF_STATE: &str = "state";
 const CF_CONSENSUS: &str = "consensus";
 const CF_META: &str = "meta";
 const CF_EVIDENCE: &str = "evidence";
-const COLUMN_FAMILIES: [&str; 6] = [
+const CF_BATCHES: &str = "batches";
+const COLUMN_FAMILIES: [&str; 7] = [
     CF_BLOCKS,
     CF_TX_INDEX,
     CF_STATE,
     CF_CONSENSUS,
     CF_META,
     CF_EVIDENCE,
+    CF_BATCHES,
 ];
 
 /// A [`Store`] on RocksDB.
@@ -246,6 +248,40 @@ impl Store for RocksStore {
         for item in self
             .db
             .iterator_cf(self.cf(CF_EVIDENCE), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn batches_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_BATCHES);
+        for (k, v) in entries {
+            batch.put_cf(cf, k, v);
+        }
+        self.write(batch, sync)
+    }
+
+    fn batch_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(CF_BATCHES, key)
+    }
+
+    fn batches_delete(&self, keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_BATCHES);
+        for k in keys {
+            batch.delete_cf(cf, k);
+        }
+        self.write(batch, false)
+    }
+
+    fn batches_scan(&self) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_BATCHES), IteratorMode::Start)
         {
             let (k, v) = item.map_err(db_err)?;
             out.push((k.into_vec(), v.into_vec()));

@@ -103,6 +103,32 @@ fn consensus_records(s: &dyn Store) {
     assert_eq!(s.latest_height().unwrap(), 0);
 }
 
+fn batches_stored_and_removed(s: &dyn Store) {
+    s.batches_put(
+        &[
+            (b"b2".to_vec(), b"second".to_vec()),
+            (b"b1".to_vec(), b"first".to_vec()),
+        ],
+        true,
+    )
+    .unwrap();
+    s.batches_put(&[(b"b3".to_vec(), b"third".to_vec())], false)
+        .unwrap();
+    assert_eq!(s.batch_get(b"b1").unwrap(), Some(b"first".to_vec()));
+    assert_eq!(s.batch_get(b"b9").unwrap(), None);
+    s.batches_delete(&[b"b2".to_vec(), b"b9".to_vec()]).unwrap();
+    assert_eq!(
+        s.batches_scan().unwrap(),
+        vec![
+            (b"b1".to_vec(), b"first".to_vec()),
+            (b"b3".to_vec(), b"third".to_vec())
+        ]
+    );
+    // Batches are not state, blocks or consensus records.
+    assert_eq!(s.state_get(b"b1").unwrap(), None);
+    assert_eq!(s.consensus_get(b"b1").unwrap(), None);
+}
+
 fn evidence_kept(s: &dyn Store) {
     s.evidence_put(b"b", b"two").unwrap();
     s.evidence_put(b"a", b"one").unwrap();
@@ -218,6 +244,11 @@ macro_rules! suite {
                 super::meta_outside_blocks(&s);
             }
             #[test]
+            fn batches_stored_and_removed() {
+                let (_guard, s) = $make;
+                super::batches_stored_and_removed(&s);
+            }
+            #[test]
             fn evidence_kept() {
                 let (_guard, s) = $make;
                 super::evidence_kept(&s);
@@ -249,8 +280,11 @@ fn rocks_survives_reopen() {
         s.write_consensus(&[(b"c".to_vec(), Some(vec![9]))], &[], true)
             .unwrap();
         s.evidence_put(b"e", b"proof").unwrap();
+        s.batches_put(&[(b"batch".to_vec(), b"body".to_vec())], true)
+            .unwrap();
     }
     let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.batch_get(b"batch").unwrap(), Some(b"body".to_vec()));
     assert_eq!(s.latest_height().unwrap(), 3);
     assert_eq!(s.block(2).unwrap().unwrap(), b"block 2");
     assert_eq!(s.consensus_get(b"c").unwrap(), Some(vec![9]));
