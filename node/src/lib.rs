@@ -1,5 +1,6 @@
 //! The Tally node. The daemon's modules follow the data path:
 //!
+//! * [`batches`]: data batches and their store (the batch data path, being built);
 //! * [`ingress`]: transactions in (JSON-RPC and gossip) — decode, signature check, mempool;
 //! * [`driver`]: the one event loop around the consensus core (verify, validate, persist, send);
 //! * [`execution`]: committed batches into blocks, RocksDB, block sync, state repair;
@@ -8,6 +9,7 @@
 //! [`tools`] holds the other subcommands of the `tally` binary (bench, devnet, the RPC client,
 //! sim); nothing in the daemon depends on them.
 
+pub mod batches;
 pub mod cli;
 pub mod daemon;
 pub mod driver;

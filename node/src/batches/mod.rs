@@ -1,0 +1,14 @@
+//! Data batches: what travels between validators instead of single transactions (issue 19,
+//! being built). A validator packs the transactions its clients sent it into a [`TxBatch`],
+//! streams it once to every other validator, and f + 1 validators attest it; consensus then
+//! orders the batch's header with its proof (`tally_consensus::availability`).
+//!
+//! * [`body`]: the batch's encoding and the checks a receiver applies before storing it;
+//! * [`store`]: the batches a validator holds until they are in a block, bounded per author
+//!   and kept in RocksDB across restarts.
+
+pub mod body;
+pub mod store;
+
+pub use body::{BatchError, TxBatch};
+pub use store::{BatchStore, Inserted, Quota, Refused};
