@@ -3,10 +3,13 @@
 //! streams it once to every other validator, and f + 1 validators attest it; consensus then
 //! orders the batch's header with its proof (`tally_consensus::availability`).
 //!
+//! * [`attest`]: who attests a batch, the check an attester applies, and turning f + 1
+//!   attestations into a proof;
 //! * [`body`]: the batch's encoding and the checks a receiver applies before storing it;
 //! * [`store`]: the batches a validator holds until they are in a block, bounded per author
 //!   and kept in RocksDB across restarts.
 
+pub mod attest;
 pub mod body;
 pub mod store;
 
