@@ -6,11 +6,14 @@
 //! * [`attest`]: who attests a batch, the check an attester applies, and turning f + 1
 //!   attestations into a proof;
 //! * [`body`]: the batch's encoding and the checks a receiver applies before storing it;
+//! * [`maker`]: cutting batches from admitted transactions, with batch numbers that survive
+//!   restarts;
 //! * [`store`]: the batches a validator holds until they are in a block, bounded per author
 //!   and kept in RocksDB across restarts.
 
 pub mod attest;
 pub mod body;
+pub mod maker;
 pub mod store;
 
 pub use body::{BatchError, TxBatch};
