@@ -376,6 +376,11 @@ pub async fn run(home: &Path) -> Result<()> {
                             p2p.respond(id, sync::serve(&shared, &snapshots, request));
                         });
                     }
+                    // The batch data path is being built (issue 19): no node sends on the batch
+                    // stream yet, and nothing here acts on what arrives there.
+                    P2pEvent::Batches { .. } => {
+                        Metrics::inc_reason(&shared.metrics.consensus_rejections, "batch_stream")
+                    }
                     P2pEvent::PeerConnected(k) => shared.update_status(|s| {
                         if !s.peers.contains(&k) {
                             s.peers.push(k);
@@ -499,6 +504,18 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
                 "out",
                 &stats.gossip_out_messages,
                 &stats.gossip_out_bytes,
+            ),
+            (
+                "batches",
+                "in",
+                &stats.batch_in_messages,
+                &stats.batch_in_bytes,
+            ),
+            (
+                "batches",
+                "out",
+                &stats.batch_out_messages,
+                &stats.batch_out_bytes,
             ),
             ("sync", "in", &stats.sync_in_messages, &stats.sync_in_bytes),
             (

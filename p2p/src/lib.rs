@@ -32,6 +32,13 @@ pub use swarm::spawn;
 pub const CONSENSUS_FRAME_MAX: usize = 64 * 1024 * 1024;
 pub const SYNC_FRAME_MAX: usize = 64 * 1024 * 1024;
 pub const GOSSIP_MESSAGE_MAX: usize = 4 * 1024 * 1024;
+/// The largest frame on the batch stream: a data batch of 4 MiB of transactions with its
+/// length prefixes and header, with room to spare.
+pub const BATCH_FRAME_MAX: usize = 6 * 1024 * 1024;
+/// Frames queued per peer on the batch stream. Batch frames are large (up to
+/// [`BATCH_FRAME_MAX`]), so fewer are queued than on the consensus stream; beyond it new
+/// ones are dropped (and counted), and the author asks again.
+pub const BATCH_INFLIGHT_PER_PEER_MAX: usize = 256;
 /// Outbound requests in flight per peer (sync), and consensus messages queued per
 /// connection; beyond it new ones are dropped.
 pub const INFLIGHT_PER_PEER_MAX: usize = 4096;
@@ -54,6 +61,12 @@ pub struct P2pConfig {
 pub enum P2pEvent {
     /// A consensus message from a validator (not yet verified).
     Consensus {
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
+    /// A frame on the batch stream from a validator (a data batch, an attestation, a
+    /// request for a batch: the node decodes and checks it).
+    Batches {
         from: PublicKey,
         bytes: Vec<u8>,
     },
@@ -102,6 +115,10 @@ pub struct P2pStats {
     pub consensus_in_bytes: AtomicU64,
     pub consensus_out_messages: AtomicU64,
     pub consensus_out_bytes: AtomicU64,
+    pub batch_in_messages: AtomicU64,
+    pub batch_in_bytes: AtomicU64,
+    pub batch_out_messages: AtomicU64,
+    pub batch_out_bytes: AtomicU64,
     pub gossip_in_messages: AtomicU64,
     pub gossip_in_bytes: AtomicU64,
     pub gossip_out_messages: AtomicU64,
@@ -129,6 +146,13 @@ pub(crate) enum Command {
         bytes: Vec<u8>,
     },
     Broadcast {
+        bytes: Vec<u8>,
+    },
+    SendBatches {
+        to: PublicKey,
+        bytes: Vec<u8>,
+    },
+    BroadcastBatches {
         bytes: Vec<u8>,
     },
     Publish {
@@ -182,6 +206,18 @@ impl P2pHandle {
     /// Sends a consensus message to every other validator.
     pub fn broadcast(&self, bytes: Vec<u8>) {
         self.command(Command::Broadcast { bytes });
+    }
+
+    /// Sends a frame on the batch stream to one validator (dropped, and counted, when its
+    /// queue is full). The batch stream is separate from the consensus stream, so large
+    /// batches never hold up votes.
+    pub fn send_batches(&self, to: PublicKey, bytes: Vec<u8>) {
+        self.command(Command::SendBatches { to, bytes });
+    }
+
+    /// Sends a frame on the batch stream to every other validator.
+    pub fn broadcast_batches(&self, bytes: Vec<u8>) {
+        self.command(Command::BroadcastBatches { bytes });
     }
 
     /// Gossips a transaction bundle.

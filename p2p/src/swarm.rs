@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::codec::FrameCodec;
 use crate::{
-    CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE, GOSSIP_MESSAGE_MAX, GossipId, INFLIGHT_PER_PEER_MAX,
-    P2pConfig, P2pError, P2pEvent, P2pHandle, P2pStats, SYNC_FRAME_MAX, multiaddr, peer_id,
+    BATCH_FRAME_MAX, BATCH_INFLIGHT_PER_PEER_MAX, CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE,
+    GOSSIP_MESSAGE_MAX, GossipId, INFLIGHT_PER_PEER_MAX, P2pConfig, P2pError, P2pEvent, P2pHandle,
+    P2pStats, SYNC_FRAME_MAX, multiaddr, peer_id,
 };
 
 #[derive(NetworkBehaviour)]
@@ -30,6 +31,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     gossip: gossipsub::Behaviour,
     consensus: crate::pipe::Behaviour,
+    batches: crate::pipe::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
 }
 
@@ -78,6 +80,8 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
     let genesis = config.genesis_hash.to_hex();
     let tag = &genesis[..16];
     let consensus_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/consensus/2"))
+        .map_err(|e| P2pError::Libp2p(e.to_string()))?;
+    let batches_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/batches/1"))
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
     let sync_protocol = StreamProtocol::try_from_owned(format!("/tally/{tag}/sync/1"))
         .map_err(|e| P2pError::Libp2p(e.to_string()))?;
@@ -170,6 +174,11 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                     consensus_protocol,
                     CONSENSUS_FRAME_MAX,
                     INFLIGHT_PER_PEER_MAX,
+                ),
+                batches: crate::pipe::Behaviour::new(
+                    batches_protocol,
+                    BATCH_FRAME_MAX,
+                    BATCH_INFLIGHT_PER_PEER_MAX,
                 ),
                 sync: request_response::Behaviour::with_codec(
                     FrameCodec {
@@ -318,6 +327,22 @@ impl Task {
                     self.send_consensus(id, bytes.clone());
                 }
             }
+            Command::SendBatches { to, bytes } => {
+                if let Ok(id) = peer_id(&to) {
+                    self.send_batches(id, bytes);
+                }
+            }
+            Command::BroadcastBatches { bytes } => {
+                let targets: Vec<PeerId> = self
+                    .validators
+                    .iter()
+                    .filter(|id| **id != self.me)
+                    .copied()
+                    .collect();
+                for id in targets {
+                    self.send_batches(id, bytes.clone());
+                }
+            }
             Command::Publish { bytes } => {
                 let len = bytes.len() as u64;
                 let topic = self.topic.clone();
@@ -420,6 +445,16 @@ impl Task {
         P2pStats::add(&self.stats.consensus_out_messages, 1);
         P2pStats::add(&self.stats.consensus_out_bytes, bytes.len() as u64);
         self.swarm.behaviour_mut().consensus.send(id, bytes);
+    }
+
+    fn send_batches(&mut self, id: PeerId, bytes: Vec<u8>) {
+        if !self.peers.get(&id).is_some_and(|p| p.connected) {
+            P2pStats::add(&self.stats.dropped_outbound, 1);
+            return;
+        }
+        P2pStats::add(&self.stats.batch_out_messages, 1);
+        P2pStats::add(&self.stats.batch_out_bytes, bytes.len() as u64);
+        self.swarm.behaviour_mut().batches.send(id, bytes);
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -530,6 +565,19 @@ impl Task {
                 }
             }
             BehaviourEvent::Consensus(crate::pipe::Event::Dropped { count }) => {
+                P2pStats::add(&self.stats.dropped_outbound, count);
+            }
+            BehaviourEvent::Batches(crate::pipe::Event::Frame { peer, bytes }) => {
+                P2pStats::add(&self.stats.batch_in_messages, 1);
+                P2pStats::add(&self.stats.batch_in_bytes, bytes.len() as u64);
+                // Only validators make, hold and attest batches.
+                if self.validators.contains(&peer)
+                    && let Some(from) = self.key_of(&peer)
+                {
+                    self.emit(P2pEvent::Batches { from, bytes });
+                }
+            }
+            BehaviourEvent::Batches(crate::pipe::Event::Dropped { count }) => {
                 P2pStats::add(&self.stats.dropped_outbound, count);
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {

@@ -264,3 +264,61 @@ async fn rejected_gossip_costs_the_sender_its_score() {
     .await;
     assert!(late.is_none(), "a graylisted peer's gossip was delivered");
 }
+
+/// Batches travel on their own stream: a frame of several MiB arrives whole, beside
+/// consensus messages, only as a `Batches` event, and a broadcast reaches every validator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_travel_on_their_own_stream() {
+    let genesis = Digest::of(b"batch stream test genesis");
+    let (a, b, c) = (key(11), key(12), key(13));
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let validators = [
+        (a.public_key(), pa),
+        (b.public_key(), pb),
+        (c.public_key(), pc),
+    ];
+    let na = start(&a, pa, genesis, &validators, &[]);
+    let mut nb = start(&b, pb, genesis, &validators, &[]);
+    let mut nc = start(&c, pc, genesis, &validators, &[]);
+    assert!(connected(&mut nb, na.key, WAIT).await, "B sees A");
+    assert!(connected(&mut nc, na.key, WAIT).await, "C sees A");
+
+    let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    na.handle.send_batches(nb.key, big.clone());
+    na.handle.send(nb.key, b"a vote".to_vec());
+    let (mut got_batch, mut got_vote) = (None, false);
+    let deadline = Instant::now() + WAIT;
+    while (got_batch.is_none() || !got_vote) && Instant::now() < deadline {
+        match timeout(WAIT, nb.events.recv()).await {
+            Ok(Some(P2pEvent::Batches { from, bytes })) => {
+                assert_eq!(from, na.key);
+                got_batch = Some(bytes);
+            }
+            Ok(Some(P2pEvent::Consensus { bytes, .. })) => {
+                assert_eq!(bytes, b"a vote");
+                got_vote = true;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(got_vote, "the consensus message arrived");
+    assert_eq!(got_batch.expect("the batch frame arrived"), big);
+
+    na.handle.broadcast_batches(b"to everyone".to_vec());
+    for node in [&mut nb, &mut nc] {
+        let got = wait_for(node, WAIT, |e| match e {
+            P2pEvent::Batches { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got.as_deref(), Some(&b"to everyone"[..]));
+    }
+    assert!(
+        na.handle
+            .stats
+            .batch_out_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= big.len() as u64 + 22
+    );
+}
