@@ -3,8 +3,8 @@
 //! streams it once to every other validator, and f + 1 validators attest it; consensus then
 //! orders the batch's header with its proof (`tally_consensus::availability`).
 //!
-//! * [`attest`]: who attests a batch, the check an attester applies, and turning f + 1
-//!   attestations into a proof;
+//! * [`attest`]: the check an attester applies (who attests, and when, is decided by
+//!   `tally_consensus::availability::Disseminator`);
 //! * [`body`]: the batch's encoding and the checks a receiver applies before storing it;
 //! * [`maker`]: cutting batches from admitted transactions, with batch numbers that survive
 //!   restarts;

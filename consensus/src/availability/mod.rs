@@ -13,6 +13,13 @@
 
 use std::collections::HashSet;
 
+mod dissemination;
+
+pub use dissemination::{
+    AttestationError, Disseminator, DisseminatorInput, DisseminatorOutput, Frame, ask_order,
+    designated,
+};
+
 use borsh::{BorshDeserialize, BorshSerialize};
 use tally_crypto::{ChainId, CryptoError, Digest, Domain, Signature, SignatureCheck, Verifiable};
 
