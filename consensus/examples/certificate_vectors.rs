@@ -1,5 +1,5 @@
 //! Prints the certificate and evidence vectors of `docs/transactions.md` (the test suite
-//! checks the page against the code): `cargo run -p tally-consensus --example vectors`.
+//! checks the page against the code): `cargo run -p tally-consensus --example certificate_vectors`.
 
 use tally_consensus::pbft::messages::SignedBody;
 use tally_consensus::pbft::{Evidence, Prepare, Signed, Statement};
