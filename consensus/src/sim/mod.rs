@@ -28,6 +28,7 @@
 
 pub mod byzantine;
 pub mod checkers;
+pub mod dissemination;
 mod driver;
 mod network;
 pub mod rng;
