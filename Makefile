@@ -30,7 +30,8 @@ lint: deps
 
 ## make test: every test: formatting, lints, unit and property tests, the storage suite on both
 ## backends, the kill-during-commit test, CLI tests, doc tests, the vectors in Python, and
-## SIM_SEEDS (default 1000) simulated PBFT runs (every adversary) with the negative control.
+## SIM_SEEDS (default 1000) simulated PBFT runs (every adversary) with the negative control, and
+## SIM_DISSEMINATION_SEEDS (default 200 per configuration) simulated batch-dissemination runs.
 test: lint
 	cargo nextest run --workspace --no-fail-fast
 	cargo test --workspace --doc
