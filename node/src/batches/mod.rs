@@ -9,12 +9,14 @@
 //! * [`maker`]: cutting batches from admitted transactions, with batch numbers that survive
 //!   restarts;
 //! * [`store`]: the batches a validator holds until they are in a block, bounded per author
-//!   and kept in RocksDB across restarts.
+//!   and kept in RocksDB across restarts;
+//! * [`wire`]: the frames of the batch stream, checked before anything acts on them.
 
 pub mod attest;
 pub mod body;
 pub mod maker;
 pub mod store;
+pub mod wire;
 
 pub use body::{BatchError, TxBatch};
 pub use store::{BatchStore, Inserted, Quota, Refused};

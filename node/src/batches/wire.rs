@@ -1,0 +1,172 @@
+//! Frames on the batch stream (borsh-encoded; one frame per p2p message).
+//!
+//! `tag u8 ‖ …`: 0 `Batch { attest bool, body }` (a batch from its author; `body` is
+//! [`TxBatch::encode`]), 1 `Attestation { header, signature }`, 2 `Fetch { digests }` (the
+//! bodies of proven batches this node lacks; at most [`FETCH_MAX`]), 3 `Fetched { body }` (an
+//! answer to `Fetch`, from any holder). Every frame is checked before anything acts on it:
+//! sizes first, then the body against its header ([`TxBatch::decode`]).
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use tally_consensus::{BatchHeader, ValidatorSet};
+use tally_crypto::{Digest, Signature};
+
+use super::body::{BatchError, TxBatch};
+
+/// Batch digests one `Fetch` may ask for.
+pub const FETCH_MAX: usize = 64;
+
+#[derive(BorshSerialize, BorshDeserialize, Debug, Clone, PartialEq, Eq)]
+enum Wire {
+    Batch {
+        attest: bool,
+        body: Vec<u8>,
+    },
+    Attestation {
+        header: BatchHeader,
+        signature: Signature,
+    },
+    Fetch {
+        digests: Vec<Digest>,
+    },
+    Fetched {
+        body: Vec<u8>,
+    },
+}
+
+/// A checked frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchFrame {
+    Batch {
+        attest: bool,
+        batch: TxBatch,
+    },
+    Attestation {
+        header: BatchHeader,
+        signature: Signature,
+    },
+    Fetch {
+        digests: Vec<Digest>,
+    },
+    Fetched {
+        batch: TxBatch,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("batch frame is malformed")]
+    Malformed,
+    #[error("fetch asks for {0} batches; at most {FETCH_MAX}")]
+    TooManyDigests(usize),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl BatchFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = match self {
+            BatchFrame::Batch { attest, batch } => Wire::Batch {
+                attest: *attest,
+                body: batch.encode(),
+            },
+            BatchFrame::Attestation { header, signature } => Wire::Attestation {
+                header: *header,
+                signature: *signature,
+            },
+            BatchFrame::Fetch { digests } => Wire::Fetch {
+                digests: digests.clone(),
+            },
+            BatchFrame::Fetched { batch } => Wire::Fetched {
+                body: batch.encode(),
+            },
+        };
+        borsh::to_vec(&wire).expect("encoding to memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8], validators: &ValidatorSet) -> Result<BatchFrame, FrameError> {
+        let wire: Wire = borsh::from_slice(bytes).map_err(|_| FrameError::Malformed)?;
+        Ok(match wire {
+            Wire::Batch { attest, body } => BatchFrame::Batch {
+                attest,
+                batch: TxBatch::decode(&body, validators)?,
+            },
+            Wire::Attestation { header, signature } => {
+                BatchFrame::Attestation { header, signature }
+            }
+            Wire::Fetch { digests } => {
+                if digests.len() > FETCH_MAX {
+                    return Err(FrameError::TooManyDigests(digests.len()));
+                }
+                BatchFrame::Fetch { digests }
+            }
+            Wire::Fetched { body } => BatchFrame::Fetched {
+                batch: TxBatch::decode(&body, validators)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_consensus::ValidatorId;
+    use tally_crypto::SecretKey;
+
+    fn validators() -> ValidatorSet {
+        let keys: Vec<_> = (1..=4u8)
+            .map(|i| SecretKey::from_seed(&[i; 32]).public_key())
+            .collect();
+        ValidatorSet::new(&keys).unwrap()
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let set = validators();
+        let batch = TxBatch::new(ValidatorId(3), 9, vec![vec![5; 300], vec![6; 200]]);
+        for frame in [
+            BatchFrame::Batch {
+                attest: true,
+                batch: batch.clone(),
+            },
+            BatchFrame::Attestation {
+                header: *batch.header(),
+                signature: Signature([7; 64]),
+            },
+            BatchFrame::Fetch {
+                digests: vec![batch.digest(); 3],
+            },
+            BatchFrame::Fetched { batch },
+        ] {
+            assert_eq!(BatchFrame::decode(&frame.encode(), &set), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_their_reason() {
+        let set = validators();
+        assert_eq!(BatchFrame::decode(&[9], &set), Err(FrameError::Malformed));
+        assert_eq!(BatchFrame::decode(&[], &set), Err(FrameError::Malformed));
+        let many = BatchFrame::Fetch {
+            digests: vec![Digest([0; 32]); FETCH_MAX + 1],
+        };
+        assert_eq!(
+            BatchFrame::decode(&many.encode(), &set),
+            Err(FrameError::TooManyDigests(FETCH_MAX + 1))
+        );
+        // A body whose header lies.
+        let lying = borsh::to_vec(&Wire::Batch {
+            attest: false,
+            body: {
+                let mut b = TxBatch::new(ValidatorId(1), 0, vec![vec![1; 200]]).encode();
+                let last = b.len() - 1;
+                b[last] ^= 1;
+                b
+            },
+        })
+        .unwrap();
+        assert!(matches!(
+            BatchFrame::decode(&lying, &set),
+            Err(FrameError::Batch(BatchError::HeaderMismatch { .. }))
+        ));
+    }
+}
