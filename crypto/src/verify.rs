@@ -33,13 +33,23 @@ pub trait Verifiable {
 }
 
 /// A value all of whose signatures were checked. Only [`verify`] and [`verify_batch`] build
-/// one; there is no other constructor.
+/// one, and [`Verified::vouched`] from another verified value that covers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified<T>(T);
 
 impl<T> Verified<T> {
     pub fn into_inner(self) -> T {
         self.0
+    }
+
+    /// A value whose signatures others checked: `by` is a verified statement of signers
+    /// that say so (a batch proof: f + 1 validators attest that every transaction of the
+    /// batch is validly signed). The caller must have checked that `by` covers `value` — the
+    /// value hashes into what `by` signs — which is why this takes the statement itself and
+    /// is the only other constructor.
+    pub fn vouched<A>(value: T, by: &Verified<A>) -> Verified<T> {
+        let _ = by;
+        Verified(value)
     }
 
     /// Maps the verified value to a part of it. Only for projections (`|m| m.field`): the

@@ -29,6 +29,10 @@ pub(crate) fn canonical(g: &Genesis) -> Vec<u8> {
     // 0 encodes "the default majority".
     out.extend_from_slice(&p.paxos_q1.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&p.paxos_q2.unwrap_or(0).to_le_bytes());
+    out.push(match p.payload {
+        crate::Payload::Transactions => 0,
+        crate::Payload::Batches => 1,
+    });
     out.extend_from_slice(&(g.validators.len() as u32).to_le_bytes());
     for v in &g.validators {
         bytes8(&mut out, v.name.as_bytes());

@@ -155,6 +155,43 @@ pub struct ConsensusParams {
     /// Multi-Paxos: phase-2 quorum size; default a majority. Q1 + Q2 must exceed n.
     #[serde(default)]
     pub paxos_q2: Option<u32>,
+    /// What consensus orders: transaction hashes, or proofs of data batches.
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+/// What the validators order (`docs/architecture.md`, "Data path").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// Transactions travel one by one (gossip); a proposal names each by its hash.
+    #[default]
+    Transactions,
+    /// Transactions travel in data batches streamed once by the validator that admitted
+    /// them; f + 1 validators attest each batch, and a proposal names batch headers.
+    Batches,
+}
+
+impl Payload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Payload::Transactions => "transactions",
+            Payload::Batches => "batches",
+        }
+    }
+}
+
+impl std::str::FromStr for Payload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transactions" => Ok(Payload::Transactions),
+            "batches" => Ok(Payload::Batches),
+            other => Err(format!(
+                "unknown payload {other:?} (expected transactions or batches)"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +242,7 @@ impl ConsensusParams {
             heartbeat_ms: defaults::heartbeat_ms(),
             paxos_q1: None,
             paxos_q2: None,
+            payload: Payload::default(),
         }
     }
 

@@ -125,6 +125,9 @@ pub struct TestnetArgs {
     pub checkpoint_interval: Option<u64>,
     #[arg(long)]
     pub watermark_window: Option<u64>,
+    /// What consensus orders: `transactions` or `batches` (docs/genesis.md).
+    #[arg(long)]
+    pub payload: Option<tally_genesis::Payload>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +281,9 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if let Some(v) = a.watermark_window {
                 params.watermark_window = v;
+            }
+            if let Some(v) = a.payload {
+                params.payload = v;
             }
             opts.params = Some(params);
             let info = generate(&opts)?;

@@ -98,10 +98,15 @@ pub async fn run(home: &Path) -> Result<()> {
         params.watermark_window,
         params.view_change_timeout_ms,
     );
-    // A batch names at most one transaction per smallest transaction in its byte budget.
-    pbft_config.batch_txs_max =
+    let with_batches = params.payload == tally_genesis::Payload::Batches;
+    // A proposal names at most one transaction per smallest transaction in its byte budget,
+    // or (data batches) a bounded number of batch proofs.
+    pbft_config.batch_txs_max = if with_batches {
+        crate::driver::PROPOSAL_PROOFS_MAX
+    } else {
         ((params.batch_bytes_max as usize).div_ceil(tally_ledger::TX_BYTES_MIN) + 1)
-            .min(tally_consensus::batch::BATCH_TXS_MAX);
+            .min(tally_consensus::batch::BATCH_TXS_MAX)
+    };
     let core = Pbft::new(
         pbft_config,
         validators.clone(),
@@ -171,29 +176,56 @@ pub async fn run(home: &Path) -> Result<()> {
     let (executed_tx, executed_rx) = mpsc::unbounded_channel();
     let (sync_tx, sync_rx) = mpsc::channel(sync::COMMANDS_MAX);
     let snapshots = Snapshots::spawn(store.clone());
-    let admission = Admission::new(shared.clone(), p2p.clone());
+    let batch_path = if with_batches {
+        let rule = crate::batches::maker::CutRule {
+            max_txs: crate::batches::maker::CutRule::default().max_txs,
+            max_bytes: (params.batch_bytes_max as usize)
+                .min(tally_consensus::availability::BATCH_BYTES_MAX as usize),
+            max_delay_ms: params.batch_delay_ms,
+        };
+        Some(crate::batches::service::spawn(
+            shared.clone(),
+            p2p.clone(),
+            key.clone(),
+            rule,
+            driver_tx.clone(),
+        )?)
+    } else {
+        None
+    };
+    let admission = Admission::new(shared.clone(), p2p.clone(), batch_path.clone());
     let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
     // Long-running tasks with timers: stopped before the runtime is dropped (a timer polled
     // while the runtime shuts down panics).
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    // Stashed gossip enters the pool when there is room again.
-    let a = admission.clone();
-    tasks.push(every(Duration::from_millis(20), move || {
-        let a = a.clone();
-        async move { while a.promote_stashed(1024).await > 0 {} }
-    }));
-    // As primary, pull peers' pending transactions when the pool runs low.
-    let a = admission.clone();
-    tasks.push(every(Duration::from_millis(200), move || {
-        let a = a.clone();
-        async move {
-            a.pull_pending().await;
-        }
-    }));
+    // Transactions travel one by one only without data batches: then stashed gossip enters
+    // the pool when there is room again, and a primary pulls peers' pending transactions
+    // when its pool runs low. (With data batches a transaction stays with the validator
+    // that admitted it until it is in one of that validator's batches.)
+    if !with_batches {
+        let a = admission.clone();
+        tasks.push(every(Duration::from_millis(20), move || {
+            let a = a.clone();
+            async move { while a.promote_stashed(1024).await > 0 {} }
+        }));
+        let a = admission.clone();
+        tasks.push(every(Duration::from_millis(200), move || {
+            let a = a.clone();
+            async move {
+                a.pull_pending().await;
+            }
+        }));
+    }
 
     // Transaction bodies a proposal names but this node lacks: fetched once at a time.
     let inflight: Arc<Mutex<crate::FastSet<Digest>>> = Arc::default();
-    let fetch_for_driver = {
+    let fetch_for_driver: crate::driver::BodyFetch = if let Some(path) = batch_path.clone() {
+        // Proofs a proposal names but this node lacks: asked of the primary (the service
+        // tells the driver when proofs arrive).
+        Arc::new(move |digests: Vec<Digest>, from: Option<ValidatorId>| {
+            path.submit(crate::batches::service::ServiceInput::FetchProofs { digests, from });
+        })
+    } else {
         let (shared, p2p, driver_tx) = (shared.clone(), p2p.clone(), driver_tx.clone());
         Arc::new(move |hashes: Vec<Digest>, from: Option<ValidatorId>| {
             let fresh: Vec<Digest> = {
@@ -279,6 +311,8 @@ pub async fn run(home: &Path) -> Result<()> {
                 p2p: p2p.clone(),
                 runtime: tokio::runtime::Handle::current(),
             }),
+            batches: batch_path.clone(),
+            runtime: tokio::runtime::Handle::current(),
         },
     );
 
@@ -293,6 +327,7 @@ pub async fn run(home: &Path) -> Result<()> {
         params.batch_bytes_max as usize,
         Duration::from_millis(params.batch_delay_ms),
         Duration::from_millis(params.view_change_timeout_ms * 2),
+        batch_path.clone(),
     );
     tasks.push(tokio::spawn(driver.run(driver_rx, executed_rx)));
     tasks.push(tokio::spawn(sync::run(
@@ -306,6 +341,7 @@ pub async fn run(home: &Path) -> Result<()> {
     {
         let (shared, p2p, admission) = (shared.clone(), p2p.clone(), admission.clone());
         let driver_tx = driver_tx.clone();
+        let batch_path = batch_path.clone();
         let gossip_slots = Arc::new(tokio::sync::Semaphore::new(GOSSIP_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(event) = p2p_events.recv().await {
@@ -376,11 +412,28 @@ pub async fn run(home: &Path) -> Result<()> {
                             p2p.respond(id, sync::serve(&shared, &snapshots, request));
                         });
                     }
-                    // The batch data path is being built (issue 19): no node sends on the batch
-                    // stream yet, and nothing here acts on what arrives there.
-                    P2pEvent::Batches { .. } => {
-                        Metrics::inc_reason(&shared.metrics.consensus_rejections, "batch_stream")
-                    }
+                    // Frames of the batch stream go to the batch task, which checks them
+                    // before anything acts on them. Without data batches nobody should send
+                    // any: counted and dropped.
+                    P2pEvent::Batches { from, bytes } => match &batch_path {
+                        Some(path) => {
+                            let input =
+                                crate::batches::service::ServiceInput::Frame { from, bytes };
+                            if !path.submit(input) {
+                                shared
+                                    .metrics
+                                    .p2p_dropped
+                                    .get_or_create(&DirectionLabels {
+                                        direction: "in".into(),
+                                    })
+                                    .inc();
+                            }
+                        }
+                        None => Metrics::inc_reason(
+                            &shared.metrics.consensus_rejections,
+                            "batch_stream",
+                        ),
+                    },
                     P2pEvent::PeerConnected(k) => shared.update_status(|s| {
                         if !s.peers.contains(&k) {
                             s.peers.push(k);

@@ -81,6 +81,10 @@ fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
     error(jsonrpsee::types::error::INVALID_PARAMS_CODE, message, None)
 }
 
+/// The retry hint given with `overloaded` when the node's batches wait for attestations:
+/// about the time the other validators take to attest a few batches.
+const UNPROVEN_RETRY_MS: u64 = 200;
+
 pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
     let reason = json!({ "reason": e.reason() });
     let code = match e {
@@ -107,6 +111,13 @@ pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
         SubmitError::Admit(AdmitError::NonceTooFar { .. }) => codes::NONCE_TOO_FAR,
         SubmitError::Admit(AdmitError::NonceTaken { .. }) => codes::NONCE_TAKEN,
         SubmitError::Overloaded => codes::OVERLOADED,
+        SubmitError::Unproven { .. } => {
+            return error(
+                codes::OVERLOADED,
+                e.to_string(),
+                Some(json!({ "reason": e.reason(), "retry_after_ms": UNPROVEN_RETRY_MS })),
+            );
+        }
     };
     error(code, e.to_string(), Some(reason))
 }
@@ -257,6 +268,23 @@ pub fn block_json(
         "results": results,
         "certificate": certificate,
     });
+    if !b.batches.is_empty() {
+        json["batches"] = b
+            .batches
+            .iter()
+            .map(|x| {
+                json!({
+                    "author": x.header.author.0,
+                    "index": x.header.index,
+                    "tx_count": x.header.tx_count,
+                    "bytes": x.header.bytes,
+                    "tx_digest": x.header.tx_digest.to_hex(),
+                    "executed": x.executed,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
     if include_txs {
         json["txs"] = b
             .txs

@@ -171,6 +171,11 @@ impl Disseminator {
         self.own.len()
     }
 
+    /// The number of this node's oldest batch still waiting for its proof.
+    pub fn lowest_unproven(&self) -> Option<u64> {
+        self.own.keys().next().copied()
+    }
+
     /// Everything this state machine holds, in entries (for the memory bound:
     /// unproven own batches × n + per author at most `window` numbers).
     pub fn footprint(&self) -> usize {

@@ -62,6 +62,20 @@ impl BatchHeader {
         out
     }
 
+    /// The inverse of [`BatchHeader::encode`] (`None` unless exactly 50 bytes).
+    pub fn decode(bytes: &[u8]) -> Option<BatchHeader> {
+        if bytes.len() != 50 {
+            return None;
+        }
+        Some(BatchHeader {
+            author: ValidatorId(u16::from_le_bytes(bytes[..2].try_into().ok()?)),
+            index: u64::from_le_bytes(bytes[2..10].try_into().ok()?),
+            tx_count: u32::from_le_bytes(bytes[10..14].try_into().ok()?),
+            bytes: u32::from_le_bytes(bytes[14..18].try_into().ok()?),
+            tx_digest: Digest(bytes[18..].try_into().ok()?),
+        })
+    }
+
     /// SHA-256 of [`BatchHeader::encode`]: the name of the batch in proposals and requests.
     pub fn digest(&self) -> Digest {
         Digest::of(&self.encode())

@@ -107,6 +107,14 @@ impl BatchMaker {
         }
     }
 
+    /// Makes a batch of `txs` now (cut by the caller, e.g. from the mempool in nonce order),
+    /// numbered like every other.
+    pub fn number(&mut self, txs: Vec<Vec<u8>>) -> Cut {
+        debug_assert!(self.txs.is_empty(), "use either push/tick or number");
+        self.txs = txs;
+        self.cut().expect("a batch of at least one transaction")
+    }
+
     /// Transactions waiting for the next cut.
     pub fn waiting(&self) -> usize {
         self.txs.len()

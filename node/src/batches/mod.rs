@@ -15,6 +15,8 @@
 pub mod attest;
 pub mod body;
 pub mod maker;
+pub mod pool;
+pub mod service;
 pub mod store;
 pub mod wire;
 

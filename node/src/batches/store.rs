@@ -211,6 +211,20 @@ impl BatchStore {
         self.store.batches_delete(&keys)
     }
 
+    /// The headers of `author`'s batches held, in number order.
+    pub fn own_headers(&self, author: ValidatorId) -> Vec<tally_consensus::BatchHeader> {
+        self.authors
+            .get(author.0 as usize)
+            .map(|a| {
+                a.by_index
+                    .values()
+                    .filter_map(|d| self.batches.get(d))
+                    .map(|b| *b.header())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `(batches, bytes)` held for `author`.
     pub fn usage(&self, author: ValidatorId) -> (usize, usize) {
         self.authors

@@ -3,11 +3,14 @@
 //! `tag u8 ‖ …`: 0 `Batch { attest bool, body }` (a batch from its author; `body` is
 //! [`TxBatch::encode`]), 1 `Attestation { header, signature }`, 2 `Fetch { digests }` (the
 //! bodies of proven batches this node lacks; at most [`FETCH_MAX`]), 3 `Fetched { body }` (an
-//! answer to `Fetch`, from any holder). Every frame is checked before anything acts on it:
+//! answer to `Fetch`, from any holder), 4 `Proofs { proofs }` (batch proofs: an author's
+//! newly proven batches, or an answer to a request; at most [`FETCH_MAX`]), 5 `ProofRequest {
+//! digests }` (the proofs of batch headers a proposal names that this node lacks; at most
+//! [`FETCH_MAX`]). Every frame is checked before anything acts on it:
 //! sizes first, then the body against its header ([`TxBatch::decode`]).
 
 use borsh::{BorshDeserialize, BorshSerialize};
-use tally_consensus::{BatchHeader, ValidatorSet};
+use tally_consensus::{BatchHeader, BatchProof, ValidatorSet};
 use tally_crypto::{Digest, Signature};
 
 use super::body::{BatchError, TxBatch};
@@ -31,6 +34,12 @@ enum Wire {
     Fetched {
         body: Vec<u8>,
     },
+    Proofs {
+        proofs: Vec<BatchProof>,
+    },
+    ProofRequest {
+        digests: Vec<Digest>,
+    },
 }
 
 /// A checked frame.
@@ -50,19 +59,45 @@ pub enum BatchFrame {
     Fetched {
         batch: TxBatch,
     },
+    /// Proofs whose structure was checked (not yet their signatures).
+    Proofs {
+        proofs: Vec<BatchProof>,
+    },
+    ProofRequest {
+        digests: Vec<Digest>,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("batch frame is malformed")]
     Malformed,
-    #[error("fetch asks for {0} batches; at most {FETCH_MAX}")]
+    #[error("frame names {0} batches; at most {FETCH_MAX}")]
     TooManyDigests(usize),
+    #[error(transparent)]
+    Proof(#[from] tally_consensus::ProofError),
     #[error(transparent)]
     Batch(#[from] BatchError),
 }
 
 impl BatchFrame {
+    /// The encoding of `Batch { attest, batch }` without copying the body first.
+    pub fn encode_batch(attest: bool, batch: &TxBatch) -> Vec<u8> {
+        borsh::to_vec(&Wire::Batch {
+            attest,
+            body: batch.encode(),
+        })
+        .expect("encoding to memory cannot fail")
+    }
+
+    /// The encoding of `Fetched { batch }` without copying the body first.
+    pub fn encode_fetched(batch: &TxBatch) -> Vec<u8> {
+        borsh::to_vec(&Wire::Fetched {
+            body: batch.encode(),
+        })
+        .expect("encoding to memory cannot fail")
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let wire = match self {
             BatchFrame::Batch { attest, batch } => Wire::Batch {
@@ -78,6 +113,12 @@ impl BatchFrame {
             },
             BatchFrame::Fetched { batch } => Wire::Fetched {
                 body: batch.encode(),
+            },
+            BatchFrame::Proofs { proofs } => Wire::Proofs {
+                proofs: proofs.clone(),
+            },
+            BatchFrame::ProofRequest { digests } => Wire::ProofRequest {
+                digests: digests.clone(),
             },
         };
         borsh::to_vec(&wire).expect("encoding to memory cannot fail")
@@ -102,6 +143,21 @@ impl BatchFrame {
             Wire::Fetched { body } => BatchFrame::Fetched {
                 batch: TxBatch::decode(&body, validators)?,
             },
+            Wire::Proofs { proofs } => {
+                if proofs.len() > FETCH_MAX {
+                    return Err(FrameError::TooManyDigests(proofs.len()));
+                }
+                for p in &proofs {
+                    p.check_structure(validators)?;
+                }
+                BatchFrame::Proofs { proofs }
+            }
+            Wire::ProofRequest { digests } => {
+                if digests.len() > FETCH_MAX {
+                    return Err(FrameError::TooManyDigests(digests.len()));
+                }
+                BatchFrame::ProofRequest { digests }
+            }
         })
     }
 }
@@ -135,6 +191,18 @@ mod tests {
             BatchFrame::Fetch {
                 digests: vec![batch.digest(); 3],
             },
+            BatchFrame::Proofs {
+                proofs: vec![BatchProof {
+                    header: *batch.header(),
+                    attestations: vec![
+                        (ValidatorId(0), Signature([1; 64])),
+                        (ValidatorId(3), Signature([2; 64])),
+                    ],
+                }],
+            },
+            BatchFrame::ProofRequest {
+                digests: vec![batch.digest()],
+            },
             BatchFrame::Fetched { batch },
         ] {
             assert_eq!(BatchFrame::decode(&frame.encode(), &set), Ok(frame));
@@ -153,6 +221,19 @@ mod tests {
             BatchFrame::decode(&many.encode(), &set),
             Err(FrameError::TooManyDigests(FETCH_MAX + 1))
         );
+        // A proof with one attester (f + 1 = 2 are needed) is refused before its signature.
+        let thin = BatchFrame::Proofs {
+            proofs: vec![BatchProof {
+                header: *TxBatch::new(ValidatorId(1), 0, vec![vec![1; 200]]).header(),
+                attestations: vec![(ValidatorId(1), Signature([1; 64]))],
+            }],
+        };
+        assert!(matches!(
+            BatchFrame::decode(&thin.encode(), &set),
+            Err(FrameError::Proof(
+                tally_consensus::ProofError::TooFewAttesters { got: 1, need: 2 }
+            ))
+        ));
         // A body whose header lies.
         let lying = borsh::to_vec(&Wire::Batch {
             attest: false,

@@ -27,6 +27,7 @@ use tally_p2p::P2pHandle;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::batches::service::BatchPath;
 use crate::execution::executor::{ExecCommand, ExecReport};
 use crate::execution::sync::SyncCommand;
 use crate::shared::Shared;
@@ -50,6 +51,11 @@ pub enum DriverInput {
 
 /// Proposals in flight beyond which the primary waits for a full batch or a commit.
 const PIPELINE_BUSY: u64 = 4;
+/// `payload: batches`: with the pipeline busy, a proposal waits for this many proofs (or the
+/// batch delay).
+const PROOFS_WHEN_BUSY: usize = 4;
+/// `payload: batches`: the most batch proofs one proposal names.
+pub const PROPOSAL_PROOFS_MAX: usize = 1024;
 
 /// Fetches transaction bodies from peers (preferring one validator); the driver hears
 /// [`DriverInput::BodiesArrived`] when done.
@@ -69,6 +75,8 @@ pub struct Driver {
     pub batch_bytes_max: usize,
     pub batch_delay: Duration,
     pub repropose_after: Duration,
+    /// With `payload: batches`: the proof pool proposals are cut from.
+    pub batches: Option<Arc<BatchPath>>,
     pub started: Instant,
     batch_requested: bool,
     /// When this replica began the view change now under way.
@@ -97,6 +105,7 @@ impl Driver {
         batch_bytes_max: usize,
         batch_delay: Duration,
         repropose_after: Duration,
+        batches: Option<Arc<BatchPath>>,
     ) -> Driver {
         let evidence = evidence::EvidenceLog::load(&shared);
         let bound = core.footprint_bound();
@@ -119,6 +128,7 @@ impl Driver {
             batch_bytes_max,
             batch_delay,
             repropose_after,
+            batches,
             started: Instant::now(),
             batch_requested: false,
             view_change_since: None,
@@ -173,7 +183,10 @@ impl Driver {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let pending = self.shared.mempool().has_ready();
+                    let pending = match &self.batches {
+                        Some(path) => !path.pool().is_empty(),
+                        None => self.shared.mempool().has_ready(),
+                    };
                     self.step(Input::Tick { pending_requests: pending });
                     self.retry_validations();
                     self.maybe_cut_batch(true);
@@ -271,6 +284,9 @@ impl Driver {
         if !self.batch_requested {
             return;
         }
+        if self.batches.is_some() {
+            return self.maybe_propose_proofs();
+        }
         let now = Instant::now();
         let batch = {
             let mut pool = self.shared.mempool();
@@ -303,6 +319,34 @@ impl Driver {
         self.shared.gossip_flush.notify_one();
         self.batch_requested = false;
         self.step(Input::Propose(Batch { txs: batch }));
+    }
+
+    /// `payload: batches`: proposes the proofs held, oldest first — at once while few
+    /// proposals are in flight; with the pipeline busy, when a few have gathered or the
+    /// oldest waited the batch delay.
+    fn maybe_propose_proofs(&mut self) {
+        let Some(path) = self.batches.clone() else {
+            return;
+        };
+        let entries = {
+            let mut pool = path.pool();
+            let Some(oldest) = pool.oldest_unproposed() else {
+                return;
+            };
+            let busy = self.core.in_flight() >= PIPELINE_BUSY;
+            if busy
+                && pool.unproposed_count(PROOFS_WHEN_BUSY) < PROOFS_WHEN_BUSY
+                && oldest.elapsed() < self.batch_delay
+            {
+                return;
+            }
+            pool.take(PROPOSAL_PROOFS_MAX, validate::BLOCK_TXS_MAX)
+        };
+        if entries.is_empty() {
+            return;
+        }
+        self.batch_requested = false;
+        self.step(Input::Propose(Batch { txs: entries }));
     }
 
     /// Steps the core; its outputs wait for [`Driver::flush`].
@@ -490,7 +534,10 @@ impl Driver {
             Event::NewView { view, primary } => {
                 let since = self.view_change_since.take().unwrap_or(now);
                 let carried = self.core.uncommitted_txs();
-                self.shared.mempool().release_proposed(since, &carried, now);
+                match &self.batches {
+                    Some(path) => path.pool().release_proposed(&carried),
+                    None => self.shared.mempool().release_proposed(since, &carried, now),
+                }
                 info!(view = view.0, primary = %self.name(*primary), "entered new view");
             }
             Event::StableCheckpoint { seq } => {

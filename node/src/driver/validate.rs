@@ -25,6 +25,9 @@ use super::Driver;
 /// gives up on it (the core asks again on its next retransmission).
 const BODY_WAIT: Duration = Duration::from_secs(5);
 
+/// The most transactions the batches of one proposal may hold together (`payload: batches`).
+pub const BLOCK_TXS_MAX: usize = 65_536;
+
 /// How long a payload fetch may take before it may be asked for again.
 const PAYLOAD_WAIT: Duration = Duration::from_secs(2);
 
@@ -55,19 +58,11 @@ impl Driver {
     pub(super) fn on_validate(&mut self, view: View, seq: Seq, batch: Batch) {
         let now = Instant::now();
         let digest = batch.digest();
-        let missing: Vec<Digest> = {
-            let mut pool = self.shared.mempool();
-            pool.mark_proposed(&batch.txs, now);
-            batch
-                .txs
-                .iter()
-                .filter(|h| pool.body(h).is_none())
-                .copied()
-                .collect()
-        };
+        self.mark_proposed(&batch.txs, now);
+        let missing = self.missing(&batch.txs);
         if missing.is_empty() {
             self.pending.validations.remove(&seq);
-            self.step(Input::Validated { view, seq, digest });
+            self.validated(view, seq, digest, &batch.txs);
             return;
         }
         let already = self
@@ -100,27 +95,81 @@ impl Driver {
         let now = Instant::now();
         let (view, stable) = (self.core.view(), self.core.stable_checkpoint());
         let mut ready = Vec::new();
-        {
-            let pool = self.shared.mempool();
-            let metrics = &self.shared.metrics;
-            self.pending.validations.retain(|seq, v| {
-                if v.view != view || *seq <= stable {
-                    return false;
-                }
-                if v.txs.iter().all(|h| pool.body(h).is_some()) {
-                    ready.push((v.view, *seq, v.digest));
-                    return false;
-                }
-                if now >= v.since + BODY_WAIT {
-                    Metrics::inc_reason(&metrics.consensus_rejections, "missing_bodies");
-                    return false;
-                }
-                true
-            });
+        let mut pending = std::mem::take(&mut self.pending.validations);
+        pending.retain(|seq, v| {
+            if v.view != view || *seq <= stable {
+                return false;
+            }
+            if self.missing(&v.txs).is_empty() {
+                ready.push((v.view, *seq, v.digest, std::mem::take(&mut v.txs)));
+                return false;
+            }
+            if now >= v.since + BODY_WAIT {
+                Metrics::inc_reason(&self.shared.metrics.consensus_rejections, "missing_bodies");
+                return false;
+            }
+            true
+        });
+        self.pending.validations = pending;
+        for (view, seq, digest, entries) in ready {
+            self.validated(view, seq, digest, &entries);
         }
-        for (view, seq, digest) in ready {
-            self.step(Input::Validated { view, seq, digest });
+    }
+
+    /// The entries a proposal names are in flight: not to be proposed again by this node
+    /// (as the next primary) until a view change drops the proposal.
+    fn mark_proposed(&self, entries: &[Digest], now: Instant) {
+        match &self.batches {
+            Some(path) => path.pool().mark_proposed(entries),
+            None => self.shared.mempool().mark_proposed(entries, now),
         }
+    }
+
+    /// The entries of a proposal this node cannot vouch for yet: transactions whose body
+    /// (checked at admission) it lacks, or batches whose proof (checked on arrival) it lacks.
+    fn missing(&self, entries: &[Digest]) -> Vec<Digest> {
+        match &self.batches {
+            Some(path) => {
+                let pool = path.pool();
+                entries
+                    .iter()
+                    .filter(|d| !pool.contains(d))
+                    .copied()
+                    .collect()
+            }
+            None => {
+                let pool = self.shared.mempool();
+                entries
+                    .iter()
+                    .filter(|h| pool.body(h).is_none())
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+
+    /// Every entry is vouched for: the proposal is valid — unless, with data batches, its
+    /// batches hold more transactions than a block may (a primary that does so gets no
+    /// PREPARE from this node, and is replaced after the view-change timeout).
+    fn validated(&mut self, view: View, seq: Seq, digest: Digest, entries: &[Digest]) {
+        if let Some(path) = &self.batches {
+            let txs: u64 = {
+                let pool = path.pool();
+                entries
+                    .iter()
+                    .filter_map(|d| pool.get(d))
+                    .map(|p| u64::from(p.header.tx_count))
+                    .sum()
+            };
+            if txs > BLOCK_TXS_MAX as u64 {
+                Metrics::inc_reason(
+                    &self.shared.metrics.consensus_rejections,
+                    "proposal_too_large",
+                );
+                return;
+            }
+        }
+        self.step(Input::Validated { view, seq, digest });
     }
 
     /// The core needs the batch of `digest` at `seq` (a NEW-VIEW re-proposed it): ask the

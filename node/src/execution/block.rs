@@ -1,7 +1,7 @@
 //! Blocks as stored and served: header, transactions, their outcomes, and the commit
 //! certificate.
 
-use tally_consensus::CommitCertificate;
+use tally_consensus::{BatchHeader, CommitCertificate, batch_digest};
 use tally_crypto::Digest;
 use tally_ledger::{BlockHeader, TxOutcome};
 
@@ -12,6 +12,19 @@ pub struct StoredBlock {
     pub outcomes: Vec<TxOutcome>,
     /// `None` only for blocks made outside consensus (tests, tools).
     pub certificate: Option<CommitCertificate>,
+    /// With `payload: batches`: the data batches consensus ordered at this height, in order
+    /// (their header digests make the block's `batch_digest`); `txs` holds the transactions
+    /// of the executed ones, batch after batch. Empty with `payload: transactions`.
+    pub batches: Vec<BlockBatch>,
+}
+
+/// A data batch ordered in a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockBatch {
+    pub header: BatchHeader,
+    /// False when the batch was already executed in an earlier block (a primary ordered it
+    /// twice): its transactions are not in this block.
+    pub executed: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,8 +36,47 @@ impl StoredBlock {
         self.header.hash()
     }
 
+    /// The digest consensus ordered for this block, recomputed from its contents: with
+    /// data batches, each executed batch's transactions must match its header (count,
+    /// bytes, digest of their hashes) and the digest is that of the headers' digests;
+    /// without, the digest of the transactions' hashes.
+    pub fn ordered_digest(&self) -> Result<Digest, BlockDecodeError> {
+        if self.batches.is_empty() {
+            let hashes: Vec<Digest> = self.txs.iter().map(|t| Digest::of(t)).collect();
+            return Ok(batch_digest(&hashes));
+        }
+        let mut rest = self.txs.as_slice();
+        for b in self.batches.iter().filter(|b| b.executed) {
+            let n = b.header.tx_count as usize;
+            if rest.len() < n {
+                return Err(BlockDecodeError(
+                    "fewer transactions than its batches".into(),
+                ));
+            }
+            let (mine, after) = rest.split_at(n);
+            rest = after;
+            let hashes: Vec<Digest> = mine.iter().map(|t| Digest::of(t)).collect();
+            let bytes: usize = mine.iter().map(Vec::len).sum();
+            if batch_digest(&hashes) != b.header.tx_digest || bytes != b.header.bytes as usize {
+                return Err(BlockDecodeError(format!(
+                    "transactions do not match batch {} of validator {}",
+                    b.header.index, b.header.author
+                )));
+            }
+        }
+        if !rest.is_empty() {
+            return Err(BlockDecodeError(
+                "more transactions than its batches".into(),
+            ));
+        }
+        let headers: Vec<Digest> = self.batches.iter().map(|b| b.header.digest()).collect();
+        Ok(batch_digest(&headers))
+    }
+
     /// `height u64 ‖ prev_hash ‖ batch_digest ‖ state_root ‖ count u32 ‖ (len u32 ‖ tx)* ‖
-    /// outcome(17)* ‖ cert_len u32 ‖ cert`, integers little-endian; `cert_len` 0 means none.
+    /// outcome(17)* ‖ cert_len u32 ‖ cert [‖ batch_count u32 ‖ (header(50) ‖ executed u8)*]`,
+    /// integers little-endian; `cert_len` 0 means none; the batch section only when the
+    /// block orders data batches.
     pub fn encode(&self) -> Vec<u8> {
         let body: usize = self.txs.iter().map(|t| t.len() + 4 + 17).sum();
         let mut out = Vec::with_capacity(112 + body + 400);
@@ -48,6 +100,13 @@ impl StoredBlock {
             .unwrap_or_default();
         out.extend_from_slice(&(cert.len() as u32).to_le_bytes());
         out.extend_from_slice(&cert);
+        if !self.batches.is_empty() {
+            out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
+            for b in &self.batches {
+                out.extend_from_slice(&b.header.encode());
+                out.push(u8::from(b.executed));
+            }
+        }
         out
     }
 
@@ -66,15 +125,15 @@ impl StoredBlock {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoredBlock, BlockDecodeError> {
-        let mut pos = 0usize;
-        let mut take = |n: usize| -> Result<&[u8], BlockDecodeError> {
-            let end = pos
+        let pos = std::cell::Cell::new(0usize);
+        let take = |n: usize| -> Result<&[u8], BlockDecodeError> {
+            let at = pos.get();
+            let end = at
                 .checked_add(n)
                 .filter(|&e| e <= bytes.len())
-                .ok_or_else(|| BlockDecodeError(format!("truncated at byte {pos}")))?;
-            let s = &bytes[pos..end];
-            pos = end;
-            Ok(s)
+                .ok_or_else(|| BlockDecodeError(format!("truncated at byte {at}")))?;
+            pos.set(end);
+            Ok(&bytes[at..end])
         };
         let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
         let digest = |b: &[u8]| Digest(b.try_into().expect("32 bytes"));
@@ -102,7 +161,27 @@ impl StoredBlock {
         } else {
             Some(CommitCertificate::decode(cert).map_err(|e| BlockDecodeError(e.to_string()))?)
         };
-        if pos != bytes.len() {
+        let mut batches = Vec::new();
+        if pos.get() != bytes.len() {
+            let count = u32_of(take(4)?);
+            if count == 0 {
+                return Err(BlockDecodeError("empty batch section".into()));
+            }
+            for _ in 0..count {
+                let raw = take(51)?;
+                let executed = match raw[50] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(BlockDecodeError("bad batch flag".into())),
+                };
+                batches.push(BlockBatch {
+                    header: BatchHeader::decode(&raw[..50])
+                        .ok_or_else(|| BlockDecodeError("bad batch header".into()))?,
+                    executed,
+                });
+            }
+        }
+        if pos.get() != bytes.len() {
             return Err(BlockDecodeError("trailing bytes".into()));
         }
         Ok(StoredBlock {
@@ -115,6 +194,7 @@ impl StoredBlock {
             txs,
             outcomes,
             certificate,
+            batches,
         })
     }
 }

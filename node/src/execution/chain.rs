@@ -97,6 +97,23 @@ impl StateView for CachedView<'_> {
     }
 }
 
+/// What a block that orders data batches adds to its transactions: the consensus digest
+/// and the batches.
+pub struct BatchesOrdered {
+    pub digest: Digest,
+    pub batches: Vec<crate::execution::block::BlockBatch>,
+}
+
+/// Where the transaction index records that a data batch was executed:
+/// `SHA-256("tally/batch/executed/v1" ‖ header digest)`, a key no transaction hash can take
+/// on purpose.
+pub fn executed_batch_key(header_digest: &Digest) -> Digest {
+    let mut h = Digest::hasher();
+    h.update(b"tally/batch/executed/v1");
+    h.update(&header_digest.0);
+    h.finalize()
+}
+
 /// A block just applied, and the accounts it changed (with their new values).
 pub struct Applied {
     pub block: StoredBlock,
@@ -213,6 +230,21 @@ impl Chain {
         certificate: Option<CommitCertificate>,
         sync: bool,
     ) -> Result<Applied, ChainError> {
+        self.apply_ordered(height, txs, checked, certificate, None, sync)
+    }
+
+    /// [`Chain::apply`] for a block that orders data batches: its `batch_digest` is the
+    /// consensus digest of the batch headers, and each executed batch is indexed (under
+    /// [`executed_batch_key`]) so that a batch ordered again later is skipped.
+    pub fn apply_ordered(
+        &mut self,
+        height: u64,
+        txs: Vec<Vec<u8>>,
+        checked: &[CheckedTx],
+        certificate: Option<CommitCertificate>,
+        ordered: Option<BatchesOrdered>,
+        sync: bool,
+    ) -> Result<Applied, ChainError> {
         if height != self.height + 1 {
             return Err(ChainError::OutOfOrder {
                 height: self.height,
@@ -225,26 +257,43 @@ impl Chain {
             accounts: &self.accounts,
         };
         let executed = execute_batch(&view, &self.state_hash, height, checked)?;
+        let (digest, batches) = match ordered {
+            Some(o) => (o.digest, o.batches),
+            None => (batch_digest(&executed.tx_hashes), Vec::new()),
+        };
         let header = BlockHeader {
             height,
             prev_hash: self.last_hash,
-            batch_digest: batch_digest(&executed.tx_hashes),
+            batch_digest: digest,
             state_root: executed.state_root,
         };
+        let mut tx_index: Vec<(Digest, Vec<u8>)> = executed
+            .index_writes
+            .iter()
+            .map(|(h, l)| (*h, l.encode().to_vec()))
+            .collect();
+        for (i, b) in batches.iter().enumerate().filter(|(_, b)| b.executed) {
+            let location = TxLocation {
+                height,
+                index: i as u32,
+                code: 0,
+            };
+            tx_index.push((
+                executed_batch_key(&b.header.digest()),
+                location.encode().to_vec(),
+            ));
+        }
         let block = StoredBlock {
             header,
             txs,
             outcomes: executed.outcomes,
             certificate,
+            batches,
         };
         self.store.commit_block(BlockCommit {
             height,
             block: block.encode(),
-            tx_index: executed
-                .index_writes
-                .iter()
-                .map(|(h, l)| (*h, l.encode().to_vec()))
-                .collect(),
+            tx_index,
             state: executed.state_writes,
             meta: vec![(META_STATE_HASH.to_vec(), executed.state_hash.to_bytes())],
             sync,
@@ -304,6 +353,13 @@ impl Chain {
 
     pub fn account(&self, who: &PublicKey) -> Result<Account, ChainError> {
         Ok(StoreView(&*self.store).account(who)?.unwrap_or_default())
+    }
+
+    /// Whether the batch with this header digest was executed in a block already.
+    pub fn batch_executed(&self, header_digest: &Digest) -> Result<bool, ChainError> {
+        Ok(self
+            .tx_location(&executed_batch_key(header_digest))?
+            .is_some())
     }
 
     pub fn tx_location(&self, hash: &Digest) -> Result<Option<TxLocation>, ChainError> {

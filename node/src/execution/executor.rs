@@ -21,7 +21,9 @@ use tally_ledger::{CheckedTx, check_transactions_with};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::execution::chain::Chain;
+use crate::batches::service::{BatchPath, resolve};
+use crate::execution::block::BlockBatch;
+use crate::execution::chain::{BatchesOrdered, Chain};
 use crate::execution::repair::{self, Peers};
 use crate::execution::snapshots::Snapshots;
 use crate::shared::Shared;
@@ -41,10 +43,12 @@ pub enum ExecCommand {
         certificate: CommitCertificate,
         committed_at: Instant,
     },
-    /// A block fetched by state transfer, its certificate already verified.
+    /// A block fetched by state transfer, its certificate already verified (and, with data
+    /// batches, its transactions checked against its batch headers).
     Block {
         height: u64,
         txs: Vec<Vec<u8>>,
+        batches: Vec<BlockBatch>,
         certificate: Option<CommitCertificate>,
     },
     /// The state diverged from this certified checkpoint: replace it from peers.
@@ -70,6 +74,9 @@ pub struct ExecutorParts {
     pub snapshots: Snapshots,
     pub checkpoint_interval: u64,
     pub peers: Box<dyn Peers + Send>,
+    /// With `payload: batches`: where committed batches' proofs and bodies are.
+    pub batches: Option<Arc<BatchPath>>,
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Fetches missing transaction bodies from peers (blocking the executor until it has them).
@@ -166,6 +173,7 @@ fn run_repair(
         let cmd = ExecCommand::Block {
             height: b.header.height,
             txs: b.txs,
+            batches: b.batches,
             certificate: b.certificate,
         };
         if let Err(e) = apply(chain, shared, cmd, fetch, parts) {
@@ -192,7 +200,35 @@ fn apply(
     parts: &ExecutorParts,
 ) -> Result<Option<ExecReport>, crate::execution::chain::ChainError> {
     let started = Instant::now();
+    let mut ordered: Option<BatchesOrdered> = None;
     let (height, raw, checked, certificate, committed_at, from_sync) = match cmd {
+        ExecCommand::Commit {
+            seq,
+            batch,
+            certificate,
+            committed_at,
+        } if parts.batches.is_some() => {
+            let path = parts.batches.as_ref().expect("checked");
+            let Some(e) = expand(chain, shared, path, &parts.runtime, &batch.txs)? else {
+                warn!(
+                    seq = seq.0,
+                    "committed batches unavailable; waiting for state transfer"
+                );
+                return Ok(None);
+            };
+            ordered = Some(BatchesOrdered {
+                digest: batch.digest(),
+                batches: e.batches,
+            });
+            (
+                seq.0,
+                e.raw,
+                e.checked,
+                Some(certificate),
+                Some(committed_at),
+                false,
+            )
+        }
         ExecCommand::Commit {
             seq,
             batch,
@@ -260,8 +296,30 @@ fn apply(
         ExecCommand::Block {
             height,
             txs,
+            batches,
             certificate,
         } => {
+            if !batches.is_empty() {
+                // Which batches run is execution's decision: the block's flags must be this
+                // chain's (a batch already executed is skipped).
+                let mine = executed_flags(chain, batches.iter().map(|b| b.header.digest()))?;
+                if mine.iter().zip(&batches).any(|(m, b)| *m != b.executed) {
+                    error!(
+                        height,
+                        "a peer's block marks batches executed that this chain does not; refused"
+                    );
+                    return Ok(None);
+                }
+                ordered = Some(BatchesOrdered {
+                    digest: tally_consensus::batch_digest(
+                        &batches
+                            .iter()
+                            .map(|b| b.header.digest())
+                            .collect::<Vec<_>>(),
+                    ),
+                    batches,
+                });
+            }
             let checked = check_transactions_with(&shared.chain_id, &txs, &shared.keys);
             (height, txs, checked, certificate, None, true)
         }
@@ -269,7 +327,13 @@ fn apply(
     };
     let write_started = Instant::now();
     let crate::execution::chain::Applied { block, touched } =
-        chain.apply(height, raw, &checked, certificate, false)?;
+        chain.apply_ordered(height, raw, &checked, certificate, ordered, false)?;
+    if let Some(path) = &parts.batches
+        && !block.batches.is_empty()
+    {
+        let headers: Vec<_> = block.batches.iter().map(|b| b.header).collect();
+        path.on_block(&headers)?;
+    }
     let m = &shared.metrics;
     m.storage_write_duration
         .get_or_create(&tally_monitoring::KindLabels {
@@ -339,4 +403,103 @@ fn apply(
         digest,
         block_hash: hash,
     }))
+}
+
+/// A committed list of batch headers, expanded into the block's transactions.
+struct Expanded {
+    raw: Vec<Vec<u8>>,
+    checked: Vec<CheckedTx>,
+    batches: Vec<BlockBatch>,
+}
+
+/// For each batch digest: whether it runs in this block (not executed in an earlier block,
+/// nor earlier in this one).
+fn executed_flags(
+    chain: &Chain,
+    digests: impl Iterator<Item = Digest>,
+) -> Result<Vec<bool>, crate::execution::chain::ChainError> {
+    let mut seen = crate::FastSet::default();
+    let mut out = Vec::new();
+    for d in digests {
+        out.push(seen.insert(d) && !chain.batch_executed(&d)?);
+    }
+    Ok(out)
+}
+
+/// Resolves each committed batch digest to its proof and body (fetching missing ones from
+/// the proof's holders) and lists the transactions of the batches that run, batch after
+/// batch. Their signatures are not checked again: each batch's proof carries f + 1
+/// attestations that they are valid, one of them from an honest validator. `None` when the
+/// bodies could not be fetched in time.
+fn expand(
+    chain: &Chain,
+    shared: &Shared,
+    path: &BatchPath,
+    runtime: &tokio::runtime::Handle,
+    digests: &[Digest],
+) -> Result<Option<Expanded>, crate::execution::chain::ChainError> {
+    let flags = executed_flags(chain, digests.iter().copied())?;
+    let run: Vec<Digest> = digests
+        .iter()
+        .zip(&flags)
+        .filter(|(_, f)| **f)
+        .map(|(d, _)| *d)
+        .collect();
+    let Some(resolved) = resolve(path, &shared.validators, runtime, &run) else {
+        return Ok(None);
+    };
+    let mut by_digest: crate::FastMap<Digest, _> = crate::FastMap::default();
+    for (proof, body) in resolved {
+        by_digest.insert(proof.header.digest(), (proof, body));
+    }
+    let mut raw = Vec::new();
+    let mut checked = Vec::new();
+    let mut batches = Vec::with_capacity(digests.len());
+    for (d, executed) in digests.iter().zip(flags) {
+        if !executed {
+            let Some(header) = earlier_header(chain, d, &batches)? else {
+                return Ok(None);
+            };
+            batches.push(BlockBatch {
+                header,
+                executed: false,
+            });
+            continue;
+        }
+        let (proof, body) = by_digest.get(d).expect("resolved above");
+        for (bytes, hash) in body.txs().iter().zip(body.tx_hashes()) {
+            let tx = tally_ledger::decode_for_chain(&shared.chain_id, bytes)
+                .map(|t| Arc::new(tally_crypto::Verified::vouched(t, proof)));
+            raw.push(bytes.clone());
+            checked.push(CheckedTx { hash: *hash, tx });
+        }
+        batches.push(BlockBatch {
+            header: proof.header,
+            executed: true,
+        });
+    }
+    Ok(Some(Expanded {
+        raw,
+        checked,
+        batches,
+    }))
+}
+
+/// The header of a batch ordered again: from earlier in this block, or from the block that
+/// executed it.
+fn earlier_header(
+    chain: &Chain,
+    digest: &Digest,
+    this_block: &[BlockBatch],
+) -> Result<Option<tally_consensus::BatchHeader>, crate::execution::chain::ChainError> {
+    if let Some(b) = this_block.iter().find(|b| b.header.digest() == *digest) {
+        return Ok(Some(b.header));
+    }
+    let key = crate::execution::chain::executed_batch_key(digest);
+    let Some(at) = chain.tx_location(&key)? else {
+        return Ok(None);
+    };
+    Ok(chain
+        .block(at.height)?
+        .and_then(|b| b.batches.get(at.index as usize).map(|x| x.header)))
 }

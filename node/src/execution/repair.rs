@@ -29,8 +29,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tally_consensus::Seq;
 use tally_consensus::pbft::CheckpointCert;
-use tally_consensus::{Seq, batch_digest};
 use tally_crypto::{Digest, PublicKey};
 use tally_ledger::{LtHash, TxLocation};
 use tally_storage::{Entry, StateInstall};
@@ -180,8 +180,7 @@ fn check_block(trust: &Trust<'_>, bytes: &[u8], height: u64) -> Result<StoredBlo
     if block.header.height != height {
         return Err(format!("sent block {} for {height}", block.header.height));
     }
-    let hashes: Vec<Digest> = block.txs.iter().map(|t| Digest::of(t)).collect();
-    let digest = batch_digest(&hashes);
+    let digest = block.ordered_digest().map_err(|e| e.to_string())?;
     if block.header.batch_digest != digest {
         return Err(format!(
             "block {height}'s header does not name its transactions"

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_consensus::{CommitCertificate, Seq, batch_digest};
-use tally_crypto::{Digest, PublicKey};
+use tally_consensus::Seq;
+use tally_crypto::PublicKey;
 use tally_p2p::P2pHandle;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -95,11 +95,7 @@ pub fn serve(shared: &Shared, snapshots: &Snapshots, request: SyncRequest) -> Ve
 
 /// Checks a block from a peer: its certificate must be a valid quorum for this height and
 /// for the batch the block's transactions make.
-pub fn verify_block(
-    shared: &Shared,
-    bytes: &[u8],
-    height: u64,
-) -> Result<(Vec<Vec<u8>>, CommitCertificate), String> {
+pub fn verify_block(shared: &Shared, bytes: &[u8], height: u64) -> Result<StoredBlock, String> {
     let block = StoredBlock::decode(bytes).map_err(|e| e.to_string())?;
     if block.header.height != height {
         return Err(format!(
@@ -107,9 +103,11 @@ pub fn verify_block(
             block.header.height
         ));
     }
-    let certificate = block.certificate.ok_or("block has no certificate")?;
-    let hashes: Vec<Digest> = block.txs.iter().map(|t| Digest::of(t)).collect();
-    let digest = batch_digest(&hashes);
+    let digest = block.ordered_digest().map_err(|e| e.to_string())?;
+    let certificate = block
+        .certificate
+        .as_ref()
+        .ok_or("block has no certificate")?;
     certificate
         .verify(
             &shared.validators,
@@ -117,7 +115,7 @@ pub fn verify_block(
             Some((Seq(height), digest)),
         )
         .map_err(|e| e.to_string())?;
-    Ok((block.txs, certificate))
+    Ok(block)
 }
 
 /// Fetch commands queued for the sync task (the newest target wins; more are dropped).
@@ -252,11 +250,12 @@ async fn fetch_from(
     for (i, result) in verified.into_iter().enumerate() {
         let h = height + 1 + i as u64;
         match result {
-            Ok((txs, certificate)) => {
+            Ok(block) => {
                 let cmd = ExecCommand::Block {
                     height: h,
-                    txs,
-                    certificate: Some(certificate),
+                    txs: block.txs,
+                    batches: block.batches,
+                    certificate: block.certificate,
                 };
                 if exec.send(cmd).await.is_err() {
                     return Err("the executor stopped".into());

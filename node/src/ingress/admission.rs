@@ -45,6 +45,10 @@ pub enum SubmitError {
     Admit(#[from] AdmitError),
     #[error("node overloaded: verification queue full")]
     Overloaded,
+    #[error(
+        "node overloaded: {unproven} of its batches wait for the other validators' attestations; retry later"
+    )]
+    Unproven { unproven: usize },
 }
 
 impl SubmitError {
@@ -52,7 +56,7 @@ impl SubmitError {
         match self {
             SubmitError::Tx(e) => e.name(),
             SubmitError::Admit(e) => e.reason(),
-            SubmitError::Overloaded => "overloaded",
+            SubmitError::Overloaded | SubmitError::Unproven { .. } => "overloaded",
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct Admission {
     verify: VerifyPool<SignedTransaction, TxReply>,
     gossip: mpsc::Sender<Vec<u8>>,
     p2p: P2pHandle,
+    /// With data batches: transactions are not gossiped, and too many unproven batches
+    /// make the node refuse new ones.
+    batches: Option<Arc<crate::batches::service::BatchPath>>,
 }
 
 /// Locally admitted transactions waiting to be bundled for gossip. Past this, a transaction
@@ -88,7 +95,11 @@ pub struct Admission {
 const GOSSIP_QUEUE: usize = 65_536;
 
 impl Admission {
-    pub fn new(shared: Arc<Shared>, p2p: P2pHandle) -> Admission {
+    pub fn new(
+        shared: Arc<Shared>,
+        p2p: P2pHandle,
+        batches: Option<Arc<crate::batches::service::BatchPath>>,
+    ) -> Admission {
         let verify = VerifyPool::spawn(
             shared.keys.clone(),
             shared.chain_id.clone(),
@@ -108,6 +119,7 @@ impl Admission {
             verify,
             gossip,
             p2p,
+            batches,
         }
     }
 
@@ -133,6 +145,13 @@ impl Admission {
     /// Refuses duplicates and, when the mempool is full, everything — before paying for the
     /// signature check. Under overload this is what keeps the node's CPU for consensus.
     fn room_for(&self, tx: &SignedTransaction) -> Result<(), SubmitError> {
+        if let Some(b) = &self.batches
+            && b.overloaded()
+        {
+            return Err(SubmitError::Unproven {
+                unproven: b.unproven(),
+            });
+        }
         let pool = self.shared.mempool();
         if pool.contains(&tx.hash()) {
             return Err(AdmitError::Duplicate.into());
@@ -214,6 +233,7 @@ impl Admission {
             })
             .inc();
         if let Some(b) = bytes
+            && self.batches.is_none()
             && self.gossip.try_send(b).is_err()
         {
             self.shared

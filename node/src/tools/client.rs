@@ -10,13 +10,14 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ObjectParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde_json::{Value, json};
-use tally_consensus::{CommitCertificate, Seq, ValidatorId, ValidatorSet, View, batch_digest};
+use tally_consensus::{BatchHeader, CommitCertificate, Seq, ValidatorId, ValidatorSet, View};
 use tally_crypto::{Digest, PublicKey, Signature, keyfile};
 use tally_genesis::Genesis;
 use tally_genesis::testnet::NetworkInfo;
 use tally_ledger::BlockHeader;
 
 use crate::cli::ActionArgs;
+use crate::execution::block::{BlockBatch, StoredBlock};
 
 #[derive(Args, Debug, Clone)]
 pub struct Endpoints {
@@ -91,7 +92,42 @@ pub fn verify_block_json(block: &Value, genesis: &Genesis) -> Result<String> {
         .iter()
         .map(|t| hex::decode(t.as_str().unwrap_or_default()))
         .collect::<Result<_, _>>()?;
-    let digest = batch_digest(&txs.iter().map(|t| Digest::of(t)).collect::<Vec<_>>());
+    let batches = match block["batches"].as_array() {
+        None => Vec::new(),
+        Some(list) => list
+            .iter()
+            .map(|b| -> Result<BlockBatch> {
+                let num = |k: &str| b[k].as_u64().with_context(|| format!("batches[].{k}"));
+                Ok(BlockBatch {
+                    header: BatchHeader {
+                        author: ValidatorId(u16::try_from(num("author")?)?),
+                        index: num("index")?,
+                        tx_count: u32::try_from(num("tx_count")?)?,
+                        bytes: u32::try_from(num("bytes")?)?,
+                        tx_digest: Digest::from_hex(
+                            b["tx_digest"].as_str().context("batches[].tx_digest")?,
+                        )?,
+                    },
+                    executed: b["executed"].as_bool().context("batches[].executed")?,
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    // The digest consensus ordered: of the transactions' hashes, or (data batches) of the
+    // batch headers, each executed batch's transactions matching its header.
+    let ordered = StoredBlock {
+        header: BlockHeader {
+            height,
+            prev_hash: Digest([0; 32]),
+            batch_digest: Digest([0; 32]),
+            state_root: Digest([0; 32]),
+        },
+        txs,
+        outcomes: Vec::new(),
+        certificate: None,
+        batches,
+    };
+    let digest = ordered.ordered_digest()?;
     if digest != hexd("batch_digest")? {
         bail!("the block's transactions do not hash to its batch digest");
     }

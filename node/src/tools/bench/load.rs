@@ -271,73 +271,84 @@ pub(super) async fn drive(
                 s.offered += picked.len() as u64;
             }
         }
-        let client = clients[(k as usize) % clients.len()].clone();
-        let (txs, full, overloaded, other, inflight, submitted_at, first_sent, cursors) = (
-            txs.clone(),
-            refused_full.clone(),
-            refused_overloaded.clone(),
-            refused_other.clone(),
-            inflight.clone(),
-            submitted_at.clone(),
-            first_sent.clone(),
-            cursors.clone(),
-        );
-        let accounts = a.accounts;
-        inflight.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let batch: Vec<String> = picked
-                .iter()
-                .map(|&i| tally_crypto::to_hex(&txs[i].1))
-                .collect();
-            let mut p = jsonrpsee::core::params::ObjectParams::new();
-            let _ = p.insert("txs", batch);
-            let result: Result<Value, _> = client.request("tx_submit_batch", p).await;
-            let retry = |i: usize| {
-                cursors[i % accounts].fetch_min((i / accounts) as u64, Ordering::Relaxed);
-            };
-            match result {
-                Ok(Value::Array(results)) => {
-                    let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
-                    for (r, &i) in results.iter().zip(&picked) {
-                        let Some(e) = r.get("error") else { continue };
-                        let reason = e["data"]["reason"].as_str().unwrap_or("");
-                        match reason {
-                            // Already pending from an earlier attempt: still on its way.
-                            "duplicate" => {}
-                            // Already committed (an earlier attempt got in).
-                            "stale_nonce" => {
-                                at.remove(&txs[i].0);
-                                first_sent
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .remove(&txs[i].0);
-                            }
-                            _ => {
-                                at.remove(&txs[i].0);
-                                if e["code"] == crate::rpc::codes::MEMPOOL_FULL {
-                                    full.fetch_add(1, Ordering::Relaxed);
-                                    retry(i);
-                                } else if e["code"] == crate::rpc::codes::OVERLOADED {
-                                    overloaded.fetch_add(1, Ordering::Relaxed);
-                                    retry(i);
-                                } else {
-                                    other.fetch_add(1, Ordering::Relaxed);
+        // Each account always goes to the same node, as a client should (with data batches,
+        // a node keeps each account's transactions in nonce order; docs/transactions.md).
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); clients.len()];
+        for i in picked {
+            groups[(i % a.accounts) % clients.len()].push(i);
+        }
+        for (client, picked) in clients.iter().zip(groups) {
+            if picked.is_empty() {
+                continue;
+            }
+            let client = client.clone();
+            let (txs, full, overloaded, other, inflight, submitted_at, first_sent, cursors) = (
+                txs.clone(),
+                refused_full.clone(),
+                refused_overloaded.clone(),
+                refused_other.clone(),
+                inflight.clone(),
+                submitted_at.clone(),
+                first_sent.clone(),
+                cursors.clone(),
+            );
+            let accounts = a.accounts;
+            inflight.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let batch: Vec<String> = picked
+                    .iter()
+                    .map(|&i| tally_crypto::to_hex(&txs[i].1))
+                    .collect();
+                let mut p = jsonrpsee::core::params::ObjectParams::new();
+                let _ = p.insert("txs", batch);
+                let result: Result<Value, _> = client.request("tx_submit_batch", p).await;
+                let retry = |i: usize| {
+                    cursors[i % accounts].fetch_min((i / accounts) as u64, Ordering::Relaxed);
+                };
+                match result {
+                    Ok(Value::Array(results)) => {
+                        let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
+                        for (r, &i) in results.iter().zip(&picked) {
+                            let Some(e) = r.get("error") else { continue };
+                            let reason = e["data"]["reason"].as_str().unwrap_or("");
+                            match reason {
+                                // Already pending from an earlier attempt: still on its way.
+                                "duplicate" => {}
+                                // Already committed (an earlier attempt got in).
+                                "stale_nonce" => {
+                                    at.remove(&txs[i].0);
+                                    first_sent
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .remove(&txs[i].0);
+                                }
+                                _ => {
+                                    at.remove(&txs[i].0);
+                                    if e["code"] == crate::rpc::codes::MEMPOOL_FULL {
+                                        full.fetch_add(1, Ordering::Relaxed);
+                                        retry(i);
+                                    } else if e["code"] == crate::rpc::codes::OVERLOADED {
+                                        overloaded.fetch_add(1, Ordering::Relaxed);
+                                        retry(i);
+                                    } else {
+                                        other.fetch_add(1, Ordering::Relaxed);
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                _ => {
-                    other.fetch_add(picked.len() as u64, Ordering::Relaxed);
-                    let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
-                    for &i in &picked {
-                        at.remove(&txs[i].0);
-                        retry(i);
+                    _ => {
+                        other.fetch_add(picked.len() as u64, Ordering::Relaxed);
+                        let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
+                        for &i in &picked {
+                            at.remove(&txs[i].0);
+                            retry(i);
+                        }
                     }
                 }
-            }
-            inflight.fetch_sub(1, Ordering::Relaxed);
-        });
+                inflight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
         if k.is_multiple_of(100) {
             if let Some(e) = nodes.exited() {
                 progress.finish_and_clear();

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// First port of the started network (each validator takes a few from here on).
     #[arg(long, default_value_t = 36600)]
     pub base_port: u16,
+    /// Genesis knob of the started network: what consensus orders, `transactions` (default)
+    /// or `batches`.
+    #[arg(long)]
+    pub payload: Option<tally_genesis::Payload>,
     /// Genesis knob of the started network: longest wait before a batch is proposed
     /// (default 10).
     #[arg(long)]

@@ -1,0 +1,656 @@
+//! The batch task (`payload: batches`): the one place that runs the data path between
+//! admission and consensus.
+//!
+//! ```text
+//!  mempool (this node's clients, checked) ─▶ cut ─▶ store (synced) ─▶ stream to all ─┐
+//!  peer's Batch frame ─▶ store (its author's quota) ─▶ Disseminator ─▶ check + attest ┤
+//!  peer's Attestation ─▶ signature ─▶ Disseminator ─▶ f + 1 ─▶ proof ─▶ broadcast ───┤
+//!  peer's Proofs ─▶ structure (decode) + signatures ─▶ proof pool ─▶ the primary ─────┘
+//! ```
+//!
+//! Who attests and when is `tally_consensus::availability::Disseminator`'s (sans-IO); this
+//! task stores, checks, signs nothing itself, and carries out its outputs. Nothing acts on a
+//! peer's frame before it is decoded and checked ([`BatchFrame::decode`]): a body against
+//! its header, a proof's structure; an attestation's and a proof's signatures are checked
+//! here before the Disseminator or the pool sees them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tally_consensus::availability::{
+    ATTEST_DOMAIN, Disseminator, DisseminatorInput, DisseminatorOutput, Frame, attestation_body,
+    designated,
+};
+use tally_consensus::{BatchHeader, BatchProof, KeySigner, ValidatorId};
+use tally_crypto::{Digest, PublicKey, SecretKey, SignatureCheck, Verified};
+use tally_monitoring::Metrics;
+use tally_p2p::P2pHandle;
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, warn};
+
+use super::attest::check_batch;
+use super::body::TxBatch;
+use super::maker::{BatchMaker, CutRule};
+use super::pool::ProofPool;
+use super::store::{BatchStore, Inserted, Quota, Refused};
+use super::wire::{BatchFrame, FETCH_MAX};
+use crate::driver::DriverInput;
+use crate::shared::Shared;
+use crate::{FastMap, FastSet};
+
+/// This node's batches without a proof beyond which it stops cutting new ones and refuses
+/// client transactions as `overloaded` (`docs/rpc.md`): ≈ 64 × 512 transactions waiting
+/// for attestations means the other validators are not keeping up.
+pub const UNPROVEN_MAX: usize = 64;
+/// A batch still unproven after this long is sent to one more validator, asking it to attest.
+pub const RETRY_MS: u64 = 300;
+/// Inputs queued for the task.
+const INPUTS_MAX: usize = 8192;
+/// Bodies the executor may be waiting for at once.
+const WANTED_MAX: usize = 4096;
+/// Where the next start-up's first batch number is kept (meta column family).
+const MARK_KEY: &[u8] = b"batch_number_mark";
+
+pub enum ServiceInput {
+    Frame {
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
+    Checked {
+        header: BatchHeader,
+        valid: bool,
+    },
+    Committed {
+        headers: Vec<BatchHeader>,
+    },
+    FetchBodies {
+        digests: Vec<Digest>,
+        from: ValidatorId,
+    },
+    FetchProofs {
+        digests: Vec<Digest>,
+        from: Option<ValidatorId>,
+    },
+}
+
+/// What the driver, the executor and the p2p loop share with the batch task.
+pub struct BatchPath {
+    store: std::sync::Mutex<BatchStore>,
+    pool: std::sync::Mutex<ProofPool>,
+    /// Bodies fetched for the executor (committed batches this node did not hold).
+    fetched: std::sync::Mutex<FastMap<Digest, Arc<TxBatch>>>,
+    /// A proof or a fetched body arrived.
+    pub arrived: Notify,
+    /// This node's batches not yet proven.
+    unproven: AtomicUsize,
+    inputs: mpsc::Sender<ServiceInput>,
+}
+
+impl BatchPath {
+    pub fn store(&self) -> std::sync::MutexGuard<'_, BatchStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pool(&self) -> std::sync::MutexGuard<'_, ProofPool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an input for the batch task; false when its queue is full.
+    pub fn submit(&self, input: ServiceInput) -> bool {
+        self.inputs.try_send(input).is_ok()
+    }
+
+    /// Too many of this node's batches wait for attestations: refuse client transactions.
+    pub fn overloaded(&self) -> bool {
+        self.unproven.load(Ordering::Relaxed) >= UNPROVEN_MAX
+    }
+
+    pub fn unproven(&self) -> usize {
+        self.unproven.load(Ordering::Relaxed)
+    }
+
+    /// The body of a batch: held, or fetched for the executor.
+    pub fn body(&self, digest: &Digest) -> Option<Arc<TxBatch>> {
+        self.store().get(digest).or_else(|| {
+            self.fetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(digest)
+                .cloned()
+        })
+    }
+
+    /// These batches are in a block: their bodies, proofs and fetched copies go.
+    pub fn on_block(&self, headers: &[BatchHeader]) -> Result<(), tally_storage::StorageError> {
+        let digests: Vec<Digest> = headers.iter().map(BatchHeader::digest).collect();
+        self.pool().on_block(&digests);
+        {
+            let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+            for d in &digests {
+                fetched.remove(d);
+            }
+        }
+        let _ = self.inputs.try_send(ServiceInput::Committed {
+            headers: headers.to_vec(),
+        });
+        self.store().remove(&digests)
+    }
+}
+
+/// Opens the batch store (batches kept from before a restart), the proof pool and the
+/// task; returns the shared handle.
+pub fn spawn(
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    key: SecretKey,
+    rule: CutRule,
+    driver: mpsc::Sender<DriverInput>,
+) -> anyhow::Result<Arc<BatchPath>> {
+    let me = shared
+        .me
+        .ok_or_else(|| anyhow::anyhow!("the batch path needs a validator"))?;
+    let quota = Quota::default();
+    let store = BatchStore::open(shared.store.clone(), shared.validators.clone(), quota)?;
+    let mark = shared
+        .store
+        .meta_get(MARK_KEY)?
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    let own: Vec<BatchHeader> = store.own_headers(me);
+    let (inputs, rx) = mpsc::channel(INPUTS_MAX);
+    let path = Arc::new(BatchPath {
+        store: std::sync::Mutex::new(store),
+        pool: std::sync::Mutex::new(ProofPool::new(shared.validators.len(), quota.batches)),
+        fetched: Default::default(),
+        arrived: Notify::new(),
+        unproven: AtomicUsize::new(0),
+        inputs,
+    });
+    let disseminator = Disseminator::new(
+        me,
+        shared.validators.clone(),
+        Box::new(KeySigner::new(key, shared.chain_id.clone())),
+        RETRY_MS,
+        quota.batches as u64,
+    );
+    let mut task = Task {
+        me,
+        path: path.clone(),
+        shared,
+        p2p,
+        disseminator,
+        maker: BatchMaker::new(me, rule, mark),
+        rule,
+        started: Instant::now(),
+        wanted: FastSet::default(),
+        proven: Default::default(),
+        driver,
+    };
+    // This node's batches stored before a restart and not yet in a block: collect their
+    // attestations again (attesters sign the same batch again; the number is not reused).
+    for header in own {
+        task.step(DisseminatorInput::Made { header });
+    }
+    tokio::spawn(task.run(rx));
+    Ok(path)
+}
+
+/// Never: a transaction cut into a batch is not offered again (its batch carries it).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+struct Task {
+    me: ValidatorId,
+    path: Arc<BatchPath>,
+    shared: Arc<Shared>,
+    p2p: P2pHandle,
+    disseminator: Disseminator,
+    maker: BatchMaker,
+    rule: CutRule,
+    started: Instant,
+    /// Bodies asked for on the executor's behalf (a `Fetched` frame is taken only for these).
+    wanted: FastSet<Digest>,
+    /// This node's proven batches waiting for an earlier one's proof.
+    proven: std::collections::BTreeMap<u64, BatchProof>,
+    driver: mpsc::Sender<DriverInput>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<ServiceInput>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let shared = self.shared.clone();
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(i) => self.on_input(i).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.step(DisseminatorInput::Tick);
+                    self.maybe_cut(true).await;
+                }
+                _ = shared.mempool_changed.notified() => self.maybe_cut(false).await,
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn step(&mut self, input: DisseminatorInput) {
+        let mut out = Vec::new();
+        let now = self.now_ms();
+        self.disseminator.step(now, input, &mut out);
+        self.path
+            .unproven
+            .store(self.disseminator.unproven(), Ordering::Relaxed);
+        for o in out {
+            self.carry_out(o);
+        }
+        self.release_proven();
+    }
+
+    /// Broadcasts this node's proofs in batch-number order: a proof waits until every
+    /// earlier batch of this node is proven, so peers receive (and primaries propose) an
+    /// author's batches in the order it cut them — which keeps each account's nonces in order
+    /// across batches (`docs/transactions.md`).
+    fn release_proven(&mut self) {
+        let lowest = self.disseminator.lowest_unproven();
+        let mut ready = Vec::new();
+        while let Some(entry) = self.proven.first_entry() {
+            if lowest.is_some_and(|l| *entry.key() > l) {
+                break;
+            }
+            ready.push(entry.remove());
+        }
+        if ready.is_empty() {
+            return;
+        }
+        for chunk in ready.chunks(FETCH_MAX) {
+            self.send(
+                None,
+                BatchFrame::Proofs {
+                    proofs: chunk.to_vec(),
+                }
+                .encode(),
+            );
+        }
+        self.take_proofs(ready);
+    }
+
+    /// Cuts batches from the mempool while a full one is ready, or (`on_tick`) when the
+    /// oldest transaction waited the cut delay, unless too many are unproven already.
+    async fn maybe_cut(&mut self, on_tick: bool) {
+        loop {
+            if self.path.overloaded() {
+                return;
+            }
+            let now = Instant::now();
+            let txs: Vec<Vec<u8>> = {
+                let mut pool = self.shared.mempool();
+                if !on_tick && pool.bytes() < self.rule.max_bytes {
+                    return;
+                }
+                let Some(oldest) = pool.oldest_eligible(now, NEVER) else {
+                    return;
+                };
+                let full =
+                    pool.eligible_bytes(now, NEVER, self.rule.max_bytes) >= self.rule.max_bytes;
+                let delay = Duration::from_millis(self.rule.max_delay_ms);
+                if !full && now < oldest + delay {
+                    return;
+                }
+                pool.take_batch(self.rule.max_bytes, self.rule.max_txs, now, NEVER)
+                    .iter()
+                    .filter_map(|h| pool.body(h).map(|t| t.encoded().to_vec()))
+                    .collect()
+            };
+            if txs.is_empty() {
+                return;
+            }
+            if let Err(e) = self.made(txs).await {
+                // Without its batch stored, this node must not stream it: stop.
+                tracing::error!("cannot store a new batch: {e}; stopping");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    /// Numbers, stores (synced, with the reserved number mark first when due) and
+    /// disseminates a batch of this node's transactions.
+    async fn made(&mut self, txs: Vec<Vec<u8>>) -> Result<(), String> {
+        let cut = self.maker.number(txs);
+        let header = *cut.batch.header();
+        let (path, store) = (self.path.clone(), self.shared.store.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if let Some(mark) = cut.reserve {
+                store
+                    .meta_put(&[(MARK_KEY.to_vec(), mark.to_le_bytes().to_vec())], true)
+                    .map_err(|e| e.to_string())?;
+            }
+            match path.store().insert(vec![cut.batch], true) {
+                Ok(mut answers) => match answers.pop() {
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("no answer".into()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.step(DisseminatorInput::Made { header });
+        Ok(())
+    }
+
+    fn send(&self, to: Option<ValidatorId>, bytes: Vec<u8>) {
+        match to {
+            None => self.p2p.broadcast_batches(bytes),
+            Some(id) => {
+                if let Some(key) = self.shared.validators.public_key(id) {
+                    self.p2p.send_batches(key, bytes);
+                }
+            }
+        }
+    }
+
+    fn misbehaved(&self, by: ValidatorId, what: &str) {
+        debug!(validator = by.0, "batch stream: {what}");
+        Metrics::inc_reason(
+            &self.shared.metrics.consensus_rejections,
+            "batch_misbehaviour",
+        );
+    }
+
+    fn carry_out(&mut self, o: DisseminatorOutput) {
+        match o {
+            DisseminatorOutput::Send {
+                to,
+                frame: Frame::Batch { header, attest },
+            } => {
+                if let Some(batch) = self.path.store().get(&header.digest()) {
+                    self.send(to, BatchFrame::encode_batch(attest, &batch));
+                }
+            }
+            DisseminatorOutput::Send {
+                to,
+                frame: Frame::Attestation { header, signature },
+            } => self.send(to, BatchFrame::Attestation { header, signature }.encode()),
+            DisseminatorOutput::Check { header } => self.check(header),
+            DisseminatorOutput::Proven(proof) => {
+                self.proven.insert(proof.header.index, proof);
+            }
+            DisseminatorOutput::Misbehaved { by, what } => self.misbehaved(by, &what.to_string()),
+        }
+    }
+
+    /// Checks every transaction of a stored batch off the loop; the answer comes back as
+    /// [`ServiceInput::Checked`].
+    fn check(&self, header: BatchHeader) {
+        let Some(batch) = self.path.store().get(&header.digest()) else {
+            let _ = self.path.inputs.try_send(ServiceInput::Checked {
+                header,
+                valid: false,
+            });
+            return;
+        };
+        let (shared, inputs) = (self.shared.clone(), self.path.inputs.clone());
+        tokio::task::spawn_blocking(move || {
+            let valid = check_batch(&batch, &shared.chain_id, &shared.keys).is_ok();
+            Metrics::inc_kind(
+                &shared.metrics.signatures_checked,
+                "transaction",
+                u64::from(header.tx_count),
+            );
+            let _ = inputs.blocking_send(ServiceInput::Checked { header, valid });
+        });
+    }
+
+    /// Verifies proofs (their structure was checked at decoding) and holds the valid ones.
+    fn take_proofs(&self, proofs: Vec<BatchProof>) {
+        let fresh: Vec<BatchProof> = {
+            let pool = self.path.pool();
+            proofs
+                .into_iter()
+                .filter(|p| {
+                    let d = p.header.digest();
+                    !pool.contains(&d) && !pool.is_committed(&d)
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let n: usize = fresh.iter().map(|p| p.attestations.len()).sum();
+        Metrics::inc_kind(
+            &self.shared.metrics.signatures_checked,
+            "attestation",
+            n as u64,
+        );
+        let verified =
+            tally_crypto::verify_batch(&self.shared.validators, &self.shared.chain_id, fresh);
+        let now = Instant::now();
+        let mut added = false;
+        {
+            let mut pool = self.path.pool();
+            for v in verified {
+                match v {
+                    Ok(p) => match pool.insert(p, now) {
+                        Ok(a) => added |= a,
+                        Err(e) => debug!("proof not held: {e}"),
+                    },
+                    Err(_) => Metrics::inc_kind(
+                        &self.shared.metrics.signature_rejections,
+                        "attestation",
+                        1,
+                    ),
+                }
+            }
+        }
+        if added {
+            self.path.arrived.notify_waiters();
+            let _ = self.driver.try_send(DriverInput::BodiesArrived);
+        }
+    }
+
+    async fn on_input(&mut self, input: ServiceInput) {
+        match input {
+            ServiceInput::Frame { from, bytes } => self.on_frame(from, bytes),
+            ServiceInput::Checked { header, valid } => {
+                self.step(DisseminatorInput::Checked { header, valid })
+            }
+            ServiceInput::Committed { headers } => {
+                self.step(DisseminatorInput::Committed { headers })
+            }
+            ServiceInput::FetchBodies { digests, from } => {
+                if self.wanted.len() + digests.len() > WANTED_MAX {
+                    self.wanted.clear();
+                }
+                for chunk in digests.chunks(FETCH_MAX) {
+                    self.wanted.extend(chunk.iter().copied());
+                    self.send(
+                        Some(from),
+                        BatchFrame::Fetch {
+                            digests: chunk.to_vec(),
+                        }
+                        .encode(),
+                    );
+                }
+            }
+            ServiceInput::FetchProofs { digests, from } => {
+                for chunk in digests.chunks(FETCH_MAX) {
+                    self.send(
+                        from,
+                        BatchFrame::ProofRequest {
+                            digests: chunk.to_vec(),
+                        }
+                        .encode(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, from: PublicKey, bytes: Vec<u8>) {
+        let Some(from_id) = self.shared.validators.id_of(&from) else {
+            return;
+        };
+        let frame = match BatchFrame::decode(&bytes, &self.shared.validators) {
+            Ok(f) => f,
+            Err(e) => return self.misbehaved(from_id, &e.to_string()),
+        };
+        match frame {
+            BatchFrame::Batch { attest, batch } => self.on_batch(from_id, attest, batch),
+            BatchFrame::Attestation { header, signature } => {
+                let Some(key) = self.shared.validators.key(from_id) else {
+                    return;
+                };
+                let check = SignatureCheck {
+                    key: *key,
+                    domain: ATTEST_DOMAIN,
+                    body: attestation_body(&header),
+                    signature,
+                };
+                Metrics::inc_kind(&self.shared.metrics.signatures_checked, "attestation", 1);
+                if tally_crypto::verify_one(&self.shared.chain_id, &check).is_err() {
+                    Metrics::inc_kind(&self.shared.metrics.signature_rejections, "attestation", 1);
+                    return;
+                }
+                self.step(DisseminatorInput::Attested {
+                    from: from_id,
+                    header,
+                    signature,
+                });
+            }
+            BatchFrame::Fetch { digests } => {
+                let bodies: Vec<Arc<TxBatch>> = {
+                    let store = self.path.store();
+                    digests.iter().filter_map(|d| store.get(d)).collect()
+                };
+                for b in bodies {
+                    self.send(Some(from_id), BatchFrame::encode_fetched(&b));
+                }
+            }
+            BatchFrame::Fetched { batch } => {
+                if self.wanted.remove(&batch.digest()) {
+                    self.path
+                        .fetched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(batch.digest(), Arc::new(batch));
+                    self.path.arrived.notify_waiters();
+                }
+            }
+            BatchFrame::Proofs { proofs } => self.take_proofs(proofs),
+            BatchFrame::ProofRequest { digests } => {
+                let proofs: Vec<BatchProof> = {
+                    let pool = self.path.pool();
+                    digests
+                        .iter()
+                        .filter_map(|d| pool.get(d))
+                        .map(|p| BatchProof::clone(&p))
+                        .collect()
+                };
+                if !proofs.is_empty() {
+                    self.send(Some(from_id), BatchFrame::Proofs { proofs }.encode());
+                }
+            }
+        }
+    }
+
+    /// A batch from its author: stored within the author's quota (synced when this node is
+    /// to attest it), then the Disseminator decides whether to check and attest it.
+    fn on_batch(&mut self, from: ValidatorId, attest: bool, batch: TxBatch) {
+        let header = *batch.header();
+        if header.author != from || from == self.me {
+            return self.misbehaved(from, "batch from another author");
+        }
+        let will_check = attest || designated(&self.shared.validators, &header).contains(&self.me);
+        match self.path.store().insert(vec![batch], will_check) {
+            Ok(answers) => match answers.into_iter().next() {
+                Some(Ok(Inserted::New | Inserted::Known)) => {}
+                Some(Err(Refused::Equivocation { .. })) => {
+                    return self.misbehaved(from, "two batches with one number");
+                }
+                Some(Err(e)) => {
+                    debug!("batch not stored: {e}");
+                    Metrics::inc_reason(
+                        &self.shared.metrics.consensus_rejections,
+                        "batch_over_quota",
+                    );
+                    return;
+                }
+                None => return,
+            },
+            Err(e) => {
+                warn!("cannot store a batch: {e}");
+                return;
+            }
+        }
+        self.step(DisseminatorInput::Received {
+            from,
+            header,
+            attest,
+        });
+    }
+}
+
+/// A committed batch's proof and body.
+pub type Resolved = (Arc<Verified<BatchProof>>, Arc<TxBatch>);
+
+/// Waits (on the executor's thread) until the proof and body of every batch in `digests`
+/// are held, asking peers for the missing ones; `None` when they did not come in time.
+pub fn resolve(
+    path: &BatchPath,
+    validators: &tally_consensus::ValidatorSet,
+    runtime: &tokio::runtime::Handle,
+    digests: &[Digest],
+) -> Option<Vec<Resolved>> {
+    for attempt in 0..60usize {
+        let mut missing_proofs = Vec::new();
+        let mut missing_bodies: FastMap<ValidatorId, Vec<Digest>> = FastMap::default();
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            let Some(proof) = path.pool().get(d) else {
+                missing_proofs.push(*d);
+                continue;
+            };
+            match path.body(d) {
+                Some(body) => out.push((proof, body)),
+                None => {
+                    let holders: Vec<ValidatorId> = proof.holders().collect();
+                    let from = holders[attempt % holders.len()];
+                    missing_bodies.entry(from).or_default().push(*d);
+                }
+            }
+        }
+        if missing_proofs.is_empty() && missing_bodies.is_empty() {
+            return Some(out);
+        }
+        if attempt > 0 {
+            warn!(
+                proofs = missing_proofs.len(),
+                bodies = missing_bodies.values().map(Vec::len).sum::<usize>(),
+                "fetching committed batches"
+            );
+        }
+        let notified = path.arrived.notified();
+        if !missing_proofs.is_empty() {
+            // Any validator that voted for the block has the proofs; ask them all.
+            let _ = validators;
+            path.submit(ServiceInput::FetchProofs {
+                digests: missing_proofs,
+                from: None,
+            });
+        }
+        for (from, digests) in missing_bodies {
+            path.submit(ServiceInput::FetchBodies { digests, from });
+        }
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+        });
+    }
+    None
+}
