@@ -219,18 +219,18 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<ServiceInput>) {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let shared = self.shared.clone();
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
                     Some(i) => self.on_input(i).await,
                     None => return,
                 },
+                // Batches are cut on the tick only: a cut scans what waits in the mempool,
+                // which is not worth doing for every admission.
                 _ = tick.tick() => {
                     self.step(DisseminatorInput::Tick);
-                    self.maybe_cut(true).await;
+                    self.maybe_cut().await;
                 }
-                _ = shared.mempool_changed.notified() => self.maybe_cut(false).await,
             }
         }
     }
@@ -280,9 +280,9 @@ impl Task {
         self.take_proofs(ready);
     }
 
-    /// Cuts batches from the mempool while a full one is ready, or (`on_tick`) when the
-    /// oldest transaction waited the cut delay, unless too many are unproven already.
-    async fn maybe_cut(&mut self, on_tick: bool) {
+    /// Cuts batches from the mempool while a full one is ready, or when the oldest
+    /// transaction waited the cut delay, unless too many are unproven already.
+    async fn maybe_cut(&mut self) {
         loop {
             if self.path.overloaded() {
                 return;
@@ -290,19 +290,25 @@ impl Task {
             let now = Instant::now();
             let txs: Vec<Vec<u8>> = {
                 let mut pool = self.shared.mempool();
-                if !on_tick && pool.bytes() < self.rule.max_bytes {
-                    return;
-                }
                 let Some(oldest) = pool.oldest_eligible(now, NEVER) else {
                     return;
                 };
                 let full =
                     pool.eligible_bytes(now, NEVER, self.rule.max_bytes) >= self.rule.max_bytes;
+                // Nagle-style: while an earlier batch still waits for its attestations, the
+                // next one gathers longer (up to four delays), so under load batches grow
+                // and the per-batch costs (a synced write, f + 1 attestations, a proof
+                // in a proposal) are spread over more transactions.
                 let delay = Duration::from_millis(self.rule.max_delay_ms);
-                if !full && now < oldest + delay {
+                let wait = if self.path.unproven() > 0 {
+                    4 * delay
+                } else {
+                    delay
+                };
+                if !full && now < oldest + wait {
                     return;
                 }
-                pool.take_batch(self.rule.max_bytes, self.rule.max_txs, now, NEVER)
+                pool.take_for_batch(self.rule.max_bytes, self.rule.max_txs, now)
                     .iter()
                     .filter_map(|h| pool.body(h).map(|t| t.encoded().to_vec()))
                     .collect()
@@ -597,6 +603,9 @@ impl Task {
     }
 }
 
+/// Rounds of asking (each waits up to 500 ms) before the executor gives up on a commit.
+const RESOLVE_ATTEMPTS: usize = 8;
+
 /// A committed batch's proof and body.
 pub type Resolved = (Arc<Verified<BatchProof>>, Arc<TxBatch>);
 
@@ -608,7 +617,10 @@ pub fn resolve(
     runtime: &tokio::runtime::Handle,
     digests: &[Digest],
 ) -> Option<Vec<Resolved>> {
-    for attempt in 0..60usize {
+    // A node that fell behind cannot get its peers' proofs and bodies once their blocks are
+    // written (they keep neither): after a few attempts the executor waits for the block
+    // sync instead, which carries the bodies with their certificates.
+    for attempt in 0..RESOLVE_ATTEMPTS {
         let mut missing_proofs = Vec::new();
         let mut missing_bodies: FastMap<ValidatorId, Vec<Digest>> = FastMap::default();
         let mut out = Vec::with_capacity(digests.len());

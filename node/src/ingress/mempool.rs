@@ -520,6 +520,25 @@ impl Mempool {
         batch
     }
 
+    /// With data batches: cuts the next batch (as [`Mempool::take_batch`]) for good. Its
+    /// transactions leave the arrival queue — they are never offered again, their batch
+    /// carries them — so the scans that cut batches cost only what waits; they stay in the
+    /// pool (for duplicates and nonces) until their block.
+    pub fn take_for_batch(
+        &mut self,
+        max_bytes: usize,
+        max_txs: usize,
+        now: Instant,
+    ) -> Vec<Digest> {
+        const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+        let taken = self.take_batch(max_bytes, max_txs, now, NEVER);
+        if !taken.is_empty() {
+            let set: FastSet<Digest> = taken.iter().copied().collect();
+            self.queue.retain(|h| !set.contains(h));
+        }
+        taken
+    }
+
     /// Bodies of orderable transactions for a primary that asks for pending work (its pool
     /// is all it can propose from): senders in the order of their oldest pending arrival,
     /// each sender's run of consecutive nonces from its next nonce (a client's resent
