@@ -1,5 +1,5 @@
-//! Data batches: what travels between validators instead of single transactions (issue 19,
-//! being built). A validator packs the transactions its clients sent it into a [`TxBatch`],
+//! Data batches (`consensus.payload = "batches"`): what travels between validators instead of
+//! single transactions. A validator packs the transactions its clients sent it into a [`TxBatch`],
 //! streams it once to every other validator, and f + 1 validators attest it; consensus then
 //! orders the batch's header with its proof (`tally_consensus::availability`).
 //!
@@ -8,6 +8,8 @@
 //! * [`body`]: the batch's encoding and the checks a receiver applies before storing it;
 //! * [`maker`]: cutting batches from admitted transactions, with batch numbers that survive
 //!   restarts;
+//! * [`pool`]: the verified proofs a primary proposes from, bounded per author;
+//! * [`service`]: the task that runs all of it between admission and consensus;
 //! * [`store`]: the batches a validator holds until they are in a block, bounded per author
 //!   and kept in RocksDB across restarts;
 //! * [`wire`]: the frames of the batch stream, checked before anything acts on them.

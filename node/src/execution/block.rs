@@ -198,3 +198,103 @@ impl StoredBlock {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_consensus::ValidatorId;
+
+    fn header_of(author: u16, index: u64, txs: &[Vec<u8>]) -> BatchHeader {
+        let hashes: Vec<Digest> = txs.iter().map(|t| Digest::of(t)).collect();
+        BatchHeader {
+            author: ValidatorId(author),
+            index,
+            tx_count: txs.len() as u32,
+            bytes: txs.iter().map(Vec::len).sum::<usize>() as u32,
+            tx_digest: batch_digest(&hashes),
+        }
+    }
+
+    fn block(txs: Vec<Vec<u8>>, batches: Vec<BlockBatch>) -> StoredBlock {
+        StoredBlock {
+            header: BlockHeader {
+                height: 3,
+                prev_hash: Digest([1; 32]),
+                batch_digest: Digest([2; 32]),
+                state_root: Digest([3; 32]),
+            },
+            outcomes: vec![TxOutcome::Ok; txs.len()],
+            txs,
+            certificate: None,
+            batches,
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_and_make_the_ordered_digest() {
+        let a = vec![vec![1u8; 120], vec![2u8; 130]];
+        let b = vec![vec![3u8; 140]];
+        let (ha, hb) = (header_of(0, 4, &a), header_of(2, 9, &b));
+        // `hb` ordered again: not executed, its transactions not in the block.
+        let batches = vec![
+            BlockBatch {
+                header: ha,
+                executed: true,
+            },
+            BlockBatch {
+                header: hb,
+                executed: false,
+            },
+        ];
+        let blk = block(a.clone(), batches.clone());
+        let decoded = StoredBlock::decode(&blk.encode()).expect("decodes");
+        assert_eq!(decoded, blk);
+        assert_eq!(
+            blk.ordered_digest().unwrap(),
+            batch_digest(&[ha.digest(), hb.digest()]),
+            "the digest of the headers, executed or not"
+        );
+        // Transactions that do not match their batch's header are refused.
+        let mut lying = blk.clone();
+        lying.txs[1][0] ^= 1;
+        assert!(lying.ordered_digest().is_err());
+        let mut short = blk.clone();
+        short.txs.pop();
+        assert!(short.ordered_digest().is_err());
+        let mut extra = blk;
+        extra.txs.push(b[0].clone());
+        assert!(extra.ordered_digest().is_err());
+        // Without batches the encoding is the transactions-only one, digest of tx hashes.
+        let plain = block(b.clone(), Vec::new());
+        assert_eq!(StoredBlock::decode(&plain.encode()).unwrap(), plain);
+        assert_eq!(
+            plain.ordered_digest().unwrap(),
+            batch_digest(&[Digest::of(&b[0])])
+        );
+    }
+
+    #[test]
+    fn a_bad_batch_section_is_refused() {
+        let a = vec![vec![1u8; 120]];
+        let blk = block(
+            a.clone(),
+            vec![BlockBatch {
+                header: header_of(1, 0, &a),
+                executed: true,
+            }],
+        );
+        let mut bytes = blk.encode();
+        let last = bytes.len() - 1;
+        bytes[last] = 7;
+        assert!(StoredBlock::decode(&bytes).is_err(), "flag must be 0 or 1");
+        let mut truncated = blk.encode();
+        truncated.pop();
+        assert!(StoredBlock::decode(&truncated).is_err());
+        let mut empty = block(a, Vec::new()).encode();
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        assert!(
+            StoredBlock::decode(&empty).is_err(),
+            "an empty batch section"
+        );
+    }
+}
