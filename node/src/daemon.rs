@@ -349,13 +349,7 @@ pub async fn run(home: &Path) -> Result<()> {
                     P2pEvent::Consensus { bytes, .. } => match Message::decode(&bytes) {
                         Ok(msg) => {
                             if !verifier.submit(msg, ()) {
-                                shared
-                                    .metrics
-                                    .p2p_dropped
-                                    .get_or_create(&DirectionLabels {
-                                        direction: "in".into(),
-                                    })
-                                    .inc();
+                                dropped_in(&shared);
                             }
                         }
                         Err(_) => {
@@ -420,13 +414,7 @@ pub async fn run(home: &Path) -> Result<()> {
                             let input =
                                 crate::batches::service::ServiceInput::Frame { from, bytes };
                             if !path.submit(input) {
-                                shared
-                                    .metrics
-                                    .p2p_dropped
-                                    .get_or_create(&DirectionLabels {
-                                        direction: "in".into(),
-                                    })
-                                    .inc();
+                                dropped_in(&shared);
                             }
                         }
                         None => Metrics::inc_reason(
@@ -478,6 +466,17 @@ pub async fn run(home: &Path) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
     Ok(())
+}
+
+/// Counts a peer's message dropped because a bounded inbound queue was full.
+fn dropped_in(shared: &Shared) {
+    shared
+        .metrics
+        .p2p_dropped
+        .get_or_create(&DirectionLabels {
+            direction: "in".into(),
+        })
+        .inc();
 }
 
 /// Runs `f` every `period` (a late tick is delayed, not bunched), until aborted.

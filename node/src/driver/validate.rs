@@ -28,6 +28,9 @@ const BODY_WAIT: Duration = Duration::from_secs(5);
 /// The most transactions the batches of one proposal may hold together (`payload: batches`).
 pub const BLOCK_TXS_MAX: usize = 65_536;
 
+/// How long a validation waits for missing entries before asking for them again.
+const ASK_AGAIN: Duration = Duration::from_millis(500);
+
 /// How long a payload fetch may take before it may be asked for again.
 const PAYLOAD_WAIT: Duration = Duration::from_secs(2);
 
@@ -37,6 +40,8 @@ pub(super) struct Validation {
     digest: Digest,
     txs: Vec<Digest>,
     since: Instant,
+    /// When the missing entries were last asked for.
+    asked: Instant,
 }
 
 #[derive(Default)]
@@ -82,6 +87,7 @@ impl Driver {
                 digest,
                 txs: batch.txs,
                 since: now,
+                asked: now,
             },
         );
     }
@@ -95,6 +101,7 @@ impl Driver {
         let now = Instant::now();
         let (view, stable) = (self.core.view(), self.core.stable_checkpoint());
         let mut ready = Vec::new();
+        let mut again = Vec::new();
         let mut pending = std::mem::take(&mut self.pending.validations);
         pending.retain(|seq, v| {
             if v.view != view || *seq <= stable {
@@ -108,8 +115,17 @@ impl Driver {
                 Metrics::inc_reason(&self.shared.metrics.consensus_rejections, "missing_bodies");
                 return false;
             }
+            // A request or its answer may have been dropped by a full queue: ask again.
+            if now >= v.asked + ASK_AGAIN {
+                v.asked = now;
+                again.push(self.missing(&v.txs));
+            }
             true
         });
+        let primary = self.core.validators().primary(view);
+        for missing in again {
+            (self.fetch_bodies)(missing, Some(primary));
+        }
         self.pending.validations = pending;
         for (view, seq, digest, entries) in ready {
             self.validated(view, seq, digest, &entries);
