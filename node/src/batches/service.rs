@@ -45,8 +45,11 @@ use crate::{FastMap, FastSet};
 pub const UNPROVEN_MAX: usize = 64;
 /// A batch still unproven after this long is sent to one more validator, asking it to attest.
 pub const RETRY_MS: u64 = 300;
-/// Inputs queued for the task.
+/// Inputs queued for the task…
 const INPUTS_MAX: usize = 8192;
+/// …and the bytes of peers' frames among them (a frame may be 6 MiB: the count alone would
+/// allow 48 GiB).
+const QUEUED_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Bodies the executor may be waiting for at once.
 const WANTED_MAX: usize = 4096;
 /// Where the next start-up's first batch number is kept (meta column family).
@@ -84,6 +87,8 @@ pub struct BatchPath {
     pub arrived: Notify,
     /// This node's batches not yet proven.
     unproven: AtomicUsize,
+    /// Bytes of peers' frames queued for the task.
+    queued_bytes: AtomicUsize,
     inputs: mpsc::Sender<ServiceInput>,
 }
 
@@ -96,9 +101,19 @@ impl BatchPath {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an input for the batch task; false when its queue is full.
+    /// Queues an input for the batch task; false when its queue is full (in count, or in
+    /// bytes of peers' frames).
     pub fn submit(&self, input: ServiceInput) -> bool {
-        self.inputs.try_send(input).is_ok()
+        let len = match &input {
+            ServiceInput::Frame { bytes, .. } => bytes.len(),
+            _ => 0,
+        };
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before + len > QUEUED_FRAME_BYTES_MAX || self.inputs.try_send(input).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Too many of this node's batches wait for attestations: refuse client transactions.
@@ -165,6 +180,7 @@ pub fn spawn(
         fetched: Default::default(),
         arrived: Notify::new(),
         unproven: AtomicUsize::new(0),
+        queued_bytes: AtomicUsize::new(0),
         inputs,
     });
     let disseminator = Disseminator::new(
@@ -463,7 +479,12 @@ impl Task {
 
     async fn on_input(&mut self, input: ServiceInput) {
         match input {
-            ServiceInput::Frame { from, bytes } => self.on_frame(from, bytes),
+            ServiceInput::Frame { from, bytes } => {
+                self.path
+                    .queued_bytes
+                    .fetch_sub(bytes.len(), Ordering::Relaxed);
+                self.on_frame(from, bytes)
+            }
             ServiceInput::Checked { header, valid } => {
                 self.step(DisseminatorInput::Checked { header, valid })
             }
