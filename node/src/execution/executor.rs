@@ -94,7 +94,28 @@ pub fn spawn(
         .name("executor".into())
         .spawn(move || {
             let mut pending: BTreeMap<u64, ExecCommand> = BTreeMap::new();
-            while let Some(cmd) = commands.blocking_recv() {
+            loop {
+                // With data batches a commit whose bodies could not be had waits in `pending`
+                // and is tried again each second (an honest holder may be restarting), as
+                // well as when the next command arrives.
+                let next = match &parts.batches {
+                    None => commands.blocking_recv().map(Some),
+                    // The timer is made inside the runtime (this thread is not one of its).
+                    Some(_) => match parts.runtime.block_on(async {
+                        tokio::time::timeout(std::time::Duration::from_secs(1), commands.recv())
+                            .await
+                    }) {
+                        Ok(c) => c.map(Some),
+                        Err(_) => Some(None),
+                    },
+                };
+                let Some(next) = next else {
+                    return;
+                };
+                let Some(cmd) = next else {
+                    drain(&mut chain, &shared, &mut pending, &reports, &fetch, &parts);
+                    continue;
+                };
                 let height = match &cmd {
                     ExecCommand::Commit { seq, .. } => seq.0,
                     ExecCommand::Block { height, .. } => *height,
@@ -112,27 +133,64 @@ pub fn spawn(
                     continue;
                 }
                 pending.insert(height, cmd);
-                while let Some(cmd) = pending.remove(&(chain.height() + 1)) {
-                    match apply(&mut chain, &shared, cmd, &fetch, &parts) {
-                        Ok(Some(e)) => {
-                            if reports.send(e).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            // A node that cannot write its chain must not go on voting.
-                            error!("execution failed, stopping: {e}");
-                            std::process::exit(70);
-                        }
-                    }
+                if !drain(&mut chain, &shared, &mut pending, &reports, &fetch, &parts) {
+                    return;
                 }
-                // Anything at or below the chain is done.
-                let h = chain.height();
-                pending.retain(|k, _| *k > h);
             }
         })
         .expect("spawning the executor thread")
+}
+
+/// Applies the pending commands that follow the chain, in order, until one is missing or
+/// cannot be applied yet (a commit with data batches whose bodies did not come stays pending;
+/// other commands are dropped then, and state transfer brings the block). False when the
+/// driver is gone.
+fn drain(
+    chain: &mut Chain,
+    shared: &Shared,
+    pending: &mut BTreeMap<u64, ExecCommand>,
+    reports: &mpsc::UnboundedSender<ExecReport>,
+    fetch: &BodyFetcher,
+    parts: &ExecutorParts,
+) -> bool {
+    while let Some(cmd) = pending.remove(&(chain.height() + 1)) {
+        let retry = match &cmd {
+            ExecCommand::Commit {
+                seq,
+                batch,
+                certificate,
+                committed_at,
+            } if parts.batches.is_some() => Some(ExecCommand::Commit {
+                seq: *seq,
+                batch: batch.clone(),
+                certificate: certificate.clone(),
+                committed_at: *committed_at,
+            }),
+            _ => None,
+        };
+        match apply(chain, shared, cmd, fetch, parts) {
+            Ok(Some(e)) => {
+                if reports.send(e).is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => {
+                if let Some(c) = retry {
+                    pending.insert(chain.height() + 1, c);
+                }
+                break;
+            }
+            Err(e) => {
+                // A node that cannot write its chain must not go on voting.
+                error!("execution failed, stopping: {e}");
+                std::process::exit(70);
+            }
+        }
+    }
+    // Anything at or below the chain is done.
+    let h = chain.height();
+    pending.retain(|k, _| *k > h);
+    true
 }
 
 /// Replaces the diverged state with the certified one, executes the certified blocks up to
