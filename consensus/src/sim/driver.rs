@@ -274,6 +274,13 @@ impl Sim {
         };
         let executed = self.nodes[source].executed[..seq].to_vec();
         let roots = self.nodes[source].roots[..seq].to_vec();
+        // The repaired replica now holds every request of the installed blocks: for the
+        // censorship checker they reach it now (those it committed itself keep their time).
+        if !self.nodes[node].faulty {
+            for tx in executed.iter().flat_map(|(b, _)| b.txs.iter()) {
+                self.checker.request_committed(node, *tx, self.now);
+            }
+        }
         let n = &mut self.nodes[node];
         n.executed = executed;
         n.roots = roots;
