@@ -141,10 +141,17 @@ pub async fn run(home: &Path) -> Result<()> {
         validators: validators.clone(),
         me: Some(me),
         store: store.clone(),
-        mempool: Mutex::new(Mempool::new(
-            config.mempool.max_txs as usize,
-            config.mempool.max_bytes as usize,
-        )),
+        mempool: Mutex::new(if with_batches {
+            Mempool::for_batches(
+                config.mempool.max_txs as usize,
+                config.mempool.max_bytes as usize,
+            )
+        } else {
+            Mempool::new(
+                config.mempool.max_txs as usize,
+                config.mempool.max_bytes as usize,
+            )
+        }),
         status: std::sync::RwLock::new(Status {
             height: chain.height(),
             latest_hash: chain.last_hash(),

@@ -213,7 +213,6 @@ pub fn spawn(
 }
 
 /// Never: a transaction cut into a batch is not offered again (its batch carries it).
-const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Task {
     me: ValidatorId,
@@ -306,11 +305,10 @@ impl Task {
             let now = Instant::now();
             let txs: Vec<Vec<u8>> = {
                 let mut pool = self.shared.mempool();
-                let Some(oldest) = pool.oldest_eligible(now, NEVER) else {
+                let Some((oldest, ready)) = pool.cuttable() else {
                     return;
                 };
-                let full =
-                    pool.eligible_bytes(now, NEVER, self.rule.max_bytes) >= self.rule.max_bytes;
+                let full = ready >= self.rule.max_bytes;
                 // Nagle-style: while an earlier batch still waits for its attestations, the
                 // next one gathers longer (up to four delays), so under load batches grow
                 // and the per-batch costs (a synced write, f + 1 attestations, a proof

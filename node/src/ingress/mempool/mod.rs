@@ -95,6 +95,8 @@ struct Entry {
     proposed_at: Option<Instant>,
     /// When its body was last handed to a primary that asked for pending work.
     offered_at: Option<Instant>,
+    /// In the batch-cut queue, not yet cut (batch mode).
+    cuttable: bool,
 }
 
 pub struct Mempool {
@@ -121,9 +123,32 @@ pub struct Mempool {
     gapped: FastMap<PublicKey, (usize, usize)>,
     gapped_count: usize,
     gapped_bytes: usize,
+    /// Batch mode only (see [`Mempool::for_batches`]).
+    cuts: Option<Cuts>,
+}
+
+/// What a validator that cuts data batches keeps, so that a cut costs the transactions it
+/// takes and not the pool's size: the transactions that can be cut now (every lower nonce of
+/// their sender committed or already cut), in the order they became so, and per sender the
+/// next nonce to join that queue. A transaction behind a nonce gap joins when the gap fills
+/// (or a block moves the sender's nonce past it).
+#[derive(Default)]
+struct Cuts {
+    ready: VecDeque<Digest>,
+    ready_bytes: usize,
+    next: FastMap<PublicKey, u64>,
 }
 
 impl Mempool {
+    /// A pool whose transactions are cut into data batches ([`Mempool::take_for_batch`]),
+    /// not proposed one by one.
+    pub fn for_batches(max_txs: usize, max_bytes: usize) -> Mempool {
+        Mempool {
+            cuts: Some(Cuts::default()),
+            ..Mempool::new(max_txs, max_bytes)
+        }
+    }
+
     pub fn new(max_txs: usize, max_bytes: usize) -> Mempool {
         Mempool {
             max_txs,
@@ -139,6 +164,34 @@ impl Mempool {
             gapped: FastMap::default(),
             gapped_count: 0,
             gapped_bytes: 0,
+            cuts: None,
+        }
+    }
+
+    /// Batch mode: moves `sender`'s transactions that can now be cut into the cut queue.
+    fn advance_cuts(&mut self, sender: &PublicKey) {
+        let Some(cuts) = self.cuts.as_mut() else {
+            return;
+        };
+        let committed = self.nonces.get(sender).copied().unwrap_or(0);
+        let mut next = cuts.next.get(sender).copied().unwrap_or(0).max(committed);
+        if let Some(m) = self.by_sender.get(sender) {
+            for (n, h) in m.range(next..) {
+                if *n != next {
+                    break;
+                }
+                if let Some(e) = self.txs.get_mut(h) {
+                    e.cuttable = true;
+                    cuts.ready.push_back(*h);
+                    cuts.ready_bytes += e.len;
+                }
+                next += 1;
+            }
+        }
+        if next > committed {
+            cuts.next.insert(*sender, next);
+        } else {
+            cuts.next.remove(sender);
         }
     }
 
@@ -418,7 +471,9 @@ impl Mempool {
             .entry(sender)
             .or_default()
             .insert(nonce, hash);
-        self.queue.push_back(hash);
+        if self.cuts.is_none() {
+            self.queue.push_back(hash);
+        }
         self.bytes += len;
         self.txs.insert(
             hash,
@@ -428,9 +483,11 @@ impl Mempool {
                 arrived: Instant::now(),
                 proposed_at: None,
                 offered_at: None,
+                cuttable: false,
             },
         );
         self.recount_gapped(&sender);
+        self.advance_cuts(&sender);
         Ok(hash)
     }
 
@@ -523,21 +580,57 @@ impl Mempool {
         batch
     }
 
-    /// With data batches: cuts the next batch (as [`Mempool::take_batch`]) for good. Its
-    /// transactions leave the arrival queue — they are never offered again, their batch
-    /// carries them — so the scans that cut batches cost only what waits; they stay in the
-    /// pool (for duplicates and nonces) until their block.
+    /// Batch mode: when the oldest transaction that can be cut now arrived, and the bytes of
+    /// all such transactions.
+    pub fn cuttable(&mut self) -> Option<(Instant, usize)> {
+        let cuts = self.cuts.as_mut()?;
+        while let Some(h) = cuts.ready.front() {
+            match self.txs.get(h) {
+                Some(e) if e.cuttable => return Some((e.arrived, cuts.ready_bytes)),
+                _ => {
+                    cuts.ready.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Batch mode: cuts up to `max_bytes` and `max_txs` of the transactions that can be cut,
+    /// in the order they became cuttable (each sender's in nonce order, without gaps), and
+    /// marks them proposed: they are not cut again (a batch, once made, is the only way they
+    /// are ordered).
     pub fn take_for_batch(
         &mut self,
         max_bytes: usize,
         max_txs: usize,
         now: Instant,
     ) -> Vec<Digest> {
-        const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
-        let taken = self.take_batch(max_bytes, max_txs, now, NEVER);
-        if !taken.is_empty() {
-            let set: FastSet<Digest> = taken.iter().copied().collect();
-            self.queue.retain(|h| !set.contains(h));
+        let mut taken = Vec::new();
+        let Some(cuts) = self.cuts.as_mut() else {
+            return taken;
+        };
+        let mut bytes = 0;
+        while taken.len() < max_txs {
+            let Some(h) = cuts.ready.front().copied() else {
+                break;
+            };
+            let Some(e) = self.txs.get_mut(&h) else {
+                cuts.ready.pop_front();
+                continue;
+            };
+            if !e.cuttable {
+                cuts.ready.pop_front();
+                continue;
+            }
+            if bytes + e.len > max_bytes && !taken.is_empty() {
+                break;
+            }
+            cuts.ready.pop_front();
+            cuts.ready_bytes -= e.len;
+            e.cuttable = false;
+            e.proposed_at = Some(now);
+            bytes += e.len;
+            taken.push(h);
         }
         taken
     }
@@ -664,6 +757,7 @@ impl Mempool {
         }
         for who in &touched {
             self.recount_gapped(who);
+            self.advance_cuts(who);
         }
         if self.nonces.len() > NONCE_CACHE_MAX {
             let pending = &self.by_sender;
@@ -684,6 +778,11 @@ impl Mempool {
     fn remove(&mut self, hash: &Digest) -> Option<Entry> {
         let e = self.txs.remove(hash)?;
         self.bytes -= e.len;
+        if e.cuttable
+            && let Some(cuts) = self.cuts.as_mut()
+        {
+            cuts.ready_bytes -= e.len;
+        }
         let t = e.tx.tx();
         if let Some(m) = self.by_sender.get_mut(&t.sender) {
             m.remove(&t.nonce);

@@ -388,3 +388,50 @@ fn bodies_waiting_for_their_check() {
     assert!(!m.checking_add(b, vec![9]), "full");
     assert_eq!(m.checking_bodies(&[b]), none);
 }
+
+/// Batch mode: what is cut is each sender's run of nonces without gaps, in the order the
+/// transactions became cuttable; a transaction behind a gap joins when the gap fills or a
+/// block moves the nonce past it; nothing is cut twice; the cuttable bytes follow.
+#[test]
+fn batch_cuts_follow_nonces_and_never_repeat() {
+    let (a, b) = (
+        SecretKey::from_seed(&[1; 32]),
+        SecretKey::from_seed(&[2; 32]),
+    );
+    let now = Instant::now();
+    let mut m = Mempool::for_batches(100, 1 << 20);
+    let a0 = tx(&a, 0, 0);
+    let a2 = tx(&a, 2, 0);
+    let b0 = tx(&b, 0, 0);
+    let a1 = tx(&a, 1, 0);
+    let len = a0.encoded().len();
+    let (h_a0, h_a1, h_a2, h_b0) = (a0.hash(), a1.hash(), a2.hash(), b0.hash());
+    m.admit(a0, account(0)).unwrap();
+    m.admit(a2, account(0)).unwrap();
+    m.admit(b0, account(0)).unwrap();
+    assert_eq!(m.cuttable().map(|(_, bytes)| bytes), Some(2 * len));
+    assert_eq!(m.take_for_batch(1 << 20, 1, now), vec![h_a0]);
+    assert_eq!(m.take_for_batch(1 << 20, 100, now), vec![h_b0]);
+    assert_eq!(m.cuttable(), None, "a2 waits behind the gap at nonce 1");
+    // The gap fills: a1 and then a2 become cuttable, in nonce order.
+    m.admit(a1, account(0)).unwrap();
+    assert_eq!(m.cuttable().map(|(_, bytes)| bytes), Some(2 * len));
+    // A byte bound smaller than two transactions cuts one.
+    assert_eq!(m.take_for_batch(len + 1, 100, now), vec![h_a1]);
+    assert_eq!(m.take_for_batch(1 << 20, 100, now), vec![h_a2]);
+    assert!(m.take_for_batch(1 << 20, 100, now).is_empty());
+
+    // A block that commits a sender's transactions another way (moving its nonce past a
+    // gap) makes what is behind the gap cuttable, and drops what it made stale.
+    let c = SecretKey::from_seed(&[3; 32]);
+    let (c0, c2, c3) = (tx(&c, 0, 0), tx(&c, 2, 0), tx(&c, 3, 0));
+    let (h_c0, h_c3) = (c0.hash(), c3.hash());
+    m.admit(c0, account(0)).unwrap();
+    m.admit(c2, account(0)).unwrap();
+    m.admit(c3, account(0)).unwrap();
+    assert_eq!(m.cuttable().map(|(_, bytes)| bytes), Some(len));
+    m.on_block(&[h_c0], &[(c.public_key(), account(3))]);
+    assert_eq!(m.cuttable().map(|(_, bytes)| bytes), Some(len));
+    assert_eq!(m.take_for_batch(1 << 20, 100, now), vec![h_c3]);
+    assert_eq!(m.cuttable(), None);
+}
