@@ -212,8 +212,6 @@ pub fn spawn(
     Ok(path)
 }
 
-/// Never: a transaction cut into a batch is not offered again (its batch carries it).
-
 struct Task {
     me: ValidatorId,
     path: Arc<BatchPath>,
