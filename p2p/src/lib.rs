@@ -35,10 +35,15 @@ pub const GOSSIP_MESSAGE_MAX: usize = 4 * 1024 * 1024;
 /// The largest frame on the batch stream: a data batch of 4 MiB of transactions with its
 /// length prefixes and header, with room to spare.
 pub const BATCH_FRAME_MAX: usize = 6 * 1024 * 1024;
-/// Frames queued per peer on the batch stream. Batch frames are large (up to
-/// [`BATCH_FRAME_MAX`]), so fewer are queued than on the consensus stream; beyond it new
-/// ones are dropped (and counted), and the author asks again.
+/// Frames queued per peer on the batch stream, in each of its two lanes (small frames —
+/// attestations, proofs, requests — are written before batch bodies; see
+/// `pipe::Queueing`). Batch frames are large (up to [`BATCH_FRAME_MAX`]), so fewer are
+/// queued than on the consensus stream; beyond it new ones are dropped (and counted), and
+/// the author asks again.
 pub const BATCH_INFLIGHT_PER_PEER_MAX: usize = 256;
+/// Bytes of large frames (batch bodies) queued per peer on the batch stream: a peer that
+/// reads slowly costs at most this much memory, whatever the frame count.
+pub const BATCH_QUEUED_BYTES_PER_PEER_MAX: usize = 64 * 1024 * 1024;
 /// Outbound requests in flight per peer (sync), and consensus messages queued per
 /// connection; beyond it new ones are dropped.
 pub const INFLIGHT_PER_PEER_MAX: usize = 4096;

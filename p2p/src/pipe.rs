@@ -44,10 +44,26 @@ pub enum Event {
     Dropped { count: u64 },
 }
 
+/// Frames of at most this many bytes take the small-frame lane when lanes are on.
+pub const SMALL_FRAME_MAX: usize = 32 * 1024;
+
+/// How a connection queues frames for one peer.
+#[derive(Clone, Copy, Debug)]
+pub struct Queueing {
+    /// Frames queued per lane; beyond it new ones are dropped (and counted).
+    pub frames_max: usize,
+    /// Bytes queued in the large-frame lane; beyond it new large frames are dropped.
+    pub large_bytes_max: usize,
+    /// Two lanes: frames up to [`SMALL_FRAME_MAX`] (attestations, proofs, requests) are
+    /// written before larger ones (batch bodies), so that a backlog of bodies to a slow
+    /// peer neither delays nor drops them. Order is kept within each lane, not across.
+    pub lanes: bool,
+}
+
 pub struct Behaviour {
     protocol: StreamProtocol,
     frame_max: usize,
-    queue_max: usize,
+    queueing: Queueing,
     events: VecDeque<ToSwarm<Event, Vec<u8>>>,
     /// Established connections per peer, oldest first: messages use the oldest, so that
     /// they stay in order when two validators dialled each other at once.
@@ -55,11 +71,11 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(protocol: StreamProtocol, frame_max: usize, queue_max: usize) -> Behaviour {
+    pub fn new(protocol: StreamProtocol, frame_max: usize, queueing: Queueing) -> Behaviour {
         Behaviour {
             protocol,
             frame_max,
-            queue_max,
+            queueing,
             events: VecDeque::new(),
             connections: HashMap::new(),
         }
@@ -83,7 +99,8 @@ impl Behaviour {
         Handler {
             protocol: self.protocol.clone(),
             frame_max: self.frame_max,
-            queue_max: self.queue_max,
+            queueing: self.queueing,
+            small: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             out: Out::Idle,
@@ -179,8 +196,11 @@ type ReadFuture = BoxFuture<'static, io::Result<(Stream, Vec<u8>)>>;
 pub struct Handler {
     protocol: StreamProtocol,
     frame_max: usize,
-    queue_max: usize,
+    queueing: Queueing,
+    /// The small-frame lane (empty unless lanes are on); written first.
+    small: VecDeque<Vec<u8>>,
     queue: VecDeque<Vec<u8>>,
+    /// Bytes in `queue`.
     queued_bytes: usize,
     out: Out,
     inbound: VecDeque<ReadFuture>,
@@ -201,15 +221,51 @@ async fn write_frames(mut s: Stream, buf: Vec<u8>) -> io::Result<Stream> {
 
 impl Handler {
     fn drop_queue(&mut self) {
-        self.dropped += self.queue.len() as u64;
+        self.dropped += self.queued_frames() as u64;
+        self.small.clear();
         self.queue.clear();
         self.queued_bytes = 0;
     }
 
-    /// Takes queued frames, up to [`WRITE_BYTES_MAX`] (at least one), as one buffer.
+    fn queued_frames(&self) -> usize {
+        self.small.len() + self.queue.len()
+    }
+
+    /// Queues a frame, or counts it dropped when its lane is full.
+    fn enqueue(&mut self, bytes: Vec<u8>) {
+        let q = self.queueing;
+        if bytes.len() > self.frame_max {
+            self.dropped += 1;
+        } else if q.lanes && bytes.len() <= SMALL_FRAME_MAX {
+            if self.small.len() >= q.frames_max {
+                self.dropped += 1;
+            } else {
+                self.small.push_back(bytes);
+            }
+        } else if self.queue.len() >= q.frames_max
+            || self.queued_bytes + bytes.len() > q.large_bytes_max
+        {
+            self.dropped += 1;
+        } else {
+            self.queued_bytes += bytes.len();
+            self.queue.push_back(bytes);
+        }
+    }
+
+    /// Takes queued frames, small-frame lane first, up to [`WRITE_BYTES_MAX`] (at least
+    /// one), as one buffer.
     fn take_write(&mut self) -> (Vec<u8>, u64) {
-        let mut buf = Vec::with_capacity(self.queued_bytes.min(WRITE_BYTES_MAX) + 64);
+        let mut buf = Vec::with_capacity(WRITE_BYTES_MAX.min(64 * 1024));
         let mut n = 0;
+        while let Some(f) = self.small.front() {
+            if n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
+                return (buf, n);
+            }
+            let f = self.small.pop_front().expect("front exists");
+            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&f);
+            n += 1;
+        }
         while let Some(f) = self.queue.front() {
             if n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
                 break;
@@ -237,24 +293,20 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        !self.queue.is_empty() || !matches!(self.out, Out::Idle) || !self.inbound.is_empty()
+        self.queued_frames() > 0 || !matches!(self.out, Out::Idle) || !self.inbound.is_empty()
     }
 
     /// The connection is closing: frames still queued are lost; report them.
     fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<Option<HandlerOut>> {
-        let lost = std::mem::take(&mut self.dropped) + self.queue.len() as u64;
+        let lost = std::mem::take(&mut self.dropped) + self.queued_frames() as u64;
+        self.small.clear();
         self.queue.clear();
         self.queued_bytes = 0;
         Poll::Ready((lost > 0).then_some(HandlerOut::Dropped(lost)))
     }
 
     fn on_behaviour_event(&mut self, bytes: Vec<u8>) {
-        if self.queue.len() >= self.queue_max || bytes.len() > self.frame_max {
-            self.dropped += 1;
-            return;
-        }
-        self.queued_bytes += bytes.len();
-        self.queue.push_back(bytes);
+        self.enqueue(bytes);
     }
 
     fn on_connection_event(
@@ -320,7 +372,7 @@ impl ConnectionHandler for Handler {
         loop {
             match std::mem::replace(&mut self.out, Out::Idle) {
                 Out::Idle => {
-                    if self.queue.is_empty() {
+                    if self.queued_frames() == 0 {
                         return Poll::Pending;
                     }
                     self.out = Out::Requested;
@@ -336,7 +388,7 @@ impl ConnectionHandler for Handler {
                     return Poll::Pending;
                 }
                 Out::Ready(stream) => {
-                    if self.queue.is_empty() {
+                    if self.queued_frames() == 0 {
                         self.out = Out::Ready(stream);
                         return Poll::Pending;
                     }
@@ -360,5 +412,73 @@ impl ConnectionHandler for Handler {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler(lanes: bool) -> Handler {
+        Behaviour::new(
+            StreamProtocol::new("/test/1"),
+            1 << 20,
+            Queueing {
+                frames_max: 3,
+                large_bytes_max: 200_000,
+                lanes,
+            },
+        )
+        .handler()
+    }
+
+    /// Splits a write buffer back into its frames.
+    fn frames(mut buf: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            out.push(buf[4..4 + len].to_vec());
+            buf = &buf[4 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn small_frames_overtake_queued_bodies_and_each_lane_keeps_its_order() {
+        let mut h = handler(true);
+        let body = |b: u8| vec![b; 100_000];
+        h.enqueue(body(1));
+        h.enqueue(vec![10]);
+        h.enqueue(body(2));
+        h.enqueue(vec![11]);
+        // A third body would pass the lane's byte bound: dropped, counted.
+        h.enqueue(body(3));
+        assert_eq!(h.dropped, 1);
+        // A full small-frame lane drops small frames, not bodies.
+        h.enqueue(vec![12]);
+        h.enqueue(vec![13]);
+        assert_eq!(h.dropped, 2);
+        let (buf, n) = h.take_write();
+        assert_eq!(n, 5);
+        assert_eq!(
+            frames(&buf),
+            vec![vec![10], vec![11], vec![12], body(1), body(2)]
+        );
+        assert_eq!((h.queued_frames(), h.queued_bytes), (0, 0));
+    }
+
+    #[test]
+    fn without_lanes_frames_keep_their_order() {
+        let mut h = handler(false);
+        h.enqueue(vec![1; 100_000]);
+        h.enqueue(vec![2]);
+        h.enqueue(vec![3; 50_000]);
+        h.enqueue(vec![4]);
+        assert_eq!(h.dropped, 1, "three frames at most");
+        let (buf, _) = h.take_write();
+        assert_eq!(
+            frames(&buf),
+            vec![vec![1; 100_000], vec![2], vec![3; 50_000]]
+        );
     }
 }

@@ -18,9 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::codec::FrameCodec;
 use crate::{
-    BATCH_FRAME_MAX, BATCH_INFLIGHT_PER_PEER_MAX, CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE,
-    GOSSIP_MESSAGE_MAX, GossipId, INFLIGHT_PER_PEER_MAX, P2pConfig, P2pError, P2pEvent, P2pHandle,
-    P2pStats, SYNC_FRAME_MAX, multiaddr, peer_id,
+    BATCH_FRAME_MAX, BATCH_INFLIGHT_PER_PEER_MAX, BATCH_QUEUED_BYTES_PER_PEER_MAX,
+    CONSENSUS_FRAME_MAX, Command, EVENT_QUEUE, GOSSIP_MESSAGE_MAX, GossipId, INFLIGHT_PER_PEER_MAX,
+    P2pConfig, P2pError, P2pEvent, P2pHandle, P2pStats, SYNC_FRAME_MAX, multiaddr, peer_id,
 };
 
 #[derive(NetworkBehaviour)]
@@ -173,12 +173,20 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                 consensus: crate::pipe::Behaviour::new(
                     consensus_protocol,
                     CONSENSUS_FRAME_MAX,
-                    INFLIGHT_PER_PEER_MAX,
+                    crate::pipe::Queueing {
+                        frames_max: INFLIGHT_PER_PEER_MAX,
+                        large_bytes_max: usize::MAX,
+                        lanes: false,
+                    },
                 ),
                 batches: crate::pipe::Behaviour::new(
                     batches_protocol,
                     BATCH_FRAME_MAX,
-                    BATCH_INFLIGHT_PER_PEER_MAX,
+                    crate::pipe::Queueing {
+                        frames_max: BATCH_INFLIGHT_PER_PEER_MAX,
+                        large_bytes_max: BATCH_QUEUED_BYTES_PER_PEER_MAX,
+                        lanes: true,
+                    },
                 ),
                 sync: request_response::Behaviour::with_codec(
                     FrameCodec {
