@@ -22,6 +22,10 @@ use super::{Pbft, Repair};
 use crate::Seq;
 use crate::protocol::{Event, Output};
 
+/// Executed checkpoints kept unsigned because they were more than two windows above the
+/// stable checkpoint: the latest few (a newer stable checkpoint supersedes older ones).
+pub(crate) const DEFERRED_CHECKPOINTS_MAX: usize = 4;
+
 impl Pbft {
     /// The driver executed `seq` (batch `digest`, block `block_hash`). At checkpoint sequence
     /// numbers this replica signs and broadcasts its block hash.
@@ -52,22 +56,17 @@ impl Pbft {
         // A checkpoint is signed once per sequence number, also when the report comes late
         // (after a restart: see [`Pbft::unsigned_checkpoints`]). A diverged replica's hashes
         // are not worth signing.
-        if seq.0.is_multiple_of(self.config.checkpoint_interval)
-            && seq > self.stable.seq
-            && seq.0 <= self.stable.seq.0 + 2 * self.config.watermark_window
-            && !self.own_hashes.contains_key(&seq)
-            && self.may_sign()
-        {
-            self.own_hashes.insert(seq, block_hash);
-            let cp = Checkpoint { seq, block_hash };
-            if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {
-                out.push(Output::Broadcast(Message::Checkpoint(signed)));
-                self.checkpoints
-                    .entry(seq)
-                    .or_default()
-                    .insert(self.me, signed);
+        if seq.0.is_multiple_of(self.config.checkpoint_interval) && seq > self.stable.seq {
+            if seq.0 <= self.stable.seq.0 + 2 * self.config.watermark_window {
+                self.sign_own_checkpoint(seq, block_hash, out);
+            } else {
+                // Too far above the stable checkpoint to sign now: kept, and signed when the
+                // stable checkpoint catches up (see [`Pbft::sign_deferred_checkpoints`]).
+                self.deferred_checkpoints.insert(seq, block_hash);
+                while self.deferred_checkpoints.len() > DEFERRED_CHECKPOINTS_MAX {
+                    self.deferred_checkpoints.pop_first();
+                }
             }
-            self.check_stable(seq, out);
         }
         if let Some(p) = self.pending_stable.clone()
             && p.seq <= self.last_executed
@@ -77,6 +76,47 @@ impl Pbft {
         }
         self.emit_commits(out);
         self.maybe_request_batch(out);
+    }
+
+    /// Signs and broadcasts this replica's CHECKPOINT for `seq` (executed, with `block_hash`)
+    /// unless already signed or diverged, and checks whether it completes a quorum.
+    fn sign_own_checkpoint(&mut self, seq: Seq, block_hash: Digest, out: &mut Vec<Output>) {
+        if self.own_hashes.contains_key(&seq) || !self.may_sign() {
+            return;
+        }
+        self.own_hashes.insert(seq, block_hash);
+        let cp = Checkpoint { seq, block_hash };
+        if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {
+            out.push(Output::Broadcast(Message::Checkpoint(signed)));
+            self.checkpoints
+                .entry(seq)
+                .or_default()
+                .insert(self.me, signed);
+        }
+        self.check_stable(seq, out);
+    }
+
+    /// The stable checkpoint moved: checkpoints this replica executed while they were more
+    /// than two windows above it are signed now. Without this, a replica that executed
+    /// ahead of the stable checkpoint (its peers' votes for it were late) never voted for
+    /// the checkpoints in between; with one other replica diverged, the rest were one vote
+    /// short of a quorum, no checkpoint became stable again, the window stayed full and
+    /// nothing more committed (found by the simulator, seed 259333639688).
+    fn sign_deferred_checkpoints(&mut self, out: &mut Vec<Output>) {
+        let stable = self.stable.seq;
+        self.deferred_checkpoints = self.deferred_checkpoints.split_off(&stable.next());
+        let bound = stable.0 + 2 * self.config.watermark_window;
+        let due: Vec<(Seq, Digest)> = self
+            .deferred_checkpoints
+            .range(..=Seq(bound))
+            .map(|(s, h)| (*s, *h))
+            .collect();
+        for (seq, hash) in due {
+            self.deferred_checkpoints.remove(&seq);
+            if seq > self.stable.seq {
+                self.sign_own_checkpoint(seq, hash, out);
+            }
+        }
     }
 
     /// Checkpoint sequence numbers above the stable checkpoint that this replica executed
@@ -228,6 +268,7 @@ impl Pbft {
             self.next_commit = seq.next();
         }
         out.push(Output::Event(Event::StableCheckpoint { seq }));
+        self.sign_deferred_checkpoints(out);
         self.maybe_request_batch(out);
     }
 

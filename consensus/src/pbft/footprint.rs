@@ -13,7 +13,7 @@
 //! | VIEW-CHANGEs | 2n: per sender its lowest at or above the current view and its highest, each ≤ L claims with certificates |
 //! | messages of future views | per sender 3L + 2 messages and [`super::PbftConfig::future_bytes_per_sender`] bytes |
 //! | evidence tracker | 3 · L · n · 4 votes + (L/K) · n checkpoints + 4 · n view changes |
-//! | executed digests, own block hashes | 4 · L, 2 · L/K |
+//! | executed digests, own block hashes, deferred checkpoints | 4 · L, 2 · L/K, 4 |
 //! | own votes and view messages | 6 · L + 2 · L/K votes (this view and the previous), two VIEW-CHANGEs, one NEW-VIEW |
 //!
 //! [`Pbft::footprint`] measures the stores, [`Pbft::footprint_bound`] computes the bound;
@@ -89,10 +89,8 @@ impl Pbft {
         }
         let (statements, bytes) = self.evidence.footprint();
         f.add(statements, bytes);
-        f.add(
-            self.executed.len() + self.own_hashes.len(),
-            ENTRY_BYTES * (self.executed.len() + self.own_hashes.len()),
-        );
+        let hashes = self.executed.len() + self.own_hashes.len() + self.deferred_checkpoints.len();
+        f.add(hashes, ENTRY_BYTES * hashes);
         f.add(self.safety.len(), SIGNED_VOTE_BYTES * self.safety.len());
         if let Some((vc, proofs)) = self.safety.own_view_change(self.view) {
             f.add(0, view_change_bytes(&vc.body) + proofs_bytes(proofs));
@@ -154,8 +152,9 @@ impl Pbft {
                 + tracked_checkpoints * SIGNED_CHECKPOINT_BYTES
                 + tracked_view_changes * (2 + 64 + 8 + 40 + 4 + 48 * l),
         );
-        // Executed digests and own block hashes.
-        let entries = EXECUTED_KEPT_WINDOWS * l + 2 * l / k + 2;
+        // Executed digests, own block hashes and deferred checkpoints.
+        let entries =
+            EXECUTED_KEPT_WINDOWS * l + 2 * l / k + 2 + super::checkpoint::DEFERRED_CHECKPOINTS_MAX;
         f.add(entries, entries * ENTRY_BYTES);
         // Own votes (of the current and the previous view) and view messages.
         let own = 6 * l + 2 * l / k + 6;

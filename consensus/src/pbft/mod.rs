@@ -211,6 +211,9 @@ pub struct Pbft {
     pub(crate) checkpoints: BTreeMap<Seq, BTreeMap<ValidatorId, Signed<Checkpoint>>>,
     /// This replica's own block hashes at checkpoint sequence numbers.
     pub(crate) own_hashes: BTreeMap<Seq, Digest>,
+    /// Block hashes of executed checkpoints not yet signed because they were more than two
+    /// windows above the stable checkpoint; at most `DEFERRED_CHECKPOINTS_MAX`.
+    pub(crate) deferred_checkpoints: BTreeMap<Seq, Digest>,
     /// Batch digests this replica executed above the stable checkpoint (the latest
     /// [`EXECUTED_KEPT_WINDOWS`] windows' worth): it never votes for another digest there.
     pub(crate) executed: BTreeMap<Seq, Digest>,
@@ -287,6 +290,7 @@ impl Pbft {
             stable: CheckpointCert::default(),
             checkpoints: BTreeMap::new(),
             own_hashes: BTreeMap::new(),
+            deferred_checkpoints: BTreeMap::new(),
             executed: BTreeMap::new(),
             last_executed,
             next_commit: last_executed.next(),
@@ -421,9 +425,18 @@ impl Pbft {
             self.config.watermark_window,
             self.checkpoints
                 .iter()
-                .map(|(s, v)| (s.0, v.keys().map(|k| k.0).collect::<Vec<_>>()))
+                .map(|(s, v)| {
+                    let votes: Vec<String> = v
+                        .iter()
+                        .map(|(k, m)| format!("{}:{}", k.0, &m.body.block_hash.to_hex()[..6]))
+                        .collect();
+                    (s.0, votes)
+                })
                 .collect::<Vec<_>>(),
-            self.own_hashes.keys().map(|s| s.0).collect::<Vec<_>>(),
+            self.own_hashes
+                .iter()
+                .map(|(s, h)| format!("{}:{}", s.0, &h.to_hex()[..6]))
+                .collect::<Vec<_>>(),
             self.view.0,
             self.status,
             self.stable.seq.0,

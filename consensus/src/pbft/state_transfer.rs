@@ -123,6 +123,7 @@ impl Pbft {
         self.fetching = None;
         self.executed.retain(|s, _| *s <= seq);
         self.own_hashes.clear();
+        self.deferred_checkpoints.clear();
         if matches_stable {
             self.own_hashes.insert(seq, block_hash);
         } else {
