@@ -111,7 +111,7 @@ pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
         SubmitError::Admit(AdmitError::NonceTooFar { .. }) => codes::NONCE_TOO_FAR,
         SubmitError::Admit(AdmitError::NonceTaken { .. }) => codes::NONCE_TAKEN,
         SubmitError::Overloaded => codes::OVERLOADED,
-        SubmitError::Unproven { .. } => {
+        SubmitError::Unproven { .. } | SubmitError::Uncommitted { .. } => {
             return error(
                 codes::OVERLOADED,
                 e.to_string(),

@@ -137,6 +137,8 @@ struct Cuts {
     ready: VecDeque<Digest>,
     ready_bytes: usize,
     next: FastMap<PublicKey, u64>,
+    /// Transactions cut into batches and not yet committed (or made stale).
+    cut: usize,
 }
 
 impl Mempool {
@@ -580,6 +582,11 @@ impl Mempool {
         batch
     }
 
+    /// Batch mode: transactions cut into batches and not yet committed.
+    pub fn cut_uncommitted(&self) -> usize {
+        self.cuts.as_ref().map_or(0, |c| c.cut)
+    }
+
     /// Batch mode: when the oldest transaction that can be cut now arrived, and the bytes of
     /// all such transactions.
     pub fn cuttable(&mut self) -> Option<(Instant, usize)> {
@@ -627,6 +634,7 @@ impl Mempool {
             }
             cuts.ready.pop_front();
             cuts.ready_bytes -= e.len;
+            cuts.cut += 1;
             e.cuttable = false;
             e.proposed_at = Some(now);
             bytes += e.len;
@@ -778,10 +786,12 @@ impl Mempool {
     fn remove(&mut self, hash: &Digest) -> Option<Entry> {
         let e = self.txs.remove(hash)?;
         self.bytes -= e.len;
-        if e.cuttable
-            && let Some(cuts) = self.cuts.as_mut()
-        {
-            cuts.ready_bytes -= e.len;
+        if let Some(cuts) = self.cuts.as_mut() {
+            if e.cuttable {
+                cuts.ready_bytes -= e.len;
+            } else if e.proposed_at.is_some() {
+                cuts.cut -= 1;
+            }
         }
         let t = e.tx.tx();
         if let Some(m) = self.by_sender.get_mut(&t.sender) {

@@ -434,4 +434,8 @@ fn batch_cuts_follow_nonces_and_never_repeat() {
     assert_eq!(m.cuttable().map(|(_, bytes)| bytes), Some(len));
     assert_eq!(m.take_for_batch(1 << 20, 100, now), vec![h_c3]);
     assert_eq!(m.cuttable(), None);
+    // Cut and not yet committed: a0, b0, a1, a2, c3; a block committing a0 leaves four.
+    assert_eq!(m.cut_uncommitted(), 5);
+    m.on_block(&[h_a0], &[(a.public_key(), account(1))]);
+    assert_eq!(m.cut_uncommitted(), 4);
 }
