@@ -257,27 +257,31 @@ impl Handler {
     fn take_write(&mut self) -> (Vec<u8>, u64) {
         let mut buf = Vec::with_capacity(WRITE_BYTES_MAX.min(64 * 1024));
         let mut n = 0;
-        while let Some(f) = self.small.front() {
-            if n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
-                return (buf, n);
-            }
-            let f = self.small.pop_front().expect("front exists");
-            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&f);
-            n += 1;
-        }
-        while let Some(f) = self.queue.front() {
-            if n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
-                break;
-            }
-            let f = self.queue.pop_front().expect("front exists");
-            self.queued_bytes -= f.len();
-            buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&f);
-            n += 1;
+        let (_, emptied) = drain_lane(&mut self.small, &mut buf, &mut n);
+        if emptied {
+            let (taken, _) = drain_lane(&mut self.queue, &mut buf, &mut n);
+            self.queued_bytes -= taken;
         }
         (buf, n)
     }
+}
+
+/// Moves frames from the front of `lane` into `buf` (`len u32 BE ‖ bytes` each, counted in
+/// `n`) while the write stays within [`WRITE_BYTES_MAX`] (a first frame always goes).
+/// Returns the payload bytes taken and whether the lane was emptied.
+fn drain_lane(lane: &mut VecDeque<Vec<u8>>, buf: &mut Vec<u8>, n: &mut u64) -> (usize, bool) {
+    let mut taken = 0;
+    while let Some(f) = lane.front() {
+        if *n > 0 && buf.len() + 4 + f.len() > WRITE_BYTES_MAX {
+            return (taken, false);
+        }
+        let f = lane.pop_front().expect("front exists");
+        taken += f.len();
+        buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&f);
+        *n += 1;
+    }
+    (taken, true)
 }
 
 impl ConnectionHandler for Handler {

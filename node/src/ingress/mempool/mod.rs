@@ -95,8 +95,17 @@ struct Entry {
     proposed_at: Option<Instant>,
     /// When its body was last handed to a primary that asked for pending work.
     offered_at: Option<Instant>,
-    /// In the batch-cut queue, not yet cut (batch mode).
-    cuttable: bool,
+    /// Batch mode: where it is on its way into a batch.
+    cut: CutState,
+}
+
+/// Batch mode: a transaction waits behind a nonce gap (or is not in batch mode at all), is in
+/// the queue of what can be cut, or was cut into a batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CutState {
+    Waiting,
+    Ready,
+    Cut,
 }
 
 pub struct Mempool {
@@ -183,7 +192,7 @@ impl Mempool {
                     break;
                 }
                 if let Some(e) = self.txs.get_mut(h) {
-                    e.cuttable = true;
+                    e.cut = CutState::Ready;
                     cuts.ready.push_back(*h);
                     cuts.ready_bytes += e.len;
                 }
@@ -485,7 +494,7 @@ impl Mempool {
                 arrived: Instant::now(),
                 proposed_at: None,
                 offered_at: None,
-                cuttable: false,
+                cut: CutState::Waiting,
             },
         );
         self.recount_gapped(&sender);
@@ -593,7 +602,9 @@ impl Mempool {
         let cuts = self.cuts.as_mut()?;
         while let Some(h) = cuts.ready.front() {
             match self.txs.get(h) {
-                Some(e) if e.cuttable => return Some((e.arrived, cuts.ready_bytes)),
+                Some(e) if e.cut == CutState::Ready => {
+                    return Some((e.arrived, cuts.ready_bytes));
+                }
                 _ => {
                     cuts.ready.pop_front();
                 }
@@ -625,7 +636,7 @@ impl Mempool {
                 cuts.ready.pop_front();
                 continue;
             };
-            if !e.cuttable {
+            if e.cut != CutState::Ready {
                 cuts.ready.pop_front();
                 continue;
             }
@@ -635,7 +646,7 @@ impl Mempool {
             cuts.ready.pop_front();
             cuts.ready_bytes -= e.len;
             cuts.cut += 1;
-            e.cuttable = false;
+            e.cut = CutState::Cut;
             e.proposed_at = Some(now);
             bytes += e.len;
             taken.push(h);
@@ -779,6 +790,15 @@ impl Mempool {
             let live = &self.txs;
             self.queue.retain(|h| live.contains_key(h));
         }
+        // Likewise the cut queue (entries committed before they were cut stay behind while
+        // cutting is paused for overload): it holds at most twice the pool plus the slack.
+        if let Some(cuts) = self.cuts.as_mut()
+            && cuts.ready.len() > 2 * self.txs.len() + QUEUE_SLACK
+        {
+            let live = &self.txs;
+            cuts.ready
+                .retain(|h| live.get(h).is_some_and(|e| e.cut == CutState::Ready));
+        }
         arrivals
     }
 
@@ -787,10 +807,10 @@ impl Mempool {
         let e = self.txs.remove(hash)?;
         self.bytes -= e.len;
         if let Some(cuts) = self.cuts.as_mut() {
-            if e.cuttable {
-                cuts.ready_bytes -= e.len;
-            } else if e.proposed_at.is_some() {
-                cuts.cut -= 1;
+            match e.cut {
+                CutState::Ready => cuts.ready_bytes -= e.len,
+                CutState::Cut => cuts.cut -= 1,
+                CutState::Waiting => {}
             }
         }
         let t = e.tx.tx();

@@ -439,3 +439,26 @@ fn batch_cuts_follow_nonces_and_never_repeat() {
     m.on_block(&[h_a0], &[(a.public_key(), account(1))]);
     assert_eq!(m.cut_uncommitted(), 4);
 }
+
+/// Batch mode: transactions committed before they were cut (by another validator's batch)
+/// do not stay in the cut queue: it is compacted like the arrival queue.
+#[test]
+fn the_cut_queue_does_not_keep_committed_transactions() {
+    let mut m = Mempool::for_batches(100_000, 1 << 30);
+    let mut committed = Vec::new();
+    let mut accounts = Vec::new();
+    for i in 0..(QUEUE_SLACK as u32 + 100) {
+        let mut seed = [7u8; 32];
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        let k = SecretKey::from_seed(&seed);
+        let t = tx(&k, 0, 0);
+        committed.push(t.hash());
+        accounts.push((k.public_key(), account(1)));
+        m.admit(t, account(0)).unwrap();
+    }
+    assert_eq!(m.cuts.as_ref().unwrap().ready.len(), QUEUE_SLACK + 100);
+    m.on_block(&committed, &accounts);
+    assert!(m.cuts.as_ref().unwrap().ready.is_empty());
+    assert_eq!(m.cuttable(), None);
+    assert_eq!(m.cut_uncommitted(), 0);
+}
