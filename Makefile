@@ -30,7 +30,9 @@ lint: deps
 
 ## make test: every test: formatting, lints, unit and property tests, the storage suite on both
 ## backends, the kill-during-commit test, CLI tests, doc tests, the vectors in Python, and
-## SIM_SEEDS (default 1000) simulated PBFT runs (every adversary) with the negative control, and
+## SIM_SEEDS (default 1000) simulated PBFT runs (every adversary) with the negative control,
+## RAFT_SIM_SEEDS and PAXOS_SIM_SEEDS (default 2000 per cluster size, n = 3 and 5) simulated Raft
+## and Multi-Paxos runs with their negative controls, and
 ## SIM_DISSEMINATION_SEEDS (default 200 per configuration) simulated batch-dissemination runs.
 test: lint
 	cargo nextest run --workspace --no-fail-fast

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The simulator part of `make test`: SIM_SEEDS seeds in all (default 1000) over n = 4 and
+# The simulator part of `make test`. PBFT: SIM_SEEDS seeds in all (default 1000) over n = 4 and
 # n = 7, with crash and network faults, Byzantine validators up to f (a random mix of every
 # behaviour, and each adversary alone), and one twin; then the negative control (2 twins at
-# n = 4 > f) must report violations. Longer runs by hand:
+# n = 4 > f) must report violations. Raft: RAFT_SIM_SEEDS seeds (default 2000) at each of
+# n = 3 and n = 5, then its negative control (replicas that forget their vote on restart).
+# Multi-Paxos: PAXOS_SIM_SEEDS (default 2000) at each of n = 3 and n = 5 with quorums drawn
+# per seed, then its negative control (q1 + q2 = n).
+# Longer runs by hand:
 #   SIM_SEEDS=20000 scripts/sim-suite.sh
 #   tally sim --validators 4 --byzantine 1 --adversary all --seeds 10000
 #   tally sim --validators 7 --byzantine 2 --adversary all --seeds 3000
@@ -33,4 +37,34 @@ if "$TALLY" sim --protocol pbft --validators 4 --twins 2 --seeds 60 --liveness-b
 fi
 grep -E "violations:|agreement" /tmp/tally-negative-control.$$ | head -3
 rm -f /tmp/tally-negative-control.$$
+echo "negative control: violations found, as they must be"
+
+RAFT_SEEDS=${RAFT_SIM_SEEDS:-2000}
+"$TALLY" sim --protocol raft --validators 3 --seeds "$RAFT_SEEDS"
+"$TALLY" sim --protocol raft --validators 5 --seeds "$RAFT_SEEDS"
+echo "negative control: raft replicas that forget their vote on restart must elect two leaders of one term"
+if "$TALLY" sim --protocol raft --validators 3 --seeds 300 --seed 1 --forget-vote-on-restart \
+    > /tmp/tally-raft-negative-control.$$ 2>&1; then
+    cat /tmp/tally-raft-negative-control.$$
+    echo "FAIL: the checkers found no violation with votes forgotten"
+    rm -f /tmp/tally-raft-negative-control.$$
+    exit 1
+fi
+grep -E "violations:|election safety" /tmp/tally-raft-negative-control.$$ | head -3 || true
+rm -f /tmp/tally-raft-negative-control.$$
+echo "negative control: violations found, as they must be"
+
+PAXOS_SEEDS=${PAXOS_SIM_SEEDS:-2000}
+"$TALLY" sim --protocol multipaxos --validators 3 --seeds "$PAXOS_SEEDS"
+"$TALLY" sim --protocol multipaxos --validators 5 --seeds "$PAXOS_SEEDS"
+echo "negative control: multi-paxos with q1 + q2 = n must choose two values for one slot"
+if "$TALLY" sim --protocol multipaxos --validators 3 --quorums 1,2 --seeds 300 --seed 1 \
+    > /tmp/tally-paxos-negative-control.$$ 2>&1; then
+    cat /tmp/tally-paxos-negative-control.$$
+    echo "FAIL: the checkers found no violation with quorums that do not intersect"
+    rm -f /tmp/tally-paxos-negative-control.$$
+    exit 1
+fi
+grep -E "violations:|state-machine safety" /tmp/tally-paxos-negative-control.$$ | head -3 || true
+rm -f /tmp/tally-paxos-negative-control.$$
 echo "negative control: violations found, as they must be"

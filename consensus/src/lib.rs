@@ -9,8 +9,10 @@
 pub mod availability;
 pub mod batch;
 pub mod certificate;
+pub mod paxos;
 pub mod pbft;
 pub mod protocol;
+pub mod raft;
 pub mod signer;
 pub mod sim;
 pub mod types;

@@ -30,7 +30,10 @@ pub mod byzantine;
 pub mod checkers;
 pub mod dissemination;
 mod driver;
+pub mod links;
 mod network;
+pub mod paxos;
+pub mod raft;
 pub mod rng;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -47,11 +47,29 @@ pub struct SimArgs {
     /// Print one line per seed.
     #[arg(long)]
     pub verbose: bool,
+    /// Raft negative control: replicas forget the vote they cast when they restart (the
+    /// checkers must then find two leaders of one term).
+    #[arg(long)]
+    pub forget_vote_on_restart: bool,
+    /// Multi-Paxos quorums `Q1,Q2` (default: drawn per seed among those with Q1 + Q2 > n).
+    /// Quorums with Q1 + Q2 ≤ n are the negative control: they run, and must lose agreement.
+    #[arg(long, value_parser = parse_quorums)]
+    pub quorums: Option<(usize, usize)>,
+}
+
+fn parse_quorums(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: expected Q1,Q2"))?;
+    let q = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((q(a)?, q(b)?))
 }
 
 pub fn run(a: SimArgs) -> Result<()> {
-    if a.protocol != "pbft" {
-        bail!("unknown protocol {:?}: the simulator runs pbft", a.protocol);
+    match a.protocol.as_str() {
+        "pbft" => {}
+        "raft" | "multipaxos" => return run_cft(a),
+        other => bail!("unknown protocol {other:?}: the simulator runs pbft, raft and multipaxos"),
     }
     if a.validators == 0 || a.byzantine + a.twins > a.validators {
         bail!("--byzantine plus --twins must not exceed --validators");
@@ -254,6 +272,132 @@ pub fn run(a: SimArgs) -> Result<()> {
             "{} of {} seeds violated an invariant",
             failing.len(),
             reports.len()
+        );
+    }
+    Ok(())
+}
+
+/// `tally sim --protocol raft|multipaxos`: crash faults only (no Byzantine validators, no
+/// twins).
+fn run_cft(a: SimArgs) -> Result<()> {
+    use tally_consensus::sim::{paxos, raft};
+    let multipaxos = a.protocol == "multipaxos";
+    if a.validators == 0 || a.byzantine > 0 || a.twins > 0 {
+        bail!(
+            "{}: --validators must be at least 1, with no --byzantine or --twins",
+            a.protocol
+        );
+    }
+    if a.forget_vote_on_restart && multipaxos {
+        bail!("--forget-vote-on-restart is a Raft control; Multi-Paxos's is --quorums");
+    }
+    if a.quorums.is_some() && !multipaxos {
+        bail!("--quorums is for --protocol multipaxos");
+    }
+    let mut control = a.forget_vote_on_restart;
+    if let Some((q1, q2)) = a.quorums {
+        let mut probe = tally_consensus::paxos::PaxosConfig::majorities(a.validators);
+        (probe.q1, probe.q2) = (q1, q2);
+        if let Err(e) = probe.check(a.validators) {
+            if q1 == 0 || q2 == 0 || q1 > a.validators || q2 > a.validators {
+                bail!("--quorums: {e}");
+            }
+            println!("  note: a node refuses these quorums ({e}); run as the negative control");
+            control = true;
+        }
+    }
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let first = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            % 1_000_000_000_000
+    });
+    let raft_config = raft::RaftSimConfig {
+        validators: a.validators,
+        safety_ms: a.safety_ms,
+        liveness_bound_ms: a.liveness_bound_ms,
+        forget_vote_on_restart: a.forget_vote_on_restart,
+    };
+    let paxos_config = paxos::PaxosSimConfig {
+        validators: a.validators,
+        safety_ms: a.safety_ms,
+        liveness_bound_ms: a.liveness_bound_ms,
+        quorums: a.quorums,
+        unsafe_quorums: control,
+    };
+    let quorums = match a.quorums {
+        Some((q1, q2)) => format!("q1 {q1}, q2 {q2}"),
+        None if multipaxos => "quorums drawn per seed".to_string(),
+        None => format!("majority {}", a.validators / 2 + 1),
+    };
+    println!(
+        "tally sim: {}, n = {} ({quorums}), seeds {}..{} ({} seeds){}",
+        a.protocol,
+        a.validators,
+        first,
+        first + a.seeds - 1,
+        a.seeds,
+        if control {
+            " — negative control: violations expected"
+        } else {
+            ""
+        }
+    );
+    let started = Instant::now();
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut committed, mut leaders, mut failing) = (0u64, 0u64, Vec::new());
+    for seed in first..first + a.seeds {
+        let r = if multipaxos {
+            paxos::run_seed(&paxos_config, seed)
+        } else {
+            raft::run_seed(&raft_config, seed)
+        };
+        committed += r.committed;
+        leaders += r.leaders;
+        for (k, v) in &r.faults {
+            *faults.entry(k).or_default() += v;
+        }
+        if a.verbose {
+            println!(
+                "  seed {seed}: committed {}, leaders {}, violations {}",
+                r.committed,
+                r.leaders,
+                r.violations.len()
+            );
+        }
+        if !r.violations.is_empty() {
+            failing.push(r);
+        }
+    }
+    println!(
+        "  {} seeds in {:.1} s: entries committed {committed}, terms or ballots with a leader {leaders}",
+        a.seeds,
+        started.elapsed().as_secs_f64()
+    );
+    let faults: Vec<String> = faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  faults: {}", faults.join(", "));
+    println!("  violations: {} failing seeds", failing.len());
+    for r in failing.iter().take(3) {
+        println!("    seed {}: {}", r.seed, r.violations.join(" | "));
+        let extra = match (a.forget_vote_on_restart, a.quorums) {
+            (true, _) => " --forget-vote-on-restart".to_string(),
+            (_, Some((q1, q2))) => format!(" --quorums {q1},{q2}"),
+            _ => String::new(),
+        };
+        println!(
+            "    replay: tally sim --protocol {} --validators {} --seeds 1 --seed {} --safety-ms {} --liveness-bound-ms {}{extra}",
+            a.protocol, a.validators, r.seed, a.safety_ms, a.liveness_bound_ms,
+        );
+    }
+    if !failing.is_empty() {
+        bail!(
+            "{} of {} seeds violated an invariant",
+            failing.len(),
+            a.seeds
         );
     }
     Ok(())

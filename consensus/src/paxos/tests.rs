@@ -1,0 +1,176 @@
+//! Unit tests of the Multi-Paxos core: replicas driven by hand, one rule each.
+
+use super::*;
+
+fn cfg(n: usize) -> PaxosConfig {
+    PaxosConfig {
+        election_ms: 100,
+        heartbeat_ms: 20,
+        lease_ms: 50,
+        ..PaxosConfig::majorities(n)
+    }
+}
+
+fn msg(from: u16, body: Body) -> PaxosInput {
+    PaxosInput::Message(Message {
+        from: ValidatorId(from),
+        body,
+    })
+}
+
+fn sent(out: &[PaxosOutput]) -> Vec<(ValidatorId, Body)> {
+    out.iter()
+        .filter_map(|o| match o {
+            PaxosOutput::Send { to, msg } => Some((*to, msg.body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks replica `p` until it starts phase 1; returns the time and its ballot.
+fn start_phase1(p: &mut Paxos, from: Millis) -> Millis {
+    let mut now = from;
+    loop {
+        now += 10;
+        let mut out = Vec::new();
+        p.step(now, PaxosInput::Tick { entropy: now }, &mut out);
+        if *p.role() == Role::Preparing {
+            return now;
+        }
+        assert!(now < from + 1_000);
+    }
+}
+
+#[test]
+fn phase_one_keeps_the_highest_ballot_value_and_fills_gaps_with_no_ops() {
+    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0);
+    let now = start_phase1(&mut p, 100);
+    let ballot = p.ballot();
+    let old = Ballot {
+        round: 0,
+        node: ValidatorId(2),
+    };
+    let older = Ballot {
+        round: 0,
+        node: ValidatorId(1),
+    };
+    let value = |b: u8| {
+        Payload::Batch(Batch {
+            txs: vec![tally_crypto::Digest([b; 32])],
+        })
+    };
+    let mut out = Vec::new();
+    let promise = Body::Promise {
+        ballot,
+        base: 0,
+        // Slot 1 accepted twice (the higher ballot wins), slot 3 once, slot 2 never.
+        accepted: vec![
+            (1, older, value(1)),
+            (1, old, value(2)),
+            (3, older, value(3)),
+        ],
+    };
+    p.step(now, msg(1, promise), &mut out);
+    assert_eq!(*p.role(), Role::Leader);
+    let accepts: Vec<(Slot, Payload)> = sent(&out)
+        .into_iter()
+        .filter(|(to, _)| *to == ValidatorId(1))
+        .filter_map(|(_, b)| match b {
+            Body::Accept { slot, payload, .. } => Some((slot, payload)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accepts[..3],
+        [(1, value(2)), (2, Payload::Noop), (3, value(3))]
+    );
+}
+
+#[test]
+fn a_leased_acceptor_promises_no_one_else_and_a_restarted_one_no_one_at_all() {
+    let leader = Ballot {
+        round: 1,
+        node: ValidatorId(0),
+    };
+    let rival = Ballot {
+        round: 2,
+        node: ValidatorId(2),
+    };
+    let prepare = Body::Prepare {
+        ballot: rival,
+        from_slot: 1,
+    };
+    // Restarted at 0: no promise before lease_ms.
+    let mut a = Paxos::new(cfg(3), ValidatorId(1), 3, Durable::default(), 0, 0);
+    let mut out = Vec::new();
+    a.step(10, msg(2, prepare.clone()), &mut out);
+    assert!(matches!(sent(&out)[0].1, Body::Nack { .. }));
+    // A heartbeat's acknowledgement gives the leader lease_ms of this clock.
+    out.clear();
+    a.step(
+        100,
+        msg(
+            0,
+            Body::Heartbeat {
+                ballot: leader,
+                commit: 0,
+                seq: 1,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(
+        sent(&out)[0].1,
+        Body::HeartbeatAck {
+            ballot: leader,
+            seq: 1
+        }
+    );
+    out.clear();
+    a.step(140, msg(2, prepare.clone()), &mut out);
+    assert!(
+        matches!(sent(&out)[0].1, Body::Nack { .. }),
+        "inside the lease"
+    );
+    out.clear();
+    a.step(151, msg(2, prepare), &mut out);
+    assert!(out.contains(&PaxosOutput::Persist(Record::Promise { ballot: rival })));
+    assert!(matches!(sent(&out).last().unwrap().1, Body::Promise { .. }));
+}
+
+#[test]
+fn a_leader_holds_its_lease_only_with_acknowledgements_from_every_phase_one_quorum() {
+    // n = 5, q1 = 4, q2 = 2: a phase-1 quorum leaves out one acceptor, so the lease needs
+    // n − q1 + 1 = 2 acknowledgements (the leader's own and one more).
+    let mut c = cfg(5);
+    (c.q1, c.q2) = (4, 2);
+    assert_eq!(c.check(5), Ok(()));
+    let mut p = Paxos::new(c, ValidatorId(0), 5, Durable::default(), 0, 0);
+    let now = start_phase1(&mut p, 100);
+    let ballot = p.ballot();
+    let mut out = Vec::new();
+    for from in 1..=3 {
+        p.step(
+            now,
+            msg(
+                from,
+                Body::Promise {
+                    ballot,
+                    base: 0,
+                    accepted: vec![],
+                },
+            ),
+            &mut out,
+        );
+    }
+    assert_eq!(*p.role(), Role::Leader);
+    assert!(!p.lease_valid(now), "no acknowledgement yet");
+    p.step(
+        now + 5,
+        msg(1, Body::HeartbeatAck { ballot, seq: 1 }),
+        &mut out,
+    );
+    assert!(p.lease_valid(now + 5));
+    // lease_ms · (1 − drift) = 45 from the heartbeat's sending.
+    assert!(!p.lease_valid(now + 45));
+}

@@ -1,0 +1,269 @@
+//! Unit tests of the Raft core: replicas driven by hand, one rule each.
+
+use super::*;
+
+fn cfg() -> RaftConfig {
+    RaftConfig {
+        election_ms: 100,
+        heartbeat_ms: 20,
+        ..RaftConfig::default()
+    }
+}
+
+fn replica(me: u16, n: usize) -> Raft {
+    Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0)
+}
+
+fn msg(from: u16, term: Term, body: Body) -> RaftInput {
+    RaftInput::Message(Message {
+        from: ValidatorId(from),
+        term,
+        body,
+    })
+}
+
+fn sends(out: &[RaftOutput]) -> Vec<(ValidatorId, Message)> {
+    out.iter()
+        .filter_map(|o| match o {
+            RaftOutput::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks until the election timeout fires.
+fn time_out(r: &mut Raft, from: Millis) -> (Millis, Vec<RaftOutput>) {
+    let mut now = from;
+    loop {
+        now += 10;
+        let mut out = Vec::new();
+        r.step(now, RaftInput::Tick { entropy: now }, &mut out);
+        if !out.is_empty() {
+            return (now, out);
+        }
+        assert!(now < from + 1_000, "no election timeout");
+    }
+}
+
+#[test]
+fn a_cut_off_replica_does_not_raise_its_term() {
+    // Pre-vote: timing out again and again, alone, it asks but never campaigns.
+    let mut r = replica(0, 3);
+    let mut now = 0;
+    for _ in 0..5 {
+        let (t, out) = time_out(&mut r, now);
+        now = t;
+        assert!(
+            sends(&out)
+                .iter()
+                .all(|(_, m)| matches!(m.body, Body::PreVote { .. }))
+        );
+        assert!(out.iter().all(|o| !matches!(o, RaftOutput::Persist(_))));
+    }
+    assert_eq!(r.term(), 0);
+}
+
+#[test]
+fn a_vote_is_durable_before_the_reply() {
+    let mut r = replica(1, 3);
+    let mut out = Vec::new();
+    let vote = Body::Vote {
+        last_index: 0,
+        last_term: 0,
+        transfer: false,
+    };
+    r.step(0, msg(0, 1, vote), &mut out);
+    let persist = out
+        .iter()
+        .position(|o| {
+            matches!(o, RaftOutput::Persist(Record::HardState { term: 1, voted_for: Some(v) }) if *v == ValidatorId(0))
+        })
+        .expect("the vote is persisted");
+    let reply = out
+        .iter()
+        .position(|o| matches!(o, RaftOutput::Send { msg, .. } if msg.body == Body::VoteReply { granted: true }))
+        .expect("the vote is granted");
+    assert!(persist < reply);
+    // One vote per term.
+    let mut out = Vec::new();
+    r.step(
+        1,
+        msg(
+            2,
+            1,
+            Body::Vote {
+                last_index: 5,
+                last_term: 1,
+                transfer: false,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+}
+
+/// Makes replica 0 of three the leader of term 1; returns it and the time.
+fn leader() -> (Raft, Millis) {
+    let mut r = replica(0, 3);
+    let (now, _) = time_out(&mut r, 0);
+    let mut out = Vec::new();
+    r.step(
+        now,
+        msg(1, 1, Body::PreVoteReply { granted: true }),
+        &mut out,
+    );
+    assert_eq!(r.term(), 1);
+    r.step(now, msg(1, 1, Body::VoteReply { granted: true }), &mut out);
+    assert_eq!(*r.role(), Role::Leader);
+    (r, now)
+}
+
+#[test]
+fn a_follower_that_hears_its_leader_ignores_votes_unless_leadership_is_handed_over() {
+    let mut f = replica(1, 3);
+    let mut out = Vec::new();
+    let heartbeat = Body::Append {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![],
+        commit: 0,
+    };
+    f.step(0, msg(0, 1, heartbeat), &mut out);
+    let vote = |transfer| Body::Vote {
+        last_index: 9,
+        last_term: 1,
+        transfer,
+    };
+    out.clear();
+    f.step(10, msg(2, 2, vote(false)), &mut out);
+    assert!(
+        out.is_empty(),
+        "a vote within the lease is ignored: {out:?}"
+    );
+    assert_eq!(f.term(), 1);
+    f.step(10, msg(2, 2, vote(true)), &mut out);
+    assert_eq!(f.term(), 2);
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|(_, m)| m.body == Body::VoteReply { granted: true })
+    );
+}
+
+#[test]
+fn entries_of_an_earlier_term_commit_only_under_one_of_the_current_term() {
+    // Raft §5.4.2, Figure 8: replica 0 leads term 3 with an entry of term 2 at index 1 that
+    // a majority holds; it must not commit it until its own no-op at index 2 is held too.
+    let durable = Durable {
+        term: 2,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: vec![Entry {
+            term: 2,
+            index: 1,
+            payload: Payload::Batch(Batch::null()),
+        }],
+    };
+    let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0);
+    let (now, _) = time_out(&mut r, 0);
+    let mut out = Vec::new();
+    r.step(
+        now,
+        msg(1, 3, Body::PreVoteReply { granted: true }),
+        &mut out,
+    );
+    r.step(now, msg(1, 3, Body::VoteReply { granted: true }), &mut out);
+    assert_eq!((r.role(), r.term(), r.last_index()), (&Role::Leader, 3, 2));
+    out.clear();
+    r.step(
+        now,
+        msg(
+            1,
+            3,
+            Body::AppendReply {
+                success: true,
+                index: 1,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(r.commit_index(), 0, "index 1 is of term 2");
+    r.step(
+        now,
+        msg(
+            1,
+            3,
+            Body::AppendReply {
+                success: true,
+                index: 2,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(r.commit_index(), 2);
+    let committed: Vec<Index> = out
+        .iter()
+        .filter_map(|o| match o {
+            RaftOutput::Commit(e) => Some(e.index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, vec![1, 2]);
+}
+
+#[test]
+fn a_leader_that_hears_no_majority_steps_down() {
+    let (mut r, mut now) = leader();
+    let mut stepped_down = false;
+    for _ in 0..30 {
+        now += 10;
+        let mut out = Vec::new();
+        r.step(now, RaftInput::Tick { entropy: now }, &mut out);
+        stepped_down |= out
+            .iter()
+            .any(|o| matches!(o, RaftOutput::Event(RaftEvent::SteppedDown { .. })));
+    }
+    assert!(stepped_down);
+    assert_ne!(*r.role(), Role::Leader);
+}
+
+#[test]
+fn a_follower_replaces_conflicting_uncommitted_entries() {
+    let old = |index| Entry {
+        term: 1,
+        index,
+        payload: Payload::Noop,
+    };
+    let durable = Durable {
+        term: 1,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: vec![old(1), old(2), old(3)],
+    };
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0);
+    let new = Entry {
+        term: 2,
+        index: 2,
+        payload: Payload::Batch(Batch::null()),
+    };
+    let mut out = Vec::new();
+    let append = Body::Append {
+        prev_index: 1,
+        prev_term: 1,
+        entries: vec![new.clone()],
+        commit: 1,
+    };
+    f.step(0, msg(0, 2, append), &mut out);
+    assert!(out.contains(&RaftOutput::Persist(Record::Append {
+        entries: vec![new.clone()]
+    })));
+    assert_eq!((f.last_index(), f.commit_index()), (2, 1));
+    assert_eq!(f.entry(2), Some(&new));
+    assert!(sends(&out).iter().any(|(_, m)| m.body
+        == Body::AppendReply {
+            success: true,
+            index: 2
+        }));
+}
