@@ -304,6 +304,11 @@ impl Raft {
         self.log.get(index)
     }
 
+    /// The index a block sync under way is bringing the chain to.
+    pub fn fetching(&self) -> Option<Index> {
+        self.fetching
+    }
+
     pub fn voted_for(&self) -> Option<ValidatorId> {
         self.voted_for
     }

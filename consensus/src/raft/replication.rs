@@ -151,8 +151,23 @@ impl Raft {
                 return;
             }
         }
+        if prev_index > self.log.last_index() && prev_index <= self.executed {
+            // The chain is ahead of the log (a block sync finished just before a restart):
+            // the leader's entry at `prev_index` is the committed one the chain holds.
+            self.log = Log {
+                base_index: prev_index,
+                base_term: prev_term,
+                entries: Vec::new(),
+            };
+            out.push(RaftOutput::Persist(Record::Reset {
+                index: prev_index,
+                term: prev_term,
+            }));
+        }
         if self.log.term_at(prev_index) != Some(prev_term) {
-            let hint = prev_index.saturating_sub(1).min(self.log.last_index());
+            let hint = prev_index
+                .saturating_sub(1)
+                .min(self.log.last_index().max(self.executed));
             self.reply_append(from, false, hint.max(self.log.base_index), out);
             return;
         }

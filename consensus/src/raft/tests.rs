@@ -267,3 +267,42 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
             index: 2
         }));
 }
+
+#[test]
+fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
+    // A block sync brought the chain to 5, then the replica crashed before its log was reset:
+    // the log holds 1–3, the chain 1–5. The leader's appends after 5 must be taken.
+    let old = |index| Entry {
+        term: 1,
+        index,
+        payload: Payload::Noop,
+    };
+    let durable = Durable {
+        term: 1,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: vec![old(1), old(2), old(3)],
+    };
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5);
+    let next = Entry {
+        term: 2,
+        index: 6,
+        payload: Payload::Noop,
+    };
+    let mut out = Vec::new();
+    let append = Body::Append {
+        prev_index: 5,
+        prev_term: 1,
+        entries: vec![next.clone()],
+        commit: 6,
+    };
+    f.step(0, msg(0, 2, append), &mut out);
+    assert!(out.contains(&RaftOutput::Persist(Record::Reset { index: 5, term: 1 })));
+    assert!(out.contains(&RaftOutput::Commit(next)));
+    assert!(sends(&out).iter().any(|(_, m)| m.body
+        == Body::AppendReply {
+            success: true,
+            index: 6
+        }));
+}

@@ -311,13 +311,14 @@ impl Sim {
         match &node.raft {
             None => format!("{i}: down"),
             Some(r) => format!(
-                "{i}: {:?} term {} leader {:?} commit {} base {} last {} executed {} synced {}",
+                "{i}: {:?} term {} leader {:?} commit {} base {} last {} fetching {:?} executed {} synced {}",
                 r.role(),
                 r.term(),
                 r.leader(),
                 r.commit_index(),
                 r.base_index(),
                 r.last_index(),
+                r.fetching(),
                 node.executed.len(),
                 node.synced
             ),
