@@ -136,10 +136,11 @@ pub fn generate(opts: &TestnetOptions) -> Result<NetworkInfo, TestnetError> {
         .collect();
     let account_keys: Vec<SecretKey> = (0..opts.accounts).map(|_| SecretKey::generate()).collect();
     let addr = |p: u16| format!("{}:{p}", opts.host);
-    let mut params = opts
-        .params
-        .clone()
-        .unwrap_or_else(|| ConsensusParams::new(opts.protocol));
+    let mut params = opts.params.clone().unwrap_or_else(|| ConsensusParams {
+        // New networks order data batches (see `docs/genesis.md`).
+        payload: crate::Payload::Batches,
+        ..ConsensusParams::new(opts.protocol)
+    });
     params.protocol = opts.protocol;
     let genesis = Genesis {
         chain_id: chain_id.clone(),

@@ -125,7 +125,8 @@ pub struct TestnetArgs {
     pub checkpoint_interval: Option<u64>,
     #[arg(long)]
     pub watermark_window: Option<u64>,
-    /// What consensus orders: `transactions` or `batches` (docs/genesis.md).
+    /// What consensus orders: `transactions` or `batches` (docs/genesis.md). Default:
+    /// `batches`, written into the genesis.
     #[arg(long)]
     pub payload: Option<tally_genesis::Payload>,
 }
@@ -282,9 +283,9 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(v) = a.watermark_window {
                 params.watermark_window = v;
             }
-            if let Some(v) = a.payload {
-                params.payload = v;
-            }
+            // New networks order data batches (the path built for throughput); a genesis file
+            // without the field still means `transactions`, so existing networks keep theirs.
+            params.payload = a.payload.unwrap_or(tally_genesis::Payload::Batches);
             opts.params = Some(params);
             let info = generate(&opts)?;
             eprintln!(

@@ -67,8 +67,8 @@ pub struct BenchArgs {
     /// First port of the started network (each validator takes a few from here on).
     #[arg(long, default_value_t = 36600)]
     pub base_port: u16,
-    /// Genesis knob of the started network: what consensus orders, `transactions` (default)
-    /// or `batches`.
+    /// Genesis knob of the started network: what consensus orders, `batches` (default) or
+    /// `transactions`.
     #[arg(long)]
     pub payload: Option<tally_genesis::Payload>,
     /// Genesis knob of the started network: longest wait before a batch is proposed

@@ -111,9 +111,7 @@ pub(super) fn start_network(a: &BenchArgs) -> Result<(NetworkInfo, Nodes)> {
     if let Some(v) = a.batch_delay_ms {
         params.batch_delay_ms = v;
     }
-    if let Some(v) = a.payload {
-        params.payload = v;
-    }
+    params.payload = a.payload.unwrap_or(tally_genesis::Payload::Batches);
     if let Some(v) = a.batch_bytes_max {
         params.batch_bytes_max = v;
     }
