@@ -23,7 +23,14 @@ use tally_storage::{RocksStore, StateInstall, Store};
 /// state and re-executes the certified blocks after it: nothing is taken on a peer's word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_node_notices_repairs_from_its_peers_and_rejoins() {
-    let log = diverge_and_repair(12).await;
+    let log = diverge_and_repair(12, "batches").await;
+    assert!(log.contains("replaced=0"), "{log}");
+}
+
+/// The same on a network that orders transactions one by one (`payload: transactions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_node_repairs_with_the_transaction_payload_too() {
+    let log = diverge_and_repair(12, "transactions").await;
     assert!(log.contains("replaced=0"), "{log}");
 }
 
@@ -32,7 +39,7 @@ async fn a_diverged_node_notices_repairs_from_its_peers_and_rejoins() {
 /// against the certified hash chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_divergence_older_than_any_snapshot_is_repaired_too() {
-    let log = diverge_and_repair(4).await;
+    let log = diverge_and_repair(4, "batches").await;
     assert!(!log.contains("replaced=0"), "{log}");
 }
 
@@ -43,9 +50,10 @@ async fn transfer(net: &Net, sender: &tally_crypto::SecretKey, nonce: &mut u64) 
     net.submit_and_wait(0, 1, &tx).await;
 }
 
-/// Runs the scenario with `before` blocks committed before the corruption; returns node3's
-/// log.
-async fn diverge_and_repair(before: u64) -> String {
+/// Runs the scenario with `before` blocks committed before the corruption, on a network
+/// ordering `payload`; returns node3's log. (With data batches the repair must also carry
+/// the markers of the batches each block executed: before it did, a repaired node stopped.)
+async fn diverge_and_repair(before: u64, payload: &str) -> String {
     let mut net = Net::start(
         4,
         &[
@@ -55,6 +63,8 @@ async fn diverge_and_repair(before: u64) -> String {
             "8",
             "--watermark-window",
             "32",
+            "--payload",
+            payload,
         ],
     );
     net.wait_up(&[0, 1, 2, 3]).await;

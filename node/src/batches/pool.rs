@@ -117,6 +117,23 @@ impl ProofPool {
         self.entries.is_empty()
     }
 
+    /// Up to `max` proofs of `author`'s batches, not yet committed, that arrived before
+    /// `before`, oldest first.
+    pub fn waiting_of(
+        &self,
+        author: tally_consensus::ValidatorId,
+        before: Instant,
+        max: usize,
+    ) -> Vec<BatchProof> {
+        self.order
+            .values()
+            .filter_map(|d| self.entries.get(d))
+            .filter(|e| e.proof.header.author == author && e.arrived < before)
+            .take(max)
+            .map(|e| BatchProof::clone(&e.proof))
+            .collect()
+    }
+
     fn unproposed(&self) -> impl Iterator<Item = &Entry> {
         self.order
             .values()

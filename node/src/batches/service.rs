@@ -45,6 +45,9 @@ use crate::{FastMap, FastSet};
 pub const UNPROVEN_MAX: usize = 64;
 /// A batch still unproven after this long is sent to one more validator, asking it to attest.
 pub const RETRY_MS: u64 = 300;
+/// How often, and how many of, this node's uncommitted proofs are announced again.
+const REANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+const REANNOUNCE_MAX: usize = 256;
 /// Inputs queued for the task…
 const INPUTS_MAX: usize = 8192;
 /// …and the bytes of peers' frames among them (a frame may be 6 MiB: the count alone would
@@ -202,6 +205,7 @@ pub fn spawn(
         wanted: FastSet::default(),
         proven: Default::default(),
         driver,
+        next_reannounce: Instant::now() + REANNOUNCE_EVERY,
     };
     // This node's batches stored before a restart and not yet in a block: collect their
     // attestations again (attesters sign the same batch again; the number is not reused).
@@ -226,6 +230,7 @@ struct Task {
     /// This node's proven batches waiting for an earlier one's proof.
     proven: std::collections::BTreeMap<u64, BatchProof>,
     driver: mpsc::Sender<DriverInput>,
+    next_reannounce: Instant,
 }
 
 impl Task {
@@ -243,6 +248,7 @@ impl Task {
                 _ = tick.tick() => {
                     self.step(DisseminatorInput::Tick);
                     self.maybe_cut().await;
+                    self.maybe_reannounce();
                 }
             }
         }
@@ -291,6 +297,31 @@ impl Task {
             );
         }
         self.take_proofs(ready);
+    }
+
+    /// Every second, this node's proofs that waited that long without being committed go to
+    /// every peer again: a peer that was down or disconnected when a proof was broadcast (a
+    /// primary restarting, say) would otherwise never propose the batch.
+    fn maybe_reannounce(&mut self) {
+        let now = Instant::now();
+        if now < self.next_reannounce {
+            return;
+        }
+        self.next_reannounce = now + REANNOUNCE_EVERY;
+        let waiting = self.path.pool().waiting_of(
+            self.me,
+            now.checked_sub(REANNOUNCE_EVERY).unwrap_or(now),
+            REANNOUNCE_MAX,
+        );
+        for chunk in waiting.chunks(FETCH_MAX) {
+            self.send(
+                None,
+                BatchFrame::Proofs {
+                    proofs: chunk.to_vec(),
+                }
+                .encode(),
+            );
+        }
     }
 
     /// Cuts batches from the mempool while a full one is ready, or when the oldest

@@ -378,8 +378,13 @@ fn build_install(
             .map_err(crate::execution::chain::ChainError::from)?
             && let Ok(b) = StoredBlock::decode(&bytes)
         {
-            for tx in &b.txs {
-                let hash = Digest::of(tx);
+            // The markers of the data batches these blocks executed go with them, or the
+            // certified blocks re-executed next would find their batches "already executed".
+            let markers = b
+                .batches
+                .iter()
+                .map(|x| crate::execution::chain::executed_batch_key(&x.header.digest()));
+            for hash in b.txs.iter().map(|tx| Digest::of(tx)).chain(markers) {
                 let indexed_here = store
                     .tx_index(&hash)
                     .map_err(crate::execution::chain::ChainError::from)?
@@ -414,6 +419,29 @@ fn build_install(
                 code: outcome.code(),
             };
             put.insert(hash, location.encode().to_vec());
+        }
+        for (i, b) in f
+            .block
+            .batches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.executed)
+        {
+            let key = crate::execution::chain::executed_batch_key(&b.header.digest());
+            let earlier = !delete.contains(&key)
+                && store
+                    .tx_index(&key)
+                    .map_err(crate::execution::chain::ChainError::from)?
+                    .is_some();
+            if put.contains_key(&key) || earlier {
+                continue;
+            }
+            let location = TxLocation {
+                height: f.block.header.height,
+                index: i as u32,
+                code: 0,
+            };
+            put.insert(key, location.encode().to_vec());
         }
     }
     Ok(StateInstall {
