@@ -306,3 +306,40 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
             index: 6
         }));
 }
+
+#[test]
+fn a_stale_replica_is_not_elected() {
+    // Classic bug: a replica that missed committed entries must not win an election. A
+    // follower whose log ends with a term-2 entry refuses, to a candidate whose log ends in
+    // term 1, both the pre-vote and the vote — however high the candidate's term.
+    let entry = |term, index| Entry {
+        term,
+        index,
+        payload: Payload::Noop,
+    };
+    let durable = Durable {
+        term: 2,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: vec![entry(1, 1), entry(2, 2)],
+    };
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0);
+    let mut out = Vec::new();
+    let pre_vote = Body::PreVote {
+        last_index: 5,
+        last_term: 1,
+    };
+    f.step(1_000, msg(2, 9, pre_vote), &mut out);
+    assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
+    assert_eq!(f.term(), 2, "a pre-vote changes nothing");
+    out.clear();
+    let vote = Body::Vote {
+        last_index: 5,
+        last_term: 1,
+        transfer: false,
+    };
+    f.step(1_000, msg(2, 9, vote), &mut out);
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    assert_eq!((f.term(), f.voted_for()), (9, None));
+}
