@@ -174,3 +174,56 @@ fn a_leader_holds_its_lease_only_with_acknowledgements_from_every_phase_one_quor
     // lease_ms · (1 − drift) = 45 from the heartbeat's sending.
     assert!(!p.lease_valid(now + 45));
 }
+
+#[test]
+fn no_lease_read_across_a_leader_change() {
+    // Classic bug: a leader answering reads from its lease after another took over. Here
+    // the leader holds a lease; a rival's prepare reaches it (it is also an acceptor). The
+    // moment it promises the rival, it no longer leads and no longer claims the lease — the
+    // rival cannot finish phase 1 without that promise or the leased acceptor's.
+    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0);
+    let now = start_phase1(&mut p, 100);
+    let ballot = p.ballot();
+    let mut out = Vec::new();
+    p.step(
+        now,
+        msg(
+            1,
+            Body::Promise {
+                ballot,
+                base: 0,
+                accepted: vec![],
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(*p.role(), Role::Leader);
+    p.step(
+        now + 1,
+        msg(1, Body::HeartbeatAck { ballot, seq: 1 }),
+        &mut out,
+    );
+    assert!(p.lease_valid(now + 2));
+    let rival = Ballot {
+        round: ballot.round + 1,
+        node: ValidatorId(2),
+    };
+    out.clear();
+    p.step(
+        now + 3,
+        msg(
+            2,
+            Body::Prepare {
+                ballot: rival,
+                from_slot: 1,
+            },
+        ),
+        &mut out,
+    );
+    assert!(out.contains(&PaxosOutput::Persist(Record::Promise { ballot: rival })));
+    assert!(
+        !p.lease_valid(now + 3),
+        "a leader that promised a rival serves no lease read"
+    );
+    assert_ne!(*p.role(), Role::Leader);
+}
