@@ -39,32 +39,31 @@ grep -E "violations:|agreement" /tmp/tally-negative-control.$$ | head -3
 rm -f /tmp/tally-negative-control.$$
 echo "negative control: violations found, as they must be"
 
+# A negative control: `tally sim ARGS…` must report violations (and exit non-zero).
+expect_violations() {
+    local what=$1 pattern=$2 out
+    shift 2
+    echo "negative control: $what"
+    out=$(mktemp)
+    if "$TALLY" sim "$@" > "$out" 2>&1; then
+        cat "$out"
+        echo "FAIL: the checkers found no violation"
+        rm -f "$out"
+        exit 1
+    fi
+    grep -E "violations:|$pattern" "$out" | head -3 || true
+    rm -f "$out"
+    echo "negative control: violations found, as they must be"
+}
+
 RAFT_SEEDS=${RAFT_SIM_SEEDS:-2000}
 "$TALLY" sim --protocol raft --validators 3 --seeds "$RAFT_SEEDS"
 "$TALLY" sim --protocol raft --validators 5 --seeds "$RAFT_SEEDS"
-echo "negative control: raft replicas that forget their vote on restart must elect two leaders of one term"
-if "$TALLY" sim --protocol raft --validators 3 --seeds 300 --seed 1 --forget-vote-on-restart \
-    > /tmp/tally-raft-negative-control.$$ 2>&1; then
-    cat /tmp/tally-raft-negative-control.$$
-    echo "FAIL: the checkers found no violation with votes forgotten"
-    rm -f /tmp/tally-raft-negative-control.$$
-    exit 1
-fi
-grep -E "violations:|election safety" /tmp/tally-raft-negative-control.$$ | head -3 || true
-rm -f /tmp/tally-raft-negative-control.$$
-echo "negative control: violations found, as they must be"
+expect_violations "raft replicas that forget their vote on restart must elect two leaders of one term" \
+    "election safety" --protocol raft --validators 3 --seeds 300 --seed 1 --forget-vote-on-restart
 
 PAXOS_SEEDS=${PAXOS_SIM_SEEDS:-2000}
 "$TALLY" sim --protocol multipaxos --validators 3 --seeds "$PAXOS_SEEDS"
 "$TALLY" sim --protocol multipaxos --validators 5 --seeds "$PAXOS_SEEDS"
-echo "negative control: multi-paxos with q1 + q2 = n must choose two values for one slot"
-if "$TALLY" sim --protocol multipaxos --validators 3 --quorums 1,2 --seeds 300 --seed 1 \
-    > /tmp/tally-paxos-negative-control.$$ 2>&1; then
-    cat /tmp/tally-paxos-negative-control.$$
-    echo "FAIL: the checkers found no violation with quorums that do not intersect"
-    rm -f /tmp/tally-paxos-negative-control.$$
-    exit 1
-fi
-grep -E "violations:|state-machine safety" /tmp/tally-paxos-negative-control.$$ | head -3 || true
-rm -f /tmp/tally-paxos-negative-control.$$
-echo "negative control: violations found, as they must be"
+expect_violations "multi-paxos with q1 + q2 = n must choose two values for one slot" \
+    "state-machine safety" --protocol multipaxos --validators 3 --quorums 1,2 --seeds 300 --seed 1

@@ -9,6 +9,7 @@
 pub mod availability;
 pub mod batch;
 pub mod certificate;
+mod entropy;
 pub mod paxos;
 pub mod pbft;
 pub mod protocol;

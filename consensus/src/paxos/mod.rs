@@ -278,13 +278,8 @@ impl Paxos {
     }
 
     fn reset_election_timer(&mut self, now: Millis) {
-        let mut x = self.entropy | 1;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy = x;
-        let jitter = x.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.cfg.election_ms.max(1);
-        self.election_deadline = now + self.cfg.election_ms + jitter;
+        self.election_deadline =
+            now + crate::entropy::election_timeout(&mut self.entropy, self.cfg.election_ms);
     }
 
     pub fn step(&mut self, now: Millis, input: PaxosInput, out: &mut Vec<PaxosOutput>) {
@@ -412,12 +407,9 @@ impl Paxos {
         commit: Slot,
         out: &mut Vec<PaxosOutput>,
     ) {
-        if ballot < self.promised {
-            let promised = self.promised;
-            return self.send(from, Body::Nack { ballot, promised }, out);
+        if !self.hear_leader(now, from, ballot, out) {
+            return;
         }
-        self.see(now, ballot, out);
-        self.follow(now, ballot);
         if slot > self.base {
             self.promised = ballot;
             self.accepted.insert(slot, (ballot, payload.clone()));
@@ -444,12 +436,9 @@ impl Paxos {
         seq: u64,
         out: &mut Vec<PaxosOutput>,
     ) {
-        if ballot < self.promised {
-            let promised = self.promised;
-            return self.send(from, Body::Nack { ballot, promised }, out);
+        if !self.hear_leader(now, from, ballot, out) {
+            return;
         }
-        self.see(now, ballot, out);
-        self.follow(now, ballot);
         // The lease: no promise to anyone else for lease_ms of this clock.
         self.lease_given_until = self.lease_given_until.max(now + self.cfg.lease_ms);
         self.lease_given_to = Some(ballot);
@@ -457,12 +446,26 @@ impl Paxos {
         self.learn_commit(from, ballot, commit, out);
     }
 
-    /// Follows the leader of `ballot` (a follower hearing its leader).
-    fn follow(&mut self, now: Millis, ballot: Ballot) {
+    /// A leader's accept or heartbeat in `ballot`: refused (NACK) below this acceptor's
+    /// promise; otherwise this replica follows that leader.
+    fn hear_leader(
+        &mut self,
+        now: Millis,
+        from: ValidatorId,
+        ballot: Ballot,
+        out: &mut Vec<PaxosOutput>,
+    ) -> bool {
+        if ballot < self.promised {
+            let promised = self.promised;
+            self.send(from, Body::Nack { ballot, promised }, out);
+            return false;
+        }
+        self.see(now, ballot, out);
         if ballot.node != self.me {
             self.leader = Some(ballot.node);
             self.reset_election_timer(now);
         }
+        true
     }
 
     /// The leader of `ballot` knows every slot up to `commit` chosen: those this acceptor

@@ -344,14 +344,8 @@ impl Raft {
 
     /// A fresh timeout in `[election_ms, 2 · election_ms)` from the driver's entropy.
     fn reset_election_timer(&mut self, now: Millis) {
-        // xorshift64*: spreads one tick's entropy over several resets between ticks.
-        let mut x = self.entropy | 1;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy = x;
-        let jitter = x.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.cfg.election_ms.max(1);
-        self.election_deadline = now + self.cfg.election_ms + jitter;
+        self.election_deadline =
+            now + crate::entropy::election_timeout(&mut self.entropy, self.cfg.election_ms);
     }
 
     /// Feeds one input at `now`; appends the outputs, in the order they must be carried out.

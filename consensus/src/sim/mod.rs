@@ -27,6 +27,7 @@
 //! ```
 
 pub mod byzantine;
+mod cft;
 pub mod checkers;
 pub mod dissemination;
 mod driver;

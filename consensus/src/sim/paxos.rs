@@ -18,18 +18,18 @@
 //! assert!(report.violations.is_empty(), "{:?}", report.violations);
 //! ```
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tally_crypto::Digest;
 
+use super::cft::{AFTER_HEALING, Harness};
 use super::links::{Links, MAX_DELAY_MS};
 use super::rng::Rng;
+use crate::ValidatorId;
 use crate::paxos::{
     Ballot, Durable, Message, Paxos, PaxosConfig, PaxosEvent, PaxosInput, PaxosOutput, Payload,
     Role, Slot,
 };
-use crate::{Batch, ValidatorId};
 
 #[derive(Clone, Debug)]
 pub struct PaxosSimConfig {
@@ -60,7 +60,7 @@ pub use super::raft::SeedReport;
 /// `unsafe_quorums` asks for them.
 pub fn run_seed(cfg: &PaxosSimConfig, seed: u64) -> SeedReport {
     let mut sim = Sim::new(cfg.clone(), seed);
-    if !sim.violations.is_empty() {
+    if !sim.h.violations.is_empty() {
         return sim.report(seed);
     }
     sim.run();
@@ -102,27 +102,11 @@ struct Node {
 struct Sim {
     cfg: PaxosSimConfig,
     paxos_cfg: PaxosConfig,
-    rng: Rng,
-    time: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: HashMap<usize, Ev>,
-    next_event: usize,
+    h: Harness<Ev>,
     nodes: Vec<Node>,
     links: Links,
-    healed: bool,
-    pending: BTreeSet<u64>,
-    must_execute: BTreeSet<u64>,
-    by_digest: HashMap<Digest, u64>,
     committed: BTreeMap<Slot, Digest>,
     leaders: BTreeMap<Ballot, usize>,
-    violations: Vec<String>,
-    faults: BTreeMap<&'static str, u64>,
-    events_run: u64,
-}
-
-fn request_digest(id: u64) -> Digest {
-    Digest::of(&id.to_le_bytes())
 }
 
 impl Sim {
@@ -161,86 +145,41 @@ impl Sim {
         let mut sim = Sim {
             cfg,
             paxos_cfg,
-            rng,
-            time: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: HashMap::new(),
-            next_event: 0,
+            h: Harness::new(rng),
             nodes,
             links,
-            healed: false,
-            pending: BTreeSet::new(),
-            must_execute: BTreeSet::new(),
-            by_digest: HashMap::new(),
             committed: BTreeMap::new(),
             leaders: BTreeMap::new(),
-            violations: Vec::new(),
-            faults: BTreeMap::new(),
-            events_run: 0,
         };
         if let Err(e) = sim.paxos_cfg.check(n)
             && !sim.cfg.unsafe_quorums
         {
-            sim.violation(format!("configuration refused: {e}"));
+            sim.h.violation(format!("configuration refused: {e}"));
             return sim;
         }
         for i in 0..n {
             sim.start(i);
-            let first = sim.rng.range(0, TICK_MS);
-            sim.schedule(first, Ev::Tick(i));
+            let first = sim.h.rng.range(0, TICK_MS);
+            sim.h.schedule(first, Ev::Tick(i));
         }
-        let mut t = 0;
-        for id in 0..sim.rng.range(20, 120) {
-            t += sim.rng.range(1, 60);
-            if t < sim.cfg.safety_ms {
-                sim.schedule(t, Ev::Submit(id));
-            }
-        }
-        let mut t = 0;
-        loop {
-            t += sim.rng.range(100, 600);
-            if t >= sim.cfg.safety_ms {
-                break;
-            }
-            sim.schedule(t, Ev::Fault);
-        }
-        let heal = sim.cfg.safety_ms;
-        sim.schedule(heal, Ev::Heal);
+        let safety_ms = sim.cfg.safety_ms;
+        sim.h.plan(safety_ms, Ev::Submit, || Ev::Fault, Ev::Heal);
         sim
     }
 
     fn report(&self, seed: u64) -> SeedReport {
         SeedReport {
             seed,
-            violations: self.violations.clone(),
-            faults: self.faults.clone(),
+            violations: self.h.violations.clone(),
+            faults: self.h.faults.clone(),
             committed: self.committed.keys().next_back().copied().unwrap_or(0),
             leaders: self.leaders.len() as u64,
-            events: self.events_run,
-        }
-    }
-
-    fn schedule(&mut self, at: u64, ev: Ev) {
-        let id = self.next_event;
-        self.next_event += 1;
-        self.events.insert(id, ev);
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, id)));
-    }
-
-    fn fault(&mut self, kind: &'static str) {
-        *self.faults.entry(kind).or_default() += 1;
-    }
-
-    fn violation(&mut self, what: String) {
-        if self.violations.len() < 20 {
-            self.violations.push(format!("t={} ms: {what}", self.time));
+            events: self.h.events_run,
         }
     }
 
     fn local_now(&self, node: usize) -> u64 {
-        self.time * self.nodes[node].rate / 1000
+        self.h.time * self.nodes[node].rate / 1000
     }
 
     fn start(&mut self, i: usize) {
@@ -263,20 +202,14 @@ impl Sim {
         self.nodes[x].paxos = None;
         let synced = self.nodes[x].synced;
         self.nodes[x].executed.truncate(synced);
-        self.fault("crash");
+        self.h.fault("crash");
     }
 
     fn run(&mut self) {
         let end = self.cfg.safety_ms + self.cfg.liveness_bound_ms;
-        while let Some(Reverse((at, _, id))) = self.queue.pop() {
-            if at > end {
-                break;
-            }
-            self.time = at;
-            self.events_run += 1;
-            let ev = self.events.remove(&id).expect("scheduled");
+        while let Some(ev) = self.h.next(end) {
             self.handle(ev);
-            if self.liveness_done() || self.violations.len() >= 20 {
+            if self.liveness_done() {
                 return;
             }
         }
@@ -285,9 +218,9 @@ impl Sim {
                 .filter(|&i| !self.executed_all(i))
                 .collect();
             let states: Vec<String> = (0..self.nodes.len()).map(|i| self.describe(i)).collect();
-            self.violation(format!(
+            self.h.violation(format!(
                 "liveness: {} requests submitted after healing not executed by replicas {missing:?} within {} ms; replicas: {}",
-                self.must_execute.len(),
+                self.h.requests.awaited(),
                 self.cfg.liveness_bound_ms,
                 states.join("; ")
             ));
@@ -312,22 +245,17 @@ impl Sim {
     }
 
     fn executed_all(&self, i: usize) -> bool {
-        let seen: BTreeSet<u64> = self.nodes[i]
-            .executed
-            .iter()
-            .filter_map(|p| match p {
-                Payload::Batch(b) => Some(b.txs.iter().filter_map(|d| self.by_digest.get(d))),
+        self.h
+            .requests
+            .all_executed(self.nodes[i].executed.iter().filter_map(|p| match p {
+                Payload::Batch(b) => Some(b),
                 Payload::Noop => None,
-            })
-            .flatten()
-            .copied()
-            .collect();
-        self.must_execute.is_subset(&seen)
+            }))
     }
 
     fn liveness_done(&self) -> bool {
-        self.healed
-            && !self.must_execute.is_empty()
+        self.h.requests.healed
+            && self.h.requests.awaited() > 0
             && (0..self.nodes.len()).all(|i| self.executed_all(i))
     }
 
@@ -335,21 +263,15 @@ impl Sim {
         match ev {
             Ev::Tick(i) => {
                 let every = TICK_MS * 1000 / self.nodes[i].rate;
-                self.schedule(self.time + every.max(1), Ev::Tick(i));
-                let entropy = self.rng.next_u64();
+                self.h.schedule(self.h.time + every.max(1), Ev::Tick(i));
+                let entropy = self.h.rng.next_u64();
                 self.step(i, PaxosInput::Tick { entropy });
             }
             Ev::Deliver { to, msg } => self.step(to, PaxosInput::Message(msg)),
-            Ev::Submit(id) => {
-                self.by_digest.insert(request_digest(id), id);
-                self.pending.insert(id);
-                if self.healed {
-                    self.must_execute.insert(id);
-                }
-            }
+            Ev::Submit(id) => self.h.requests.submit(id),
             Ev::Fault => self.inject_fault(),
             Ev::Heal => {
-                self.healed = true;
+                self.h.requests.healed = true;
                 self.links.loss = 0.0;
                 self.links.heal();
                 for i in 0..self.nodes.len() {
@@ -357,9 +279,9 @@ impl Sim {
                         self.start(i);
                     }
                 }
-                for k in 0..5 {
-                    let at = self.time + 10 * k;
-                    self.schedule(at, Ev::Submit(1_000_000 + k));
+                for (k, id) in AFTER_HEALING.enumerate() {
+                    let at = self.h.time + 10 * k as u64;
+                    self.h.schedule(at, Ev::Submit(id));
                 }
             }
             Ev::Fetch { node, run, slot } if run == self.nodes[node].incarnation => {
@@ -374,18 +296,18 @@ impl Sim {
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
-        if self.rng.chance(0.4) {
+        if self.h.rng.chance(0.4) {
             let leader = self.current_leader();
-            if let Some(kind) = self.links.partition(&mut self.rng, leader) {
-                self.fault(kind);
+            if let Some(kind) = self.links.partition(&mut self.h.rng, leader) {
+                self.h.fault(kind);
             }
         } else {
-            let x = self.rng.range(0, n as u64 - 1) as usize;
+            let x = self.h.rng.range(0, n as u64 - 1) as usize;
             if self.nodes[x].paxos.is_some() {
                 self.crash(x);
             } else {
                 self.start(x);
-                self.fault("restart");
+                self.h.fault("restart");
             }
         }
     }
@@ -422,17 +344,17 @@ impl Sim {
                 }
                 PaxosOutput::RequestBatch => self.propose(i),
                 PaxosOutput::FetchState { slot, .. } => {
-                    let at = self.time + self.rng.range(5, 50);
+                    let at = self.h.time + self.h.rng.range(5, 50);
                     let run = self.nodes[i].incarnation;
-                    self.schedule(at, Ev::Fetch { node: i, run, slot });
+                    self.h.schedule(at, Ev::Fetch { node: i, run, slot });
                 }
                 PaxosOutput::Event(e) => self.on_event(i, e),
             }
         }
         for (to, msg) in sends {
-            for _ in 0..self.links.copies(&mut self.rng, i, to.0 as usize) {
-                let at = self.time + self.rng.range(1, MAX_DELAY_MS);
-                self.schedule(
+            for _ in 0..self.links.copies(&mut self.h.rng, i, to.0 as usize) {
+                let at = self.h.time + self.h.rng.range(1, MAX_DELAY_MS);
+                self.h.schedule(
                     at,
                     Ev::Deliver {
                         to: to.0 as usize,
@@ -442,7 +364,7 @@ impl Sim {
             }
         }
         self.check_step(i);
-        if executed && self.rng.chance(0.3) {
+        if executed && self.h.rng.chance(0.3) {
             let node = &mut self.nodes[i];
             node.synced = node.executed.len();
             let slot = node.synced as Slot;
@@ -471,29 +393,22 @@ impl Sim {
             })
             .flatten()
             .collect();
-        let txs: Vec<Digest> = self
-            .pending
-            .iter()
-            .map(|id| request_digest(*id))
-            .filter(|d| !open.contains(d))
-            .take(4)
-            .collect();
-        if !txs.is_empty() {
-            self.step(i, PaxosInput::Propose(Batch { txs }));
+        if let Some(batch) = self.h.requests.next_batch(&open) {
+            self.step(i, PaxosInput::Propose(batch));
         }
     }
 
     fn execute(&mut self, i: usize, slot: Slot, payload: Payload) {
         let expected = self.nodes[i].executed.len() as Slot + 1;
         if slot != expected {
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i} was told to execute slot {slot}, expected {expected}"
             ));
             return;
         }
         let digest = payload.digest();
         match self.committed.get(&slot) {
-            Some(d) if *d != digest => self.violation(format!(
+            Some(d) if *d != digest => self.h.violation(format!(
                 "state-machine safety: replica {i} executed {digest:?} at slot {slot}, another replica {d:?}"
             )),
             Some(_) => {}
@@ -502,11 +417,7 @@ impl Sim {
             }
         }
         if let Payload::Batch(b) = &payload {
-            for d in &b.txs {
-                if let Some(id) = self.by_digest.get(d) {
-                    self.pending.remove(id);
-                }
-            }
+            self.h.requests.executed(b);
         }
         self.nodes[i].executed.push(payload);
     }
@@ -521,9 +432,9 @@ impl Sim {
                 && self.nodes[j].executed.len() as Slot >= slot
         });
         let Some(j) = source else {
-            let at = self.time + 100;
+            let at = self.h.time + 100;
             let run = self.nodes[node].incarnation;
-            self.schedule(at, Ev::Fetch { node, run, slot });
+            self.h.schedule(at, Ev::Fetch { node, run, slot });
             return;
         };
         let have = self.nodes[node].executed.len();
@@ -534,16 +445,16 @@ impl Sim {
         }
         let n = &mut self.nodes[node];
         n.synced = n.executed.len();
-        self.fault("block_sync");
-        let at = self.time + self.rng.range(1, 20);
+        self.h.fault("block_sync");
+        let at = self.h.time + self.h.rng.range(1, 20);
         let run = self.nodes[node].incarnation;
-        self.schedule(at, Ev::CaughtUp { node, run, slot });
+        self.h.schedule(at, Ev::CaughtUp { node, run, slot });
     }
 
     fn on_event(&mut self, i: usize, e: PaxosEvent) {
         if let PaxosEvent::BecameLeader { ballot } = e {
             match self.leaders.get(&ballot) {
-                Some(&other) if other != i => self.violation(format!(
+                Some(&other) if other != i => self.h.violation(format!(
                     "replicas {other} and {i} both led ballot {ballot:?}"
                 )),
                 _ => {
@@ -562,12 +473,12 @@ impl Sim {
         let node = &self.nodes[i];
         let (last_promised, last_commit) = (node.last_promised, node.last_commit);
         if promised < last_promised || node.disk.promised < last_promised {
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i}'s promised ballot went back from {last_promised:?} to {promised:?}"
             ));
         }
         if commit < last_commit {
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i}'s commit index went back from {last_commit} to {commit}"
             ));
         }
@@ -589,7 +500,7 @@ impl Sim {
                     .is_some_and(|q| *q.role() == Role::Leader && q.ballot() > b)
             });
             if let Some(y) = higher {
-                self.violation(format!(
+                self.h.violation(format!(
                     "lease: replica {x} holds a lease for {b:?} while replica {y} leads a higher ballot"
                 ));
             }

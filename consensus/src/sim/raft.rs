@@ -20,18 +20,18 @@
 //! assert!(report.violations.is_empty(), "{:?}", report.violations);
 //! ```
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tally_crypto::Digest;
 
+use super::cft::{AFTER_HEALING, Harness};
 use super::links::{Links, MAX_DELAY_MS};
 use super::rng::Rng;
+use crate::ValidatorId;
 use crate::raft::{
     Durable, Entry, Index, Message, Payload, Raft, RaftConfig, RaftEvent, RaftInput, RaftOutput,
     Record, Role, Term,
 };
-use crate::{Batch, ValidatorId};
 
 #[derive(Clone, Debug)]
 pub struct RaftSimConfig {
@@ -75,11 +75,11 @@ pub fn run_seed(cfg: &RaftSimConfig, seed: u64) -> SeedReport {
     let committed = sim.committed.keys().next_back().copied().unwrap_or(0);
     SeedReport {
         seed,
-        violations: sim.violations,
-        faults: sim.faults,
+        violations: sim.h.violations,
+        faults: sim.h.faults,
         committed,
         leaders: sim.leaders.len() as u64,
-        events: sim.events_run,
+        events: sim.h.events_run,
     }
 }
 
@@ -128,30 +128,13 @@ struct Node {
 struct Sim {
     cfg: RaftSimConfig,
     raft_cfg: RaftConfig,
-    rng: Rng,
-    time: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: HashMap<usize, Ev>,
-    next_event: usize,
+    h: Harness<Ev>,
     nodes: Vec<Node>,
     links: Links,
-    healed: bool,
-    pending: BTreeSet<u64>,
-    /// Requests submitted after healing, which must execute everywhere.
-    must_execute: BTreeSet<u64>,
-    by_digest: HashMap<Digest, u64>,
     committed: BTreeMap<Index, (Term, Digest)>,
     leaders: BTreeMap<Term, usize>,
-    violations: Vec<String>,
-    faults: BTreeMap<&'static str, u64>,
-    events_run: u64,
     crash_after_vote: f64,
     candidates: BTreeMap<Term, BTreeSet<usize>>,
-}
-
-fn request_digest(id: u64) -> Digest {
-    Digest::of(&id.to_le_bytes())
 }
 
 impl Sim {
@@ -189,71 +172,26 @@ impl Sim {
         let mut sim = Sim {
             cfg,
             raft_cfg,
-            rng,
-            time: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: HashMap::new(),
-            next_event: 0,
+            h: Harness::new(rng),
             nodes,
             links,
-            healed: false,
-            pending: BTreeSet::new(),
-            must_execute: BTreeSet::new(),
-            by_digest: HashMap::new(),
             committed: BTreeMap::new(),
             leaders: BTreeMap::new(),
-            violations: Vec::new(),
-            faults: BTreeMap::new(),
-            events_run: 0,
             crash_after_vote,
             candidates: BTreeMap::new(),
         };
         for i in 0..n {
             sim.start(i);
-            let first = sim.rng.range(0, TICK_MS);
-            sim.schedule(first, Ev::Tick(i));
+            let first = sim.h.rng.range(0, TICK_MS);
+            sim.h.schedule(first, Ev::Tick(i));
         }
-        let mut t = 0;
-        for id in 0..sim.rng.range(20, 120) {
-            t += sim.rng.range(1, 60);
-            if t < sim.cfg.safety_ms {
-                sim.schedule(t, Ev::Submit(id));
-            }
-        }
-        let mut t = 0;
-        loop {
-            t += sim.rng.range(100, 600);
-            if t >= sim.cfg.safety_ms {
-                break;
-            }
-            sim.schedule(t, Ev::Fault);
-        }
-        let heal = sim.cfg.safety_ms;
-        sim.schedule(heal, Ev::Heal);
+        let safety_ms = sim.cfg.safety_ms;
+        sim.h.plan(safety_ms, Ev::Submit, || Ev::Fault, Ev::Heal);
         sim
     }
 
-    fn schedule(&mut self, at: u64, ev: Ev) {
-        let id = self.next_event;
-        self.next_event += 1;
-        self.events.insert(id, ev);
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, id)));
-    }
-
-    fn fault(&mut self, kind: &'static str) {
-        *self.faults.entry(kind).or_default() += 1;
-    }
-
-    fn violation(&mut self, what: String) {
-        if self.violations.len() < 20 {
-            self.violations.push(format!("t={} ms: {what}", self.time));
-        }
-    }
-
     fn local_now(&self, node: usize) -> u64 {
-        self.time * self.nodes[node].rate / 1000
+        self.h.time * self.nodes[node].rate / 1000
     }
 
     fn start(&mut self, i: usize) {
@@ -277,18 +215,9 @@ impl Sim {
 
     fn run(&mut self) {
         let end = self.cfg.safety_ms + self.cfg.liveness_bound_ms;
-        while let Some(Reverse((at, _, id))) = self.queue.pop() {
-            if at > end {
-                break;
-            }
-            self.time = at;
-            self.events_run += 1;
-            let ev = self.events.remove(&id).expect("scheduled");
+        while let Some(ev) = self.h.next(end) {
             self.handle(ev);
-            if self.healed && self.liveness_done() {
-                return;
-            }
-            if self.violations.len() >= 20 {
+            if self.liveness_done() {
                 return;
             }
         }
@@ -297,9 +226,9 @@ impl Sim {
                 .filter(|&i| !self.executed_all(i))
                 .collect();
             let states: Vec<String> = (0..self.nodes.len()).map(|i| self.describe(i)).collect();
-            self.violation(format!(
+            self.h.violation(format!(
                 "liveness: {} requests submitted after healing not executed by replicas {missing:?} within {} ms; replicas: {}",
-                self.must_execute.len(),
+                self.h.requests.awaited(),
                 self.cfg.liveness_bound_ms,
                 states.join("; ")
             ));
@@ -326,22 +255,22 @@ impl Sim {
     }
 
     fn executed_all(&self, i: usize) -> bool {
-        let mut seen = BTreeSet::new();
-        for e in &self.nodes[i].executed {
-            if let Payload::Batch(b) = &e.payload {
-                for d in &b.txs {
-                    if let Some(id) = self.by_digest.get(d) {
-                        seen.insert(*id);
-                    }
-                }
-            }
-        }
-        self.must_execute.is_subset(&seen)
+        self.h
+            .requests
+            .all_executed(
+                self.nodes[i]
+                    .executed
+                    .iter()
+                    .filter_map(|e| match &e.payload {
+                        Payload::Batch(b) => Some(b),
+                        Payload::Noop => None,
+                    }),
+            )
     }
 
     fn liveness_done(&self) -> bool {
-        self.healed
-            && !self.must_execute.is_empty()
+        self.h.requests.healed
+            && self.h.requests.awaited() > 0
             && (0..self.nodes.len()).all(|i| self.executed_all(i))
     }
 
@@ -349,18 +278,12 @@ impl Sim {
         match ev {
             Ev::Tick(i) => {
                 let every = TICK_MS * 1000 / self.nodes[i].rate;
-                self.schedule(self.time + every.max(1), Ev::Tick(i));
-                let entropy = self.rng.next_u64();
+                self.h.schedule(self.h.time + every.max(1), Ev::Tick(i));
+                let entropy = self.h.rng.next_u64();
                 self.step(i, RaftInput::Tick { entropy });
             }
             Ev::Deliver { to, msg } => self.step(to, RaftInput::Message(msg)),
-            Ev::Submit(id) => {
-                self.by_digest.insert(request_digest(id), id);
-                self.pending.insert(id);
-                if self.healed {
-                    self.must_execute.insert(id);
-                }
-            }
+            Ev::Submit(id) => self.h.requests.submit(id),
             Ev::Fault => self.inject_fault(),
             Ev::Heal => self.heal(),
             Ev::Fetch {
@@ -370,9 +293,9 @@ impl Sim {
                 term,
             } if run == self.nodes[node].incarnation => self.fetch(node, index, term),
             Ev::Restart(i) => {
-                if self.nodes[i].raft.is_none() && !self.healed {
+                if self.nodes[i].raft.is_none() && !self.h.requests.healed {
                     self.start(i);
-                    self.fault("quick_restart");
+                    self.h.fault("quick_restart");
                 }
             }
             Ev::CaughtUp {
@@ -389,7 +312,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
-        self.healed = true;
+        self.h.requests.healed = true;
         self.links.loss = 0.0;
         self.links.heal();
         for i in 0..self.nodes.len() {
@@ -397,35 +320,34 @@ impl Sim {
                 self.start(i);
             }
         }
-        let base = 1_000_000;
-        for k in 0..5 {
-            let at = self.time + 10 * k;
-            self.schedule(at, Ev::Submit(base + k));
+        for (k, id) in AFTER_HEALING.enumerate() {
+            let at = self.h.time + 10 * k as u64;
+            self.h.schedule(at, Ev::Submit(id));
         }
     }
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
-        match self.rng.range(0, 3) {
+        match self.h.rng.range(0, 3) {
             0 => {
                 let leader = self.current_leader();
-                if let Some(kind) = self.links.partition(&mut self.rng, leader) {
-                    self.fault(kind);
+                if let Some(kind) = self.links.partition(&mut self.h.rng, leader) {
+                    self.h.fault(kind);
                 }
             }
             1 | 2 => {
-                let x = self.rng.range(0, n as u64 - 1) as usize;
+                let x = self.h.rng.range(0, n as u64 - 1) as usize;
                 if self.nodes[x].raft.is_some() {
                     self.crash(x);
                 } else {
                     self.start(x);
-                    self.fault("restart");
+                    self.h.fault("restart");
                 }
             }
             _ => {
                 if let Some(l) = self.current_leader() {
-                    let to = self.rng.range(0, n as u64 - 1) as usize;
-                    self.fault("leadership_transfer");
+                    let to = self.h.rng.range(0, n as u64 - 1) as usize;
+                    self.h.fault("leadership_transfer");
                     self.step(
                         l,
                         RaftInput::TransferLeadership {
@@ -441,7 +363,7 @@ impl Sim {
         self.nodes[x].raft = None;
         let synced = self.nodes[x].synced;
         self.nodes[x].executed.truncate(synced);
-        self.fault("crash");
+        self.h.fault("crash");
     }
 
     fn current_leader(&self) -> Option<usize> {
@@ -487,9 +409,9 @@ impl Sim {
                 }
                 RaftOutput::RequestBatch => self.propose(i),
                 RaftOutput::FetchState { index, term, .. } => {
-                    let at = self.time + self.rng.range(5, 50);
+                    let at = self.h.time + self.h.rng.range(5, 50);
                     let run = self.nodes[i].incarnation;
-                    self.schedule(
+                    self.h.schedule(
                         at,
                         Ev::Fetch {
                             node: i,
@@ -507,17 +429,17 @@ impl Sim {
             self.transmit(i, to.0 as usize, msg);
         }
         self.check_monotonic(i);
-        if voted && !self.healed && self.rng.chance(self.crash_after_vote) {
-            self.fault("crash_after_vote");
+        if voted && !self.h.requests.healed && self.h.rng.chance(self.crash_after_vote) {
+            self.h.fault("crash_after_vote");
             self.crash(i);
             // Often straight back, while the election it voted in is still running.
-            if self.rng.chance(0.7) {
-                let at = self.time + self.rng.range(1, MAX_DELAY_MS / 3);
-                self.schedule(at, Ev::Restart(i));
+            if self.h.rng.chance(0.7) {
+                let at = self.h.time + self.h.rng.range(1, MAX_DELAY_MS / 3);
+                self.h.schedule(at, Ev::Restart(i));
             }
             return;
         }
-        if executed_to.is_some() && self.rng.chance(0.3) {
+        if executed_to.is_some() && self.h.rng.chance(0.3) {
             // The executor's synced write (a block commit with sync).
             let node = &mut self.nodes[i];
             node.synced = node.executed.len();
@@ -537,9 +459,9 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: usize, to: usize, msg: Message) {
-        for _ in 0..self.links.copies(&mut self.rng, from, to) {
-            let at = self.time + self.rng.range(1, MAX_DELAY_MS);
-            self.schedule(
+        for _ in 0..self.links.copies(&mut self.h.rng, from, to) {
+            let at = self.h.time + self.h.rng.range(1, MAX_DELAY_MS);
+            self.h.schedule(
                 at,
                 Ev::Deliver {
                     to,
@@ -563,15 +485,8 @@ impl Sim {
                 in_log.extend(b.txs.iter().copied());
             }
         }
-        let txs: Vec<Digest> = self
-            .pending
-            .iter()
-            .map(|id| request_digest(*id))
-            .filter(|d| !in_log.contains(d))
-            .take(4)
-            .collect();
-        if !txs.is_empty() {
-            self.step(i, RaftInput::Propose(Batch { txs }));
+        if let Some(batch) = self.h.requests.next_batch(&in_log) {
+            self.step(i, RaftInput::Propose(batch));
         }
     }
 
@@ -580,7 +495,7 @@ impl Sim {
         let expected = node.executed.len() as Index + 1;
         if entry.index != expected {
             let got = entry.index;
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i} was told to execute index {got}, expected {expected}"
             ));
             return;
@@ -588,7 +503,7 @@ impl Sim {
         node.executed.push(entry.clone());
         let digest = entry.payload.digest();
         match self.committed.get(&entry.index) {
-            Some(&(term, d)) if (term, d) != (entry.term, digest) => self.violation(format!(
+            Some(&(term, d)) if (term, d) != (entry.term, digest) => self.h.violation(format!(
                 "state-machine safety: replica {i} executed ({}, {:?}) at index {}, another ({term}, {:?})",
                 entry.term, digest, entry.index, d
             )),
@@ -598,11 +513,7 @@ impl Sim {
             }
         }
         if let Payload::Batch(b) = &entry.payload {
-            for d in &b.txs {
-                if let Some(id) = self.by_digest.get(d) {
-                    self.pending.remove(id);
-                }
-            }
+            self.h.requests.executed(b);
         }
     }
 
@@ -617,9 +528,9 @@ impl Sim {
                 && self.nodes[j].executed.len() as Index >= index
         });
         let Some(j) = source else {
-            let at = self.time + 100;
+            let at = self.h.time + 100;
             let run = self.nodes[node].incarnation;
-            self.schedule(
+            self.h.schedule(
                 at,
                 Ev::Fetch {
                     node,
@@ -638,10 +549,10 @@ impl Sim {
         }
         let n = &mut self.nodes[node];
         n.synced = n.executed.len();
-        self.fault("block_sync");
-        let at = self.time + self.rng.range(1, 20);
+        self.h.fault("block_sync");
+        let at = self.h.time + self.h.rng.range(1, 20);
         let run = self.nodes[node].incarnation;
-        self.schedule(
+        self.h.schedule(
             at,
             Ev::CaughtUp {
                 node,
@@ -657,12 +568,12 @@ impl Sim {
             let c = self.candidates.entry(term).or_default();
             c.insert(i);
             if c.len() == 2 {
-                self.fault("split_election");
+                self.h.fault("split_election");
             }
         }
         if let RaftEvent::BecameLeader { term } = e {
             match self.leaders.get(&term) {
-                Some(&other) if other != i => self.violation(format!(
+                Some(&other) if other != i => self.h.violation(format!(
                     "election safety: replicas {other} and {i} both led term {term}"
                 )),
                 _ => {
@@ -688,7 +599,7 @@ impl Sim {
             }
         }
         if let Some(index) = missing {
-            self.violation(format!(
+            self.h.violation(format!(
                 "leader completeness: replica {i}, leader of term {term}, lacks committed index {index}"
             ));
         }
@@ -726,7 +637,7 @@ impl Sim {
             }
         }
         if let Some(index) = bad {
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i} overwrote or removed committed index {index}"
             ));
         }
@@ -736,7 +647,7 @@ impl Sim {
             if j != i
                 && let Some(index) = log_mismatch(&after, &self.nodes[j].disk, start)
             {
-                self.violation(format!(
+                self.h.violation(format!(
                     "log matching: replicas {i} and {j} agree on the term at some index but differ at {index}"
                 ));
             }
@@ -751,13 +662,13 @@ impl Sim {
         let (last_term, last_commit) = (self.nodes[i].last_term, self.nodes[i].last_commit);
         if term < last_term {
             let last = last_term;
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i}'s term went back from {last} to {term}"
             ));
         }
         if commit < last_commit {
             let last = last_commit;
-            self.violation(format!(
+            self.h.violation(format!(
                 "replica {i}'s commit index went back from {last} to {commit}"
             ));
         }

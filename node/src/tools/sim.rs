@@ -57,6 +57,17 @@ pub struct SimArgs {
     pub quorums: Option<(usize, usize)>,
 }
 
+/// `--seed`, or one from the clock (printed by the caller, so any run can be replayed).
+fn first_seed(a: &SimArgs) -> u64 {
+    a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            % 1_000_000_000_000
+    })
+}
+
 fn parse_quorums(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
         .split_once(',')
@@ -93,13 +104,7 @@ pub fn run(a: SimArgs) -> Result<()> {
         bail!("--seeds must be at least 1");
     }
     let f = (a.validators - 1) / 3;
-    let first = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            % 1_000_000_000_000
-    });
+    let first = first_seed(&a);
     let config = SimConfig {
         validators: a.validators,
         byzantine: a.byzantine,
@@ -309,13 +314,7 @@ fn run_cft(a: SimArgs) -> Result<()> {
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    let first = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            % 1_000_000_000_000
-    });
+    let first = first_seed(&a);
     let raft_config = raft::RaftSimConfig {
         validators: a.validators,
         safety_ms: a.safety_ms,

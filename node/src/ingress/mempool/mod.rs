@@ -2,8 +2,10 @@
 //! deduplicated by hash, ordered by nonce per sender; plus a bounded cache of bodies seen
 //! recently, so a proposal naming a just-committed transaction can still be resolved.
 
+mod cuts;
 mod fifo;
 
+use cuts::Cuts;
 use fifo::Fifo;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -136,20 +138,6 @@ pub struct Mempool {
     cuts: Option<Cuts>,
 }
 
-/// What a validator that cuts data batches keeps, so that a cut costs the transactions it
-/// takes and not the pool's size: the transactions that can be cut now (every lower nonce of
-/// their sender committed or already cut), in the order they became so, and per sender the
-/// next nonce to join that queue. A transaction behind a nonce gap joins when the gap fills
-/// (or a block moves the sender's nonce past it).
-#[derive(Default)]
-struct Cuts {
-    ready: VecDeque<Digest>,
-    ready_bytes: usize,
-    next: FastMap<PublicKey, u64>,
-    /// Transactions cut into batches and not yet committed (or made stale).
-    cut: usize,
-}
-
 impl Mempool {
     /// A pool whose transactions are cut into data batches ([`Mempool::take_for_batch`]),
     /// not proposed one by one.
@@ -176,33 +164,6 @@ impl Mempool {
             gapped_count: 0,
             gapped_bytes: 0,
             cuts: None,
-        }
-    }
-
-    /// Batch mode: moves `sender`'s transactions that can now be cut into the cut queue.
-    fn advance_cuts(&mut self, sender: &PublicKey) {
-        let Some(cuts) = self.cuts.as_mut() else {
-            return;
-        };
-        let committed = self.nonces.get(sender).copied().unwrap_or(0);
-        let mut next = cuts.next.get(sender).copied().unwrap_or(0).max(committed);
-        if let Some(m) = self.by_sender.get(sender) {
-            for (n, h) in m.range(next..) {
-                if *n != next {
-                    break;
-                }
-                if let Some(e) = self.txs.get_mut(h) {
-                    e.cut = CutState::Ready;
-                    cuts.ready.push_back(*h);
-                    cuts.ready_bytes += e.len;
-                }
-                next += 1;
-            }
-        }
-        if next > committed {
-            cuts.next.insert(*sender, next);
-        } else {
-            cuts.next.remove(sender);
         }
     }
 
@@ -589,69 +550,6 @@ impl Mempool {
             }
         }
         batch
-    }
-
-    /// Batch mode: transactions cut into batches and not yet committed.
-    pub fn cut_uncommitted(&self) -> usize {
-        self.cuts.as_ref().map_or(0, |c| c.cut)
-    }
-
-    /// Batch mode: when the oldest transaction that can be cut now arrived, and the bytes of
-    /// all such transactions.
-    pub fn cuttable(&mut self) -> Option<(Instant, usize)> {
-        let cuts = self.cuts.as_mut()?;
-        while let Some(h) = cuts.ready.front() {
-            match self.txs.get(h) {
-                Some(e) if e.cut == CutState::Ready => {
-                    return Some((e.arrived, cuts.ready_bytes));
-                }
-                _ => {
-                    cuts.ready.pop_front();
-                }
-            }
-        }
-        None
-    }
-
-    /// Batch mode: cuts up to `max_bytes` and `max_txs` of the transactions that can be cut,
-    /// in the order they became cuttable (each sender's in nonce order, without gaps), and
-    /// marks them proposed: they are not cut again (a batch, once made, is the only way they
-    /// are ordered).
-    pub fn take_for_batch(
-        &mut self,
-        max_bytes: usize,
-        max_txs: usize,
-        now: Instant,
-    ) -> Vec<Digest> {
-        let mut taken = Vec::new();
-        let Some(cuts) = self.cuts.as_mut() else {
-            return taken;
-        };
-        let mut bytes = 0;
-        while taken.len() < max_txs {
-            let Some(h) = cuts.ready.front().copied() else {
-                break;
-            };
-            let Some(e) = self.txs.get_mut(&h) else {
-                cuts.ready.pop_front();
-                continue;
-            };
-            if e.cut != CutState::Ready {
-                cuts.ready.pop_front();
-                continue;
-            }
-            if bytes + e.len > max_bytes && !taken.is_empty() {
-                break;
-            }
-            cuts.ready.pop_front();
-            cuts.ready_bytes -= e.len;
-            cuts.cut += 1;
-            e.cut = CutState::Cut;
-            e.proposed_at = Some(now);
-            bytes += e.len;
-            taken.push(h);
-        }
-        taken
     }
 
     /// Bodies of orderable transactions for a primary that asks for pending work (its pool
