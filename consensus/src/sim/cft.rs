@@ -95,6 +95,50 @@ impl<E> Harness<E> {
     }
 }
 
+/// A simulated cluster: what the shared run loop needs from each simulator.
+pub(super) trait Cluster {
+    type Event;
+    fn harness(&mut self) -> &mut Harness<Self::Event>;
+    fn requests(&self) -> &Requests;
+    fn handle(&mut self, ev: Self::Event);
+    fn replicas(&self) -> usize;
+    /// Replica `i`'s executed batches, in order.
+    fn executed(&self, i: usize) -> Vec<&Batch>;
+    /// One line on replica `i`'s state, for a liveness report.
+    fn describe(&self, i: usize) -> String;
+
+    fn executed_all(&self, i: usize) -> bool {
+        self.requests().all_executed(self.executed(i).into_iter())
+    }
+
+    fn liveness_done(&self) -> bool {
+        let r = self.requests();
+        r.healed && r.awaited() > 0 && (0..self.replicas()).all(|i| self.executed_all(i))
+    }
+
+    /// Runs events until `end` (or until the requests after healing executed everywhere),
+    /// then reports a liveness violation if they did not within `bound_ms`.
+    fn run(&mut self, end: u64, bound_ms: u64) {
+        while let Some(ev) = self.harness().next(end) {
+            self.handle(ev);
+            if self.liveness_done() {
+                return;
+            }
+        }
+        if !self.liveness_done() {
+            let missing: Vec<usize> = (0..self.replicas())
+                .filter(|&i| !self.executed_all(i))
+                .collect();
+            let states: Vec<String> = (0..self.replicas()).map(|i| self.describe(i)).collect();
+            let awaited = self.requests().awaited();
+            self.harness().violation(format!(
+                "liveness: {awaited} requests submitted after healing not executed by replicas {missing:?} within {bound_ms} ms; replicas: {}",
+                states.join("; ")
+            ));
+        }
+    }
+}
+
 /// Client requests: a request is the batch of one digest; those submitted after healing
 /// must be executed by every replica.
 #[derive(Default)]

@@ -22,14 +22,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tally_crypto::Digest;
 
-use super::cft::{AFTER_HEALING, Harness};
+use super::cft::{AFTER_HEALING, Cluster, Harness, Requests};
 use super::links::{Links, MAX_DELAY_MS};
 use super::rng::Rng;
-use crate::ValidatorId;
 use crate::paxos::{
     Ballot, Durable, Message, Paxos, PaxosConfig, PaxosEvent, PaxosInput, PaxosOutput, Payload,
     Role, Slot,
 };
+use crate::{Batch, ValidatorId};
 
 #[derive(Clone, Debug)]
 pub struct PaxosSimConfig {
@@ -63,7 +63,11 @@ pub fn run_seed(cfg: &PaxosSimConfig, seed: u64) -> SeedReport {
     if !sim.h.violations.is_empty() {
         return sim.report(seed);
     }
-    sim.run();
+    let (end, bound) = (
+        sim.cfg.safety_ms + sim.cfg.liveness_bound_ms,
+        sim.cfg.liveness_bound_ms,
+    );
+    sim.run(end, bound);
     sim.report(seed)
 }
 
@@ -205,29 +209,7 @@ impl Sim {
         self.h.fault("crash");
     }
 
-    fn run(&mut self) {
-        let end = self.cfg.safety_ms + self.cfg.liveness_bound_ms;
-        while let Some(ev) = self.h.next(end) {
-            self.handle(ev);
-            if self.liveness_done() {
-                return;
-            }
-        }
-        if !self.liveness_done() {
-            let missing: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| !self.executed_all(i))
-                .collect();
-            let states: Vec<String> = (0..self.nodes.len()).map(|i| self.describe(i)).collect();
-            self.h.violation(format!(
-                "liveness: {} requests submitted after healing not executed by replicas {missing:?} within {} ms; replicas: {}",
-                self.h.requests.awaited(),
-                self.cfg.liveness_bound_ms,
-                states.join("; ")
-            ));
-        }
-    }
-
-    fn describe(&self, i: usize) -> String {
+    fn describe_replica(&self, i: usize) -> String {
         let node = &self.nodes[i];
         match &node.paxos {
             None => format!("{i}: down"),
@@ -244,22 +226,7 @@ impl Sim {
         }
     }
 
-    fn executed_all(&self, i: usize) -> bool {
-        self.h
-            .requests
-            .all_executed(self.nodes[i].executed.iter().filter_map(|p| match p {
-                Payload::Batch(b) => Some(b),
-                Payload::Noop => None,
-            }))
-    }
-
-    fn liveness_done(&self) -> bool {
-        self.h.requests.healed
-            && self.h.requests.awaited() > 0
-            && (0..self.nodes.len()).all(|i| self.executed_all(i))
-    }
-
-    fn handle(&mut self, ev: Ev) {
+    fn on_event_due(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(i) => {
                 let every = TICK_MS * 1000 / self.nodes[i].rate;
@@ -505,5 +472,40 @@ impl Sim {
                 ));
             }
         }
+    }
+}
+
+impl Cluster for Sim {
+    type Event = Ev;
+
+    fn harness(&mut self) -> &mut Harness<Ev> {
+        &mut self.h
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.h.requests
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        self.on_event_due(ev)
+    }
+
+    fn replicas(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn executed(&self, i: usize) -> Vec<&Batch> {
+        self.nodes[i]
+            .executed
+            .iter()
+            .filter_map(|x| match x {
+                Payload::Batch(b) => Some(b),
+                Payload::Noop => None,
+            })
+            .collect()
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.describe_replica(i)
     }
 }

@@ -24,14 +24,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tally_crypto::Digest;
 
-use super::cft::{AFTER_HEALING, Harness};
+use super::cft::{AFTER_HEALING, Cluster, Harness, Requests};
 use super::links::{Links, MAX_DELAY_MS};
 use super::rng::Rng;
-use crate::ValidatorId;
 use crate::raft::{
     Durable, Entry, Index, Message, Payload, Raft, RaftConfig, RaftEvent, RaftInput, RaftOutput,
     Record, Role, Term,
 };
+use crate::{Batch, ValidatorId};
 
 #[derive(Clone, Debug)]
 pub struct RaftSimConfig {
@@ -71,7 +71,11 @@ pub struct SeedReport {
 /// Runs one seed.
 pub fn run_seed(cfg: &RaftSimConfig, seed: u64) -> SeedReport {
     let mut sim = Sim::new(cfg.clone(), seed);
-    sim.run();
+    let (end, bound) = (
+        sim.cfg.safety_ms + sim.cfg.liveness_bound_ms,
+        sim.cfg.liveness_bound_ms,
+    );
+    sim.run(end, bound);
     let committed = sim.committed.keys().next_back().copied().unwrap_or(0);
     SeedReport {
         seed,
@@ -213,29 +217,7 @@ impl Sim {
         node.last_commit = 0;
     }
 
-    fn run(&mut self) {
-        let end = self.cfg.safety_ms + self.cfg.liveness_bound_ms;
-        while let Some(ev) = self.h.next(end) {
-            self.handle(ev);
-            if self.liveness_done() {
-                return;
-            }
-        }
-        if !self.liveness_done() {
-            let missing: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| !self.executed_all(i))
-                .collect();
-            let states: Vec<String> = (0..self.nodes.len()).map(|i| self.describe(i)).collect();
-            self.h.violation(format!(
-                "liveness: {} requests submitted after healing not executed by replicas {missing:?} within {} ms; replicas: {}",
-                self.h.requests.awaited(),
-                self.cfg.liveness_bound_ms,
-                states.join("; ")
-            ));
-        }
-    }
-
-    fn describe(&self, i: usize) -> String {
+    fn describe_replica(&self, i: usize) -> String {
         let node = &self.nodes[i];
         match &node.raft {
             None => format!("{i}: down"),
@@ -254,27 +236,7 @@ impl Sim {
         }
     }
 
-    fn executed_all(&self, i: usize) -> bool {
-        self.h
-            .requests
-            .all_executed(
-                self.nodes[i]
-                    .executed
-                    .iter()
-                    .filter_map(|e| match &e.payload {
-                        Payload::Batch(b) => Some(b),
-                        Payload::Noop => None,
-                    }),
-            )
-    }
-
-    fn liveness_done(&self) -> bool {
-        self.h.requests.healed
-            && self.h.requests.awaited() > 0
-            && (0..self.nodes.len()).all(|i| self.executed_all(i))
-    }
-
-    fn handle(&mut self, ev: Ev) {
+    fn on_event_due(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(i) => {
                 let every = TICK_MS * 1000 / self.nodes[i].rate;
@@ -675,6 +637,41 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.last_term = term;
         node.last_commit = commit;
+    }
+}
+
+impl Cluster for Sim {
+    type Event = Ev;
+
+    fn harness(&mut self) -> &mut Harness<Ev> {
+        &mut self.h
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.h.requests
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        self.on_event_due(ev)
+    }
+
+    fn replicas(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn executed(&self, i: usize) -> Vec<&Batch> {
+        self.nodes[i]
+            .executed
+            .iter()
+            .filter_map(|x| match &x.payload {
+                Payload::Batch(b) => Some(b),
+                Payload::Noop => None,
+            })
+            .collect()
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.describe_replica(i)
     }
 }
 
