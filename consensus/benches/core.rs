@@ -103,9 +103,9 @@ fn main() {
         }
         for (i, m) in msgs.into_iter().enumerate() {
             messages += 1;
-            inputs.push(Input::Message(
+            inputs.push(Input::Message(tally_consensus::PeerMessage::Pbft(
                 tally_crypto::verify(&set, &chain, m).expect("valid"),
-            ));
+            )));
             if i == 0 {
                 // The driver found the batch's transactions held and valid.
                 inputs.push(Input::Validated {
@@ -119,6 +119,7 @@ fn main() {
             seq: s,
             digest: d,
             block_hash: root(seq),
+            epoch: v,
         });
     }
     eprintln!(

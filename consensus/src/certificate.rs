@@ -1,14 +1,24 @@
-//! Commit certificates: 2f + 1 signed COMMITs for `(view, seq, digest)`. Stored with every
-//! block so a client can check a block with only the genesis keys.
+//! Commit certificates (commit proofs), stored with every block so a client can check a block
+//! with only the genesis keys. What one holds depends on the validators' fault model:
+//!
+//! * Byzantine (PBFT): 2f + 1 signed COMMITs for `(view, seq, digest)` — a quorum voted for
+//!   the block, so no other block can commit at `seq`.
+//! * Crash (Raft, Multi-Paxos): one signature, by the leader of term / ballot round `view`,
+//!   over the same body under [`LEADER_COMMIT_DOMAIN`] — the leader proposed the block at
+//!   `seq`. It proves who proposed the block and that it is unaltered; that it committed rests
+//!   on the crash-fault assumption (validators follow the protocol), not on the signature.
 
 use std::collections::HashSet;
 
 use tally_crypto::{ChainId, CryptoError, Digest, Domain, Signature, SignatureCheck, Verifiable};
 
-use crate::{Seq, ValidatorId, ValidatorSet, View};
+use crate::{FaultModel, Seq, ValidatorId, ValidatorSet, View};
 
 /// The domain of PBFT COMMIT signatures.
 pub const COMMIT_DOMAIN: Domain = Domain::new("tally/pbft/commit/v1");
+
+/// The domain of a crash-fault leader's signature over the blocks it proposes.
+pub const LEADER_COMMIT_DOMAIN: Domain = Domain::new("tally/cft/leader-commit/v1");
 
 /// The signed body of a COMMIT: `view u64 LE ‖ seq u64 LE ‖ digest (32)`.
 pub fn commit_body(view: View, seq: Seq, digest: &Digest) -> Vec<u8> {
@@ -20,7 +30,7 @@ pub fn commit_body(view: View, seq: Seq, digest: &Digest) -> Vec<u8> {
 }
 
 /// Proof that `digest` committed at `seq`: COMMIT signatures of a quorum of distinct
-/// validators, all in `view`.
+/// validators, all in `view` (Byzantine), or the signature of the leader of `view` (crash).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitCertificate {
     pub view: View,
@@ -136,11 +146,20 @@ impl CommitCertificate {
                 )));
             }
         }
-        if seen.len() < validators.quorum() {
+        let need = match validators.model() {
+            FaultModel::Byzantine => validators.quorum(),
+            FaultModel::Crash => 1,
+        };
+        if seen.len() < need {
             return Err(CertificateError::NoQuorum {
                 got: seen.len(),
-                need: validators.quorum(),
+                need,
             });
+        }
+        if validators.model() == FaultModel::Crash && seen.len() > 1 {
+            return Err(CertificateError::Malformed(
+                "a crash-fault commit proof holds one signature, the leader's".into(),
+            ));
         }
         Ok(())
     }
@@ -155,13 +174,17 @@ impl Verifiable for CommitCertificate {
         out: &mut Vec<SignatureCheck>,
     ) -> Result<(), CryptoError> {
         let body = commit_body(self.view, self.seq, &self.digest);
+        let domain = match validators.model() {
+            FaultModel::Byzantine => COMMIT_DOMAIN,
+            FaultModel::Crash => LEADER_COMMIT_DOMAIN,
+        };
         for (id, sig) in &self.signatures {
             let key = validators.key(*id).ok_or(CryptoError::UnknownSigner {
                 signer: id.to_string(),
             })?;
             out.push(SignatureCheck {
                 key: *key,
-                domain: COMMIT_DOMAIN,
+                domain,
                 body: body.clone(),
                 signature: *sig,
             });

@@ -2,13 +2,13 @@
 
 use crate::protocol::Millis;
 
-/// A timeout in `[base, 2 · base)`, drawn from `state` (the driver's entropy, mixed in at
-/// every tick) and advancing it (xorshift64*), so several timeouts between two ticks differ.
-pub(crate) fn election_timeout(state: &mut u64, base: Millis) -> Millis {
+/// A timeout in `[min, max)`, drawn from `state` (the driver's entropy, mixed in at every
+/// tick) and advancing it (xorshift64*), so several timeouts between two ticks differ.
+pub(crate) fn election_timeout(state: &mut u64, min: Millis, max: Millis) -> Millis {
     let mut x = *state | 1;
     x ^= x >> 12;
     x ^= x << 25;
     x ^= x >> 27;
     *state = x;
-    base + x.wrapping_mul(0x2545_F491_4F6C_DD1D) % base.max(1)
+    min + x.wrapping_mul(0x2545_F491_4F6C_DD1D) % max.saturating_sub(min).max(1)
 }

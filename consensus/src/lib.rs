@@ -9,6 +9,7 @@
 pub mod availability;
 pub mod batch;
 pub mod certificate;
+pub mod engine;
 mod entropy;
 pub mod paxos;
 pub mod pbft;
@@ -20,7 +21,10 @@ pub mod types;
 
 pub use availability::{ATTEST_DOMAIN, BatchHeader, BatchProof, ProofError};
 pub use batch::{Batch, batch_digest};
-pub use certificate::{COMMIT_DOMAIN, CertificateError, CommitCertificate, commit_body};
-pub use protocol::{Event, Input, Millis, Output, Protocol};
+pub use certificate::{
+    COMMIT_DOMAIN, CertificateError, CommitCertificate, LEADER_COMMIT_DOMAIN, commit_body,
+};
+pub use engine::Engine;
+pub use protocol::{Event, Input, Millis, Output, PeerMessage, Protocol, WireMessage};
 pub use signer::{KeySigner, Signer};
-pub use types::{Seq, ValidatorId, ValidatorSet, View};
+pub use types::{FaultModel, Seq, ValidatorId, ValidatorSet, View};

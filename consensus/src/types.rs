@@ -97,18 +97,42 @@ impl fmt::Display for Seq {
     }
 }
 
-/// The validators, in genesis order, with the quorum arithmetic.
+/// What the validators may do wrong, which sets the quorum arithmetic and what a commit
+/// proof must hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FaultModel {
+    /// PBFT: up to `f = ⌊(n − 1) / 3⌋` validators may lie; a commit proof is a quorum of
+    /// signed COMMITs.
+    #[default]
+    Byzantine,
+    /// Raft and Multi-Paxos: up to `f = ⌊(n − 1) / 2⌋` validators may crash, none lies; a
+    /// commit proof is the signature of the leader that proposed the block.
+    Crash,
+}
+
+/// The validators, in genesis order, with the quorum arithmetic of their fault model.
 #[derive(Clone, Debug)]
 pub struct ValidatorSet {
     keys: Vec<ValidKey>,
+    model: FaultModel,
 }
 
 impl ValidatorSet {
+    /// A Byzantine-fault set (PBFT).
     pub fn new(keys: &[PublicKey]) -> Result<ValidatorSet, CryptoError> {
+        ValidatorSet::with_model(keys, FaultModel::Byzantine)
+    }
+
+    pub fn with_model(keys: &[PublicKey], model: FaultModel) -> Result<ValidatorSet, CryptoError> {
         assert!(!keys.is_empty() && keys.len() <= u16::MAX as usize);
         Ok(ValidatorSet {
             keys: keys.iter().map(ValidKey::new).collect::<Result<_, _>>()?,
+            model,
         })
+    }
+
+    pub fn model(&self) -> FaultModel {
+        self.model
     }
 
     pub fn len(&self) -> usize {
@@ -119,18 +143,25 @@ impl ValidatorSet {
         self.keys.is_empty()
     }
 
-    /// Byzantine faults tolerated: `f = ⌊(n − 1) / 3⌋`.
+    /// Faults tolerated: Byzantine `f = ⌊(n − 1) / 3⌋`, crash `f = ⌊(n − 1) / 2⌋`.
     pub fn f(&self) -> usize {
-        (self.len() - 1) / 3
+        match self.model {
+            FaultModel::Byzantine => (self.len() - 1) / 3,
+            FaultModel::Crash => (self.len() - 1) / 2,
+        }
     }
 
-    /// The Byzantine quorum `⌈(n + f + 1) / 2⌉`, which is `2f + 1` when `n = 3f + 1`. Any two
-    /// quorums share at least `f + 1` validators, so at least one honest one.
+    /// The Byzantine quorum `⌈(n + f + 1) / 2⌉`, which is `2f + 1` when `n = 3f + 1`: any two
+    /// quorums share at least `f + 1` validators, so at least one honest one. With crash
+    /// faults, a majority `⌊n / 2⌋ + 1`: any two share a validator.
     pub fn quorum(&self) -> usize {
-        (self.len() + self.f() + 1).div_ceil(2)
+        match self.model {
+            FaultModel::Byzantine => (self.len() + self.f() + 1).div_ceil(2),
+            FaultModel::Crash => self.len() / 2 + 1,
+        }
     }
 
-    /// `f + 1`: enough that at least one is honest.
+    /// `f + 1`: enough that at least one is honest (Byzantine), or alive (crash).
     pub fn weak_quorum(&self) -> usize {
         self.f() + 1
     }

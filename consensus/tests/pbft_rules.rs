@@ -7,7 +7,7 @@ mod support;
 
 use support::*;
 use tally_consensus::pbft::{Commit, Message, NewView, Record, Signed, Status};
-use tally_consensus::protocol::{Event, Input, Output, Protocol};
+use tally_consensus::protocol::{Event, Input, Output, Protocol, Record as Stored, WireMessage};
 use tally_consensus::{Batch, Seq, ValidatorId, View};
 use tally_crypto::{ChainId, Digest};
 
@@ -33,11 +33,11 @@ fn backup_prepares_after_pre_prepare_and_persists_first() {
     );
     let persist = out
         .iter()
-        .position(|o| matches!(o, Output::Persist(Record::Vote { .. })))
+        .position(|o| matches!(o, Output::Persist(Stored::Pbft(Record::Vote { .. }))))
         .expect("vote persisted");
     let send = out
         .iter()
-        .position(|o| matches!(o, Output::Broadcast(Message::Prepare(_))))
+        .position(|o| matches!(o, Output::Broadcast(WireMessage::Pbft(Message::Prepare(_)))))
         .expect("prepare sent");
     assert!(persist < send, "persist before send");
     match broadcasts(&out)[0] {
@@ -122,7 +122,7 @@ fn prepared_needs_two_f_distinct_backups() {
     assert!(matches!(sent[0], Message::Commit(_)), "prepared → commit");
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Persist(Record::Prepared(c, b)) if c.claim().digest == d && b.digest() == d))
+            .any(|o| matches!(o, Output::Persist(Stored::Pbft(Record::Prepared(c, b))) if c.claim().digest == d && b.digest() == d))
     );
     assert!(out.iter().any(|o| matches!(
         o,
@@ -221,11 +221,11 @@ fn checkpoint_becomes_stable_and_collects_garbage() {
     assert_eq!(r.stable_checkpoint(), Seq(K));
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Persist(Record::Stable(c)) if c.seq == Seq(K) && c.signatures.len() == 3))
+            .any(|o| matches!(o, Output::Persist(Stored::Pbft(Record::Stable(c))) if c.seq == Seq(K) && c.signatures.len() == 3))
     );
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Persist(Record::PruneSeqs { up_to }) if *up_to == Seq(K)))
+            .any(|o| matches!(o, Output::Persist(Stored::Pbft(Record::PruneSeqs { up_to })) if *up_to == Seq(K)))
     );
     // The window moved: K + L is now acceptable, K itself no longer.
     let out = step(&mut r, 0, h.input(h.pre_prepare(0, 0, K + L, &batch(9))));
@@ -275,10 +275,10 @@ fn timeout_starts_a_view_change_with_prepared_certificates() {
     assert_eq!(r.view(), View(1));
     assert!(out.iter().any(|o| matches!(
         o,
-        Output::Persist(Record::View {
+        Output::Persist(Stored::Pbft(Record::View {
             view: View(1),
             changing: true
-        })
+        }))
     )));
 }
 
@@ -546,7 +546,7 @@ fn restarted_replica_never_signs_a_conflicting_vote() {
     );
     assert!(
         !out.iter()
-            .any(|o| matches!(o, Output::Persist(Record::Vote { .. })))
+            .any(|o| matches!(o, Output::Persist(Stored::Pbft(Record::Vote { .. }))))
     );
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tally_consensus::pbft::{Message, Pbft, PbftConfig};
-use tally_consensus::{KeySigner, Seq, ValidatorId, ValidatorSet};
+use tally_consensus::{Engine, FaultModel, KeySigner, PeerMessage, Seq, ValidatorId, ValidatorSet};
 use tally_crypto::{Digest, PublicKey, keyfile};
 use tally_genesis::{Genesis, NodeConfig};
 use tally_monitoring::{DirectionLabels, Metrics, NodeInfoLabels, P2pLabels};
@@ -56,7 +56,11 @@ pub async fn run(home: &Path) -> Result<()> {
     let genesis_hash = genesis.hash();
     let key = keyfile::load(&config.key_file)?;
     let keys: Vec<PublicKey> = genesis.validators.iter().map(|v| v.public_key).collect();
-    let validators = ValidatorSet::new(&keys)?;
+    let model = match genesis.consensus.protocol {
+        tally_genesis::Protocol::Pbft => FaultModel::Byzantine,
+        tally_genesis::Protocol::Raft | tally_genesis::Protocol::Multipaxos => FaultModel::Crash,
+    };
+    let validators = ValidatorSet::with_model(&keys, model)?;
     let Some(me) = validators.id_of(&key.public_key()) else {
         bail!(
             "the key in {} ({}) is not one of the genesis validators",
@@ -64,10 +68,10 @@ pub async fn run(home: &Path) -> Result<()> {
             key.public_key()
         );
     };
-    if genesis.consensus.protocol != tally_genesis::Protocol::Pbft {
+    if genesis.consensus.protocol == tally_genesis::Protocol::Multipaxos {
         bail!(
-            "consensus protocol {} is not implemented yet; this node runs pbft",
-            genesis.consensus.protocol
+            "consensus protocol multipaxos is not run by this node yet (its core and simulator \
+             exist; see docs/consensus.md); use pbft or raft"
         );
     }
     std::fs::create_dir_all(&config.data_dir)
@@ -83,39 +87,70 @@ pub async fn run(home: &Path) -> Result<()> {
     );
 
     let params = &genesis.consensus;
-    let records = load_records(&*store).map_err(|e| anyhow::anyhow!("consensus records: {e}"))?;
-    let stable = records
-        .iter()
-        .filter_map(|r| match r {
-            tally_consensus::pbft::Record::Stable(c) => Some(c.seq),
-            _ => None,
-        })
-        .max()
-        .unwrap_or_default();
-    let recent = recent_digests(&*store, stable, chain.height(), params.watermark_window);
-    let mut pbft_config = PbftConfig::new(
-        params.checkpoint_interval,
-        params.watermark_window,
-        params.view_change_timeout_ms,
-    );
     let with_batches = params.payload == tally_genesis::Payload::Batches;
     // A proposal names at most one transaction per smallest transaction in its byte budget,
     // or (data batches) a bounded number of batch proofs.
-    pbft_config.batch_txs_max = if with_batches {
+    let batch_entries_max = if with_batches {
         crate::driver::PROPOSAL_PROOFS_MAX
     } else {
         ((params.batch_bytes_max as usize).div_ceil(tally_ledger::TX_BYTES_MIN) + 1)
             .min(tally_consensus::batch::BATCH_TXS_MAX)
     };
-    let core = Pbft::new(
-        pbft_config,
-        validators.clone(),
-        me,
-        Box::new(KeySigner::new(key.clone(), genesis.chain_id.clone())),
-        &records,
-        Seq(chain.height()),
-        &recent,
-    );
+    let signer = Box::new(KeySigner::new(key.clone(), genesis.chain_id.clone()));
+    let core = match params.protocol {
+        tally_genesis::Protocol::Pbft => {
+            let records =
+                load_records(&*store).map_err(|e| anyhow::anyhow!("consensus records: {e}"))?;
+            let stable = records
+                .iter()
+                .filter_map(|r| match r {
+                    tally_consensus::pbft::Record::Stable(c) => Some(c.seq),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or_default();
+            let recent = recent_digests(&*store, stable, chain.height(), params.watermark_window);
+            let mut pbft_config = PbftConfig::new(
+                params.checkpoint_interval,
+                params.watermark_window,
+                params.view_change_timeout_ms,
+            );
+            pbft_config.batch_txs_max = batch_entries_max;
+            Engine::Pbft(Box::new(Pbft::new(
+                pbft_config,
+                validators.clone(),
+                me,
+                signer,
+                &records,
+                Seq(chain.height()),
+                &recent,
+            )))
+        }
+        tally_genesis::Protocol::Raft | tally_genesis::Protocol::Multipaxos => {
+            use tally_consensus::raft;
+            let stored = store.consensus_scan(raft::storage::PREFIX)?;
+            let durable = raft::storage::restore(&stored)
+                .map_err(|e| anyhow::anyhow!("raft records: {e}"))?;
+            let cfg = raft::RaftConfig {
+                election_ms: params.raft_election_timeout_ms.min,
+                election_max_ms: params.raft_election_timeout_ms.max,
+                heartbeat_ms: params.heartbeat_ms,
+                ..raft::RaftConfig::default()
+            };
+            let core = raft::Raft::new(
+                cfg,
+                me,
+                validators.len(),
+                durable,
+                chain.height(),
+                Some(signer),
+            );
+            Engine::Raft(Box::new(tally_consensus::engine::RaftEngine::new(
+                core,
+                batch_entries_max,
+            )))
+        }
+    };
 
     let metrics = Arc::new(Metrics::new(NodeInfoLabels {
         chain_id: genesis.chain_id.to_string(),
@@ -345,6 +380,7 @@ pub async fn run(home: &Path) -> Result<()> {
     )));
 
     // p2p events → verifier, admission, sync server, status.
+    let protocol = params.protocol;
     {
         let (shared, p2p, admission) = (shared.clone(), p2p.clone(), admission.clone());
         let driver_tx = driver_tx.clone();
@@ -353,14 +389,36 @@ pub async fn run(home: &Path) -> Result<()> {
         tokio::spawn(async move {
             while let Some(event) = p2p_events.recv().await {
                 match event {
-                    P2pEvent::Consensus { bytes, .. } => match Message::decode(&bytes) {
-                        Ok(msg) => {
-                            if !verifier.submit(msg, ()) {
-                                dropped_in(&shared);
+                    // PBFT messages are signed: checked by the verifier pool before the driver
+                    // sees them. Raft's are not (crash faults): the sender is the validator
+                    // whose key authenticated the connection.
+                    P2pEvent::Consensus { from, bytes } => match protocol {
+                        tally_genesis::Protocol::Pbft => match Message::decode(&bytes) {
+                            Ok(msg) => {
+                                if !verifier.submit(msg, ()) {
+                                    dropped_in(&shared);
+                                }
                             }
-                        }
-                        Err(_) => {
-                            Metrics::inc_reason(&shared.metrics.consensus_rejections, "undecodable")
+                            Err(_) => Metrics::inc_reason(
+                                &shared.metrics.consensus_rejections,
+                                "undecodable",
+                            ),
+                        },
+                        _ => {
+                            let sender = shared.validators.id_of(&from);
+                            match (sender, tally_consensus::raft::Message::decode(&bytes)) {
+                                (Some(id), Some(mut msg)) => {
+                                    msg.from = id;
+                                    let input = DriverInput::Message(PeerMessage::Raft(msg));
+                                    if driver_tx.try_send(input).is_err() {
+                                        dropped_in(&shared);
+                                    }
+                                }
+                                _ => Metrics::inc_reason(
+                                    &shared.metrics.consensus_rejections,
+                                    "undecodable",
+                                ),
+                            }
                         }
                     },
                     P2pEvent::Gossip { id, bytes, .. } => {

@@ -346,7 +346,7 @@ pub fn chain_status(shared: &Shared) -> Value {
         "height": s.height,
         "latest_hash": s.latest_hash.to_hex(),
         "view": s.view,
-        "leader": g.validators.get(s.leader as usize).map(|v| v.name.clone()),
+        "leader": s.leader.and_then(|l| g.validators.get(l as usize)).map(|v| v.name.clone()),
         "leader_index": s.leader,
         "validators": g.validators.iter().map(|v| json!({
             "name": v.name, "public_key": v.public_key.to_hex(), "p2p": v.p2p,

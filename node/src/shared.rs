@@ -16,8 +16,10 @@ use crate::ingress::mempool::Mempool;
 pub struct Status {
     pub height: u64,
     pub latest_hash: Digest,
+    /// The epoch: PBFT view, Raft term.
     pub view: u64,
-    pub leader: u16,
+    /// The leader this node follows, when it knows one.
+    pub leader: Option<u16>,
     pub stable_checkpoint: u64,
     /// `(height, target)` while catching up from peers.
     pub syncing: Option<(u64, u64)>,

@@ -94,6 +94,16 @@ pub enum Body {
     },
 }
 
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        borsh::to_vec(self).expect("in-memory encoding cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Message> {
+        borsh::from_slice(bytes).ok()
+    }
+}
+
 /// What an acceptor makes durable before it sends any message of the same step.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub enum Record {

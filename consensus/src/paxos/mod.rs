@@ -21,6 +21,7 @@
 
 pub mod messages;
 mod proposer;
+pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -278,8 +279,12 @@ impl Paxos {
     }
 
     fn reset_election_timer(&mut self, now: Millis) {
-        self.election_deadline =
-            now + crate::entropy::election_timeout(&mut self.entropy, self.cfg.election_ms);
+        self.election_deadline = now
+            + crate::entropy::election_timeout(
+                &mut self.entropy,
+                self.cfg.election_ms,
+                2 * self.cfg.election_ms,
+            );
     }
 
     pub fn step(&mut self, now: Millis, input: PaxosInput, out: &mut Vec<PaxosOutput>) {

@@ -87,7 +87,7 @@ impl Pbft {
         self.own_hashes.insert(seq, block_hash);
         let cp = Checkpoint { seq, block_hash };
         if let Ok(signed) = self.safety.sign_checkpoint(cp, out) {
-            out.push(Output::Broadcast(Message::Checkpoint(signed)));
+            out.push(Output::broadcast(Message::Checkpoint(signed)));
             self.checkpoints
                 .entry(seq)
                 .or_default()
@@ -203,7 +203,7 @@ impl Pbft {
                 target: cert.clone(),
                 asked_at: self.now,
             });
-            out.push(Output::Persist(Record::Repair(cert.clone())));
+            out.push(Output::persist(Record::Repair(cert.clone())));
             out.push(Output::RepairState {
                 certified: cert,
                 own_hash: None,
@@ -239,7 +239,7 @@ impl Pbft {
             target: cert.clone(),
             asked_at: self.now,
         });
-        out.push(Output::Persist(Record::Repair(cert.clone())));
+        out.push(Output::persist(Record::Repair(cert.clone())));
         self.make_stable(cert.clone(), out);
         out.push(Output::RepairState {
             certified: cert,
@@ -253,7 +253,7 @@ impl Pbft {
             return;
         }
         let seq = cert.seq;
-        out.push(Output::Persist(Record::Stable(cert.clone())));
+        out.push(Output::persist(Record::Stable(cert.clone())));
         self.stable = cert;
         self.log = self.log.split_off(&seq.next());
         self.checkpoints = self.checkpoints.split_off(&seq.next());
@@ -290,7 +290,7 @@ impl Pbft {
                     .find(|c| c.from == self.me)
             });
         if let Some(own) = own {
-            out.push(Output::Broadcast(Message::Checkpoint(own)));
+            out.push(Output::broadcast(Message::Checkpoint(own)));
         }
     }
 }

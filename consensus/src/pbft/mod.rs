@@ -41,7 +41,7 @@ pub use messages::{
 pub use records::Record;
 
 use crate::batch::BATCH_TXS_MAX;
-use crate::protocol::{Event, Input, Millis, Output, Protocol};
+use crate::protocol::{Event, Input, Millis, Output, PeerMessage, Protocol};
 use crate::signer::Signer;
 use crate::{Batch, CommitCertificate, Seq, ValidatorId, ValidatorSet, View};
 use safety::SafetyRules;
@@ -691,8 +691,12 @@ impl Protocol for Pbft {
     fn step(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
         self.now = self.now.max(now);
         match input {
-            Input::Message(msg) => self.on_message(msg.into_inner(), out),
-            Input::Tick { pending_requests } => {
+            Input::Message(PeerMessage::Pbft(msg)) => self.on_message(msg.into_inner(), out),
+            // Another protocol's message: not for this core.
+            Input::Message(_) | Input::TransferLeadership { .. } => {}
+            Input::Tick {
+                pending_requests, ..
+            } => {
                 self.pending_requests = pending_requests;
                 self.on_tick(out);
             }
@@ -703,6 +707,7 @@ impl Protocol for Pbft {
                 seq,
                 digest,
                 block_hash,
+                ..
             } => self.on_executed(seq, digest, block_hash, out),
             Input::Repaired { seq, block_hash } => self.on_repaired(seq, block_hash, out),
         }
@@ -712,8 +717,8 @@ impl Protocol for Pbft {
         self.view
     }
 
-    fn leader(&self) -> ValidatorId {
-        self.validators.primary(self.view)
+    fn leader(&self) -> Option<ValidatorId> {
+        Some(self.validators.primary(self.view))
     }
 
     fn stable_checkpoint(&self) -> Seq {

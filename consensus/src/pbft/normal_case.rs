@@ -66,7 +66,7 @@ impl Pbft {
             }
         };
         self.next_propose = seq.next();
-        out.push(Output::Broadcast(Message::PrePrepare(
+        out.push(Output::broadcast(Message::PrePrepare(
             signed,
             batch.clone(),
         )));
@@ -263,7 +263,7 @@ impl Pbft {
         let Ok(signed) = self.safety.sign_prepare(prepare, out) else {
             return;
         };
-        out.push(Output::Broadcast(Message::Prepare(signed)));
+        out.push(Output::broadcast(Message::Prepare(signed)));
         let slot = self.log.entry(seq).or_default();
         slot.prepares.entry(self.me).or_insert(signed);
         slot.own_prepare = Some(signed);
@@ -341,7 +341,7 @@ impl Pbft {
         if !self.may_sign() || !self.agrees_with_executed(seq, &digest) {
             return;
         }
-        out.push(Output::Persist(Record::Prepared(cert, batch)));
+        out.push(Output::persist(Record::Prepared(cert, batch)));
         let commit = Commit {
             view: self.view,
             seq,
@@ -350,7 +350,7 @@ impl Pbft {
         let Ok(signed) = self.safety.sign_commit(commit, out) else {
             return;
         };
-        out.push(Output::Broadcast(Message::Commit(signed)));
+        out.push(Output::broadcast(Message::Commit(signed)));
         let slot = self.log.get_mut(&seq).expect("slot exists");
         slot.commits.entry(self.me).or_insert(signed);
         slot.own_commit = Some(signed);
@@ -480,7 +480,7 @@ impl Pbft {
                     let pre_prepare = || {
                         let pp = slot.pre_prepare?;
                         let batch = slot.batch(&pp.body.digest)?.clone();
-                        Some(Output::Broadcast(Message::PrePrepare(pp, batch)))
+                        Some(Output::broadcast(Message::PrePrepare(pp, batch)))
                     };
                     if slot.committed.is_some() {
                         if recent < RECENT_COMMITS {
@@ -488,7 +488,7 @@ impl Pbft {
                                 out.push(o);
                             }
                             if let Some(c) = &slot.own_commit {
-                                out.push(Output::Broadcast(Message::Commit(*c)));
+                                out.push(Output::broadcast(Message::Commit(*c)));
                             }
                             recent += 1;
                         }
@@ -501,10 +501,10 @@ impl Pbft {
                         unvalidated.push(*seq);
                     }
                     if let Some(p) = &slot.own_prepare {
-                        out.push(Output::Broadcast(Message::Prepare(*p)));
+                        out.push(Output::broadcast(Message::Prepare(*p)));
                     }
                     if let Some(c) = &slot.own_commit {
-                        out.push(Output::Broadcast(Message::Commit(*c)));
+                        out.push(Output::broadcast(Message::Commit(*c)));
                     }
                 }
                 for seq in unvalidated {

@@ -107,7 +107,7 @@ impl SafetyRules {
             Some(_) => {}
             None => {
                 self.votes.insert((kind, view, seq), digest);
-                out.push(Output::Persist(Record::Vote {
+                out.push(Output::persist(Record::Vote {
                     kind,
                     view,
                     seq,
@@ -137,7 +137,7 @@ impl SafetyRules {
         let mut scratch = Vec::new();
         let signed = self.vote(VoteType::PrePrepare, view, seq, digest, pp, &mut scratch)?;
         if fresh {
-            out.push(Output::Persist(Record::OwnPrePrepare(
+            out.push(Output::persist(Record::OwnPrePrepare(
                 signed,
                 batch.clone(),
             )));
@@ -233,7 +233,7 @@ impl SafetyRules {
         };
         self.view_changes
             .insert(signed.body.new_view, (signed.clone(), proofs.clone()));
-        out.push(Output::Persist(Record::OwnViewChange(
+        out.push(Output::persist(Record::OwnViewChange(
             signed.clone(),
             proofs,
         )));
@@ -263,7 +263,7 @@ impl SafetyRules {
             signature,
         };
         self.new_views.insert(signed.body.view, signed.clone());
-        out.push(Output::Persist(Record::OwnNewView(signed.clone())));
+        out.push(Output::persist(Record::OwnNewView(signed.clone())));
         Ok(signed)
     }
 
@@ -271,7 +271,7 @@ impl SafetyRules {
     /// matter: those sequence numbers are decided and outside the window).
     pub fn prune_seqs(&mut self, up_to: Seq, out: &mut Vec<Output>) {
         self.votes.retain(|(_, _, s), _| *s > up_to);
-        out.push(Output::Persist(Record::PruneSeqs { up_to }));
+        out.push(Output::persist(Record::PruneSeqs { up_to }));
     }
 
     /// Forgets votes, view changes and new views of views `< below` (this replica is in
@@ -282,7 +282,7 @@ impl SafetyRules {
             .retain(|(kind, view, _), _| *kind == VoteType::Checkpoint || *view >= below);
         self.view_changes = self.view_changes.split_off(&below);
         self.new_views = self.new_views.split_off(&below);
-        out.push(Output::Persist(Record::PruneViews { below }));
+        out.push(Output::persist(Record::PruneViews { below }));
     }
 
     /// Signed votes remembered (for the memory bound).

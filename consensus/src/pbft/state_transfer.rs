@@ -117,7 +117,7 @@ impl Pbft {
             return;
         }
         self.diverged = None;
-        out.push(Output::Persist(Record::Repair(CheckpointCert::default())));
+        out.push(Output::persist(Record::Repair(CheckpointCert::default())));
         self.last_executed = seq;
         self.next_commit = seq.next();
         self.fetching = None;

@@ -113,7 +113,7 @@ impl Pbft {
         self.progress_deadline = None;
         self.view_change_deadline = None;
         self.backoff = self.backoff.saturating_add(1);
-        out.push(Output::Persist(Record::View {
+        out.push(Output::persist(Record::View {
             view: to,
             changing: true,
         }));
@@ -165,7 +165,7 @@ impl Pbft {
             }
         };
         if let Some((vc, proofs)) = own {
-            out.push(Output::Broadcast(Message::ViewChange(
+            out.push(Output::broadcast(Message::ViewChange(
                 vc.clone(),
                 proofs.clone(),
             )));
@@ -222,7 +222,7 @@ impl Pbft {
         self.view_change_resent.insert(to, self.now);
         out.push(Output::Send {
             to,
-            msg: Message::ViewChange(vc, proofs),
+            msg: Message::ViewChange(vc, proofs).into(),
         });
     }
 
@@ -327,7 +327,7 @@ impl Pbft {
         self.new_view_resent.insert(to, self.now);
         out.push(Output::Send {
             to,
-            msg: Message::NewView(nv.clone()),
+            msg: Message::NewView(nv.clone()).into(),
         });
     }
 
@@ -356,7 +356,7 @@ impl Pbft {
             return;
         }
         if let Some(nv) = self.safety.own_new_view(self.view).cloned() {
-            out.push(Output::Broadcast(Message::NewView(nv.clone())));
+            out.push(Output::broadcast(Message::NewView(nv.clone())));
             self.enter_new_view(&nv.body, out);
             return;
         }
@@ -412,7 +412,7 @@ impl Pbft {
         let Ok(signed) = self.safety.sign_new_view(nv, out) else {
             return;
         };
-        out.push(Output::Broadcast(Message::NewView(signed.clone())));
+        out.push(Output::broadcast(Message::NewView(signed.clone())));
         self.enter_new_view(&signed.body, out);
     }
 
@@ -462,7 +462,7 @@ impl Pbft {
         self.observe_checkpoint_cert(&m.body.stable, &mut found);
         out.extend(found.into_iter().map(Output::Evidence));
         if view > self.view {
-            out.push(Output::Persist(Record::View {
+            out.push(Output::persist(Record::View {
                 view,
                 changing: true,
             }));
@@ -483,7 +483,7 @@ impl Pbft {
         self.view_change_deadline = None;
         self.progress_deadline = None;
         self.batch_requested = false;
-        out.push(Output::Persist(Record::View {
+        out.push(Output::persist(Record::View {
             view,
             changing: false,
         }));

@@ -5,7 +5,7 @@
 //! driver fills `from`). Terms and indexes are plain integers.
 
 use borsh::{BorshDeserialize, BorshSerialize};
-use tally_crypto::Digest;
+use tally_crypto::{Digest, Signature};
 
 use crate::{Batch, ValidatorId};
 
@@ -39,11 +39,18 @@ impl Payload {
     }
 }
 
+/// One log entry. `signature`: the leader that created it signed
+/// [`crate::commit_body`]`(term, index, digest of the batch to execute)` under
+/// [`crate::LEADER_COMMIT_DOMAIN`] — the entry's commit proof once it commits (all zeros in the
+/// simulator, which runs without keys).
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Entry {
     pub term: Term,
     pub index: Index,
     pub payload: Payload,
+    /// The leader that created the entry, and its signature.
+    pub leader: ValidatorId,
+    pub signature: Signature,
 }
 
 /// One Raft message. `term` is the sender's term, except in a PRE-VOTE (the term the sender

@@ -25,18 +25,22 @@
 mod election;
 pub mod messages;
 mod replication;
+pub mod storage;
 
 use std::collections::BTreeSet;
 
 pub use messages::{Body, Durable, Entry, Index, Message, Payload, Record, Term};
 
 use crate::protocol::Millis;
-use crate::{Batch, ValidatorId};
+use crate::{Batch, Signer, ValidatorId};
+use tally_crypto::Signature;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftConfig {
-    /// Election timeouts are drawn from `[election_ms, 2 · election_ms)`.
+    /// Election timeouts are drawn from `[election_ms, election_max_ms)`; `election_ms` is
+    /// also the check-quorum period and the vote-stickiness window.
     pub election_ms: Millis,
+    pub election_max_ms: Millis,
     /// A leader's heartbeat interval; well under `election_ms`.
     pub heartbeat_ms: Millis,
     pub pre_vote: bool,
@@ -55,6 +59,7 @@ impl Default for RaftConfig {
     fn default() -> RaftConfig {
         RaftConfig {
             election_ms: 1_000,
+            election_max_ms: 2_000,
             heartbeat_ms: 100,
             pre_vote: true,
             check_quorum: true,
@@ -180,6 +185,9 @@ pub struct Raft {
     transfer: Option<(ValidatorId, Millis)>,
     /// Catching up by block sync to this index.
     fetching: Option<Index>,
+    /// Signs the entries this replica creates as leader (their commit proofs); `None` in the
+    /// simulator.
+    signer: Option<Box<dyn Signer>>,
 }
 
 /// The log: entries after a base (the last compacted or synced entry).
@@ -225,12 +233,14 @@ impl Log {
 
 impl Raft {
     /// A replica starting from its durable state, with its chain executed up to `executed`.
+    /// `signer` signs the entries it creates as leader (`None`: unsigned, for the simulator).
     pub fn new(
         cfg: RaftConfig,
         me: ValidatorId,
         validators: usize,
         durable: Durable,
         executed: Index,
+        signer: Option<Box<dyn Signer>>,
     ) -> Raft {
         let log = Log {
             base_index: durable.base_index,
@@ -272,7 +282,12 @@ impl Raft {
             entropy: 0x9E37_79B9_7F4A_7C15 ^ me.0 as u64,
             transfer: None,
             fetching: None,
+            signer,
         }
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
     }
 
     pub fn term(&self) -> Term {
@@ -342,10 +357,14 @@ impl Raft {
         }));
     }
 
-    /// A fresh timeout in `[election_ms, 2 · election_ms)` from the driver's entropy.
+    /// A fresh timeout in `[election_ms, election_max_ms)` from the driver's entropy.
     fn reset_election_timer(&mut self, now: Millis) {
-        self.election_deadline =
-            now + crate::entropy::election_timeout(&mut self.entropy, self.cfg.election_ms);
+        self.election_deadline = now
+            + crate::entropy::election_timeout(
+                &mut self.entropy,
+                self.cfg.election_ms,
+                self.cfg.election_max_ms,
+            );
     }
 
     /// Feeds one input at `now`; appends the outputs, in the order they must be carried out.

@@ -4,10 +4,24 @@ use super::*;
 
 impl Raft {
     pub(super) fn append_local(&mut self, payload: Payload, out: &mut Vec<RaftOutput>) {
+        let index = self.log.last_index() + 1;
+        let signature = match &self.signer {
+            Some(signer) => signer.sign(
+                crate::LEADER_COMMIT_DOMAIN,
+                &crate::commit_body(
+                    crate::View(self.term),
+                    crate::Seq(index),
+                    &payload.batch().digest(),
+                ),
+            ),
+            None => Signature([0; 64]),
+        };
         let entry = Entry {
             term: self.term,
-            index: self.log.last_index() + 1,
+            index,
             payload,
+            leader: self.me,
+            signature,
         };
         out.push(RaftOutput::Persist(Record::Append {
             entries: vec![entry.clone()],

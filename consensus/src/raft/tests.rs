@@ -5,13 +5,14 @@ use super::*;
 fn cfg() -> RaftConfig {
     RaftConfig {
         election_ms: 100,
+        election_max_ms: 200,
         heartbeat_ms: 20,
         ..RaftConfig::default()
     }
 }
 
 fn replica(me: u16, n: usize) -> Raft {
-    Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0)
+    Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0, None)
 }
 
 fn msg(from: u16, term: Term, body: Body) -> RaftInput {
@@ -163,9 +164,11 @@ fn entries_of_an_earlier_term_commit_only_under_one_of_the_current_term() {
             term: 2,
             index: 1,
             payload: Payload::Batch(Batch::null()),
+            leader: ValidatorId(0),
+            signature: tally_crypto::Signature([0; 64]),
         }],
     };
-    let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0);
+    let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0, None);
     let (now, _) = time_out(&mut r, 0);
     let mut out = Vec::new();
     r.step(
@@ -234,6 +237,8 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
         term: 1,
         index,
         payload: Payload::Noop,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
     };
     let durable = Durable {
         term: 1,
@@ -242,11 +247,13 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
         base_term: 0,
         entries: vec![old(1), old(2), old(3)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None);
     let new = Entry {
         term: 2,
         index: 2,
         payload: Payload::Batch(Batch::null()),
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
     };
     let mut out = Vec::new();
     let append = Body::Append {
@@ -276,6 +283,8 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
         term: 1,
         index,
         payload: Payload::Noop,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
     };
     let durable = Durable {
         term: 1,
@@ -284,11 +293,13 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
         base_term: 0,
         entries: vec![old(1), old(2), old(3)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5, None);
     let next = Entry {
         term: 2,
         index: 6,
         payload: Payload::Noop,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
     };
     let mut out = Vec::new();
     let append = Body::Append {
@@ -316,6 +327,8 @@ fn a_stale_replica_is_not_elected() {
         term,
         index,
         payload: Payload::Noop,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
     };
     let durable = Durable {
         term: 2,
@@ -324,7 +337,7 @@ fn a_stale_replica_is_not_elected() {
         base_term: 0,
         entries: vec![entry(1, 1), entry(2, 2)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None);
     let mut out = Vec::new();
     let pre_vote = Body::PreVote {
         last_index: 5,

@@ -8,7 +8,7 @@ use tally_crypto::Digest;
 
 use super::{Ev, Sim, byzantine};
 use crate::pbft::CheckpointCert;
-use crate::protocol::{Event, Input, Output, Protocol};
+use crate::protocol::{Event, Input, Output, Protocol, Record, WireMessage};
 use crate::{Batch, CommitCertificate, Seq, ValidatorId, View};
 
 impl Sim {
@@ -96,12 +96,15 @@ impl Sim {
                 return;
             }
             match o {
-                Output::Persist(r) => self.nodes[node].unsynced.push(r),
-                Output::Send { to, msg } => {
+                Output::Persist(Record::Pbft(r)) => self.nodes[node].unsynced.push(r),
+                Output::Send {
+                    to,
+                    msg: WireMessage::Pbft(msg),
+                } => {
                     self.sync(node);
                     self.send(node, to, msg);
                 }
-                Output::Broadcast(msg) => {
+                Output::Broadcast(WireMessage::Pbft(msg)) => {
                     self.sync(node);
                     for id in self.validators.ids().collect::<Vec<_>>() {
                         if id != self.nodes[node].validator {
@@ -163,6 +166,10 @@ impl Sim {
                     self.checker.evidence_reported(node, &e);
                 }
                 Output::Event(e) => self.on_event(node, e),
+                // Another protocol's records and messages: a PBFT core emits none.
+                Output::Persist(_) | Output::Send { .. } | Output::Broadcast(_) => {
+                    unreachable!("a PBFT core emits only PBFT records and messages")
+                }
             }
         }
         // Persists without a following send still reach the disk by the end of the step.
@@ -373,6 +380,7 @@ impl Sim {
             seq,
             digest,
             block_hash: root,
+            epoch: View::default(),
         })
     }
 

@@ -480,6 +480,7 @@ impl Sim {
                     seq,
                     digest,
                     block_hash,
+                    epoch: View::default(),
                 },
             );
         }
@@ -516,6 +517,7 @@ impl Sim {
                     node,
                     Input::Tick {
                         pending_requests: pending,
+                        entropy: 0,
                     },
                 );
                 self.byzantine_acts(node);

@@ -128,7 +128,7 @@ impl Sim {
                 if !self.nodes[to].faulty {
                     self.expect_evidence(to, &msg);
                 }
-                self.step(to, Input::Message(v));
+                self.step(to, Input::Message(crate::protocol::PeerMessage::Pbft(v)));
             }
         }
     }

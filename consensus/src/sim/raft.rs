@@ -147,6 +147,7 @@ impl Sim {
         let n = cfg.validators;
         let raft_cfg = RaftConfig {
             election_ms: 150,
+            election_max_ms: 300,
             heartbeat_ms: 30,
             pre_vote: true,
             check_quorum: true,
@@ -213,6 +214,7 @@ impl Sim {
             self.cfg.validators,
             durable,
             executed,
+            None,
         ));
         node.last_commit = 0;
     }

@@ -8,7 +8,9 @@ use tally_consensus::pbft::{
     Checkpoint, CheckpointCert, Commit, Message, Pbft, PbftConfig, PrePrepare, Prepare,
     PreparedCert, Record, Signed, ViewChange, ViewChangeProofs,
 };
-use tally_consensus::protocol::{Input, Output, Protocol};
+use tally_consensus::protocol::{
+    Input, Output, PeerMessage, Protocol, Record as Stored, WireMessage,
+};
 use tally_consensus::{Batch, KeySigner, Seq, ValidatorId, ValidatorSet, View};
 use tally_crypto::{ChainId, Digest, SecretKey};
 
@@ -77,7 +79,9 @@ impl H {
     }
 
     pub fn input(&self, msg: Message) -> Input {
-        Input::Message(tally_crypto::verify(&self.set, &self.chain, msg).expect("valid"))
+        Input::Message(PeerMessage::Pbft(
+            tally_crypto::verify(&self.set, &self.chain, msg).expect("valid"),
+        ))
     }
 
     pub fn signed_pre_prepare(
@@ -267,13 +271,14 @@ pub fn step(r: &mut Pbft, now: u64, input: Input) -> Vec<Output> {
 pub fn tick(pending: bool) -> Input {
     Input::Tick {
         pending_requests: pending,
+        entropy: 0,
     }
 }
 
 pub fn broadcasts(out: &[Output]) -> Vec<&Message> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Broadcast(m) => Some(m),
+            Output::Broadcast(WireMessage::Pbft(m)) => Some(m),
             _ => None,
         })
         .collect()
@@ -300,7 +305,7 @@ pub fn validations(out: &[Output]) -> Vec<(View, Seq, Batch)> {
 pub fn persisted(out: &[Output]) -> Vec<Record> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Persist(r) => Some(r.clone()),
+            Output::Persist(Stored::Pbft(r)) => Some(r.clone()),
             _ => None,
         })
         .collect()
@@ -348,6 +353,7 @@ pub fn executed(r: &mut Pbft, seq: u64, b: &Batch, hash: Digest) -> Vec<Output> 
             seq: Seq(seq),
             digest: b.digest(),
             block_hash: hash,
+            epoch: View::default(),
         },
     )
 }

@@ -1,6 +1,6 @@
-//! The driver: the node's only consensus event loop. It feeds the PBFT core verified
-//! messages, ticks, batches, validations, payloads and execution reports, and carries out
-//! the core's outputs in order: every record of a step is written (one synced write) before
+//! The driver: the node's only consensus event loop. It feeds the core — PBFT, or Raft, as
+//! genesis says, behind one [`Engine`] — messages, ticks, batches, validations, payloads and
+//! execution reports, and carries out the core's outputs in order: every record of a step is written (one synced write) before
 //! any message of that step is sent; commits go to the executor; batch requests are
 //! answered from the mempool; validations and payload fetches are answered by
 //! [`validate`]; evidence is kept by [`evidence`]; a diverged state is handed to the executor
@@ -18,10 +18,11 @@ pub use evidence::{EVIDENCE_PER_VALIDATOR, evidence_key};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_consensus::pbft::{Message, Pbft, Record};
-use tally_consensus::protocol::{Event, Input, Output, Protocol};
+use tally_consensus::Engine;
+use tally_consensus::pbft::Record;
+use tally_consensus::protocol::{Event, Input, Output, PeerMessage, Protocol, StoreOp};
 use tally_consensus::{Batch, Seq, ValidatorId};
-use tally_crypto::{Digest, Verified};
+use tally_crypto::Digest;
 use tally_monitoring::Metrics;
 use tally_p2p::P2pHandle;
 use tokio::sync::{mpsc, oneshot};
@@ -33,14 +34,19 @@ use crate::execution::sync::SyncCommand;
 use crate::shared::Shared;
 
 pub enum DriverInput {
-    Message(Verified<Message>),
+    /// A peer's message (PBFT: every signature checked; Raft: `from` set from the
+    /// authenticated connection).
+    Message(PeerMessage),
+    /// An operator asks this validator, if it leads, to hand leadership to `to`; the answer
+    /// says whether a transfer started.
+    TransferLeadership {
+        to: ValidatorId,
+        reply: oneshot::Sender<bool>,
+    },
     /// Transaction bodies arrived: validations waiting for them may complete.
     BodiesArrived,
     /// A batch a peer sent for `seq` (answering a payload fetch).
-    Payload {
-        seq: Seq,
-        batch: Batch,
-    },
+    Payload { seq: Seq, batch: Batch },
     /// A peer asks for the batch of `digest` at `seq`.
     PayloadRequest {
         seq: Seq,
@@ -65,7 +71,7 @@ pub type BodyFetch = Arc<dyn Fn(Vec<Digest>, Option<ValidatorId>) + Send + Sync>
 pub type PayloadFetch = Arc<dyn Fn(Seq, Digest, Vec<ValidatorId>) + Send + Sync>;
 
 pub struct Driver {
-    pub core: Pbft,
+    pub core: Engine,
     pub shared: Arc<Shared>,
     pub p2p: P2pHandle,
     pub exec: mpsc::Sender<ExecCommand>,
@@ -95,7 +101,7 @@ pub struct Driver {
 impl Driver {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        core: Pbft,
+        core: Engine,
         shared: Arc<Shared>,
         p2p: P2pHandle,
         exec: mpsc::Sender<ExecCommand>,
@@ -160,10 +166,15 @@ impl Driver {
                 .flatten()
                 .and_then(|b| crate::execution::block::StoredBlock::decode(&b).ok());
             if let Some(b) = block {
+                let epoch = b
+                    .certificate
+                    .as_ref()
+                    .map_or_else(Default::default, |c| c.view);
                 self.step(Input::Executed {
                     seq,
                     digest: b.header.batch_digest,
                     block_hash: b.hash(),
+                    epoch,
                 });
             }
         }
@@ -187,7 +198,8 @@ impl Driver {
                         Some(path) => !path.pool().is_empty(),
                         None => self.shared.mempool().has_ready(),
                     };
-                    self.step(Input::Tick { pending_requests: pending });
+                    let entropy = rand::random::<u64>();
+                    self.step(Input::Tick { pending_requests: pending, entropy });
                     self.retry_validations();
                     self.maybe_cut_batch(true);
                     self.measure();
@@ -217,7 +229,17 @@ impl Driver {
             DriverInput::BodiesArrived => self.retry_validations(),
             DriverInput::Payload { seq, batch } => self.on_payload(seq, batch),
             DriverInput::PayloadRequest { seq, digest, reply } => {
-                let _ = reply.send(self.core.payload(seq, &digest).cloned());
+                let _ = reply.send(self.core.payload(seq, &digest));
+            }
+            DriverInput::TransferLeadership { to, reply } => {
+                let me = self.shared.me;
+                let leads = me.is_some_and(|me| self.core.is_leader(me) && me != to);
+                let supported = matches!(self.core, Engine::Raft(_));
+                if leads && supported {
+                    info!(to = %self.name(to), "handing leadership over");
+                    self.step(Input::TransferLeadership { to });
+                }
+                let _ = reply.send(leads && supported);
             }
         }
     }
@@ -228,10 +250,12 @@ impl Driver {
                 seq,
                 digest,
                 block_hash,
+                epoch,
             } => self.step(Input::Executed {
                 seq,
                 digest,
                 block_hash,
+                epoch,
             }),
             ExecReport::Repaired { seq, block_hash } => {
                 self.repairing = None;
@@ -375,15 +399,21 @@ impl Driver {
     /// Persist (one synced write) → send → the rest, in order. The write runs on a blocking
     /// thread; the driver waits for it (inputs arriving meanwhile join the next group).
     async fn carry_out(&mut self, out: Vec<Output>) {
+        // The store applies a write's range deletions before its puts; the records' ops are
+        // in order, so a range deletion drops the puts of this group it covers (they were
+        // to be deleted) and a put after it survives.
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for o in &out {
             if let Output::Persist(r) = o {
-                match r.key() {
-                    Some(k) => writes.push((k, Some(r.encode()))),
-                    // A prune: a few range deletions, never a scan (the keys are laid out
-                    // for it).
-                    None => ranges.extend(r.prune_ranges()),
+                for op in r.ops() {
+                    match op {
+                        StoreOp::Put { key, value } => writes.push((key, Some(value))),
+                        StoreOp::DeleteRange { start, end } => {
+                            writes.retain(|(k, _)| *k < start || *k >= end);
+                            ranges.push((start, end));
+                        }
+                    }
                 }
             }
         }
@@ -468,16 +498,16 @@ impl Driver {
         }
         let (view, leader, stable) = (
             self.core.view().0,
-            self.core.leader().0,
+            self.core.leader().map_or(-1, |l| i64::from(l.0)),
             self.core.stable_checkpoint().0,
         );
         let m = &self.shared.metrics;
         m.view.set(view as i64);
-        m.leader.set(leader as i64);
+        m.leader.set(leader);
         m.stable_checkpoint.set(stable as i64);
         self.shared.update_status(|s| {
             s.view = view;
-            s.leader = leader;
+            s.leader = u16::try_from(leader).ok();
             s.stable_checkpoint = stable;
             s.diverged = m.state_diverged.get() == 1;
         });
@@ -575,12 +605,17 @@ fn name_of(shared: &Shared, id: ValidatorId) -> String {
         .unwrap_or_else(|| id.0.to_string())
 }
 
-/// Restores the core's persisted records from the store.
+/// Restores the PBFT core's persisted records from the store (every key not under another
+/// protocol's prefix).
 pub fn load_records(store: &dyn tally_storage::Store) -> Result<Vec<Record>, String> {
     store
         .consensus_scan(b"")
         .map_err(|e| e.to_string())?
         .into_iter()
+        .filter(|(k, _)| {
+            !k.starts_with(tally_consensus::raft::storage::PREFIX)
+                && !k.starts_with(tally_consensus::paxos::storage::PREFIX)
+        })
         .map(|(_, v)| Record::decode(&v))
         .collect()
 }

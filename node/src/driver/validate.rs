@@ -78,7 +78,7 @@ impl Driver {
         if already {
             return;
         }
-        let primary = self.core.validators().primary(view);
+        let primary = self.shared.validators.primary(view);
         (self.fetch_bodies)(missing, Some(primary));
         self.pending.validations.insert(
             seq,
@@ -122,7 +122,7 @@ impl Driver {
             }
             true
         });
-        let primary = self.core.validators().primary(view);
+        let primary = self.shared.validators.primary(view);
         for missing in again {
             (self.fetch_bodies)(missing, Some(primary));
         }

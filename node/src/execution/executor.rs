@@ -57,11 +57,12 @@ pub enum ExecCommand {
 
 /// What the executor tells the driver.
 pub enum ExecReport {
-    /// A block was applied: its batch digest and block hash.
+    /// A block was applied: its batch digest, block hash and its commit proof's epoch.
     Executed {
         seq: Seq,
         digest: Digest,
         block_hash: Digest,
+        epoch: tally_consensus::View,
     },
     /// The chain now holds the certified state at `seq`.
     Repaired { seq: Seq, block_hash: Digest },
@@ -436,6 +437,10 @@ fn apply(
     shared.wake_txs(&hashes);
     let hash = block.hash();
     let digest = block.header.batch_digest;
+    let epoch = block
+        .certificate
+        .as_ref()
+        .map_or(tally_consensus::View(0), |c| c.view);
     if height.is_multiple_of(parts.checkpoint_interval) {
         // Before the next block changes it: the state this block's hash commits to.
         parts.snapshots.take(height);
@@ -460,6 +465,7 @@ fn apply(
         seq: Seq(height),
         digest,
         block_hash: hash,
+        epoch,
     }))
 }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_consensus::PeerMessage;
 use tally_consensus::pbft::Message;
 use tally_crypto::{CryptoError, Digest, PublicKey, Verified};
 use tally_ledger::{SignedTransaction, TX_BYTES_MAX, TxError, decode_for_chain};
@@ -401,7 +402,11 @@ impl Admission {
     pub async fn pull_pending(&self) -> usize {
         let status = self.shared.status();
         let me = self.shared.me.map(|v| v.0);
-        if me != Some(status.leader) || status.syncing.is_some() || status.peers.is_empty() {
+        if me.is_none()
+            || me != status.leader
+            || status.syncing.is_some()
+            || status.peers.is_empty()
+        {
             return 0;
         }
         let room = {
@@ -625,7 +630,9 @@ pub fn consensus_verifier(
             move |(), result: Option<Result<Verified<Message>, CryptoError>>| match result {
                 None => {}
                 Some(Ok(m)) => {
-                    let dropped = driver.try_send(DriverInput::Message(m)).is_err();
+                    let dropped = driver
+                        .try_send(DriverInput::Message(PeerMessage::Pbft(m)))
+                        .is_err();
                     if dropped {
                         metrics
                             .p2p_dropped

@@ -1,0 +1,124 @@
+//! The enum over the three protocols that a driver holds: one driver (the node's) runs PBFT,
+//! Raft or Multi-Paxos, as genesis says, through the neutral types of [`crate::protocol`].
+//!
+//! PBFT speaks those types natively. Raft keeps its own, smaller inputs and outputs (it has
+//! no validation, payload fetches, repairs or evidence: its peers do not lie); [`raft`]
+//! translates, and makes each committed entry's commit proof (the signature of the leader
+//! that created it). The Multi-Paxos core is not behind this enum yet: its accepted values
+//! carry no leader signature to make a commit proof from (`docs/consensus.md`).
+
+pub mod raft;
+
+use tally_crypto::Digest;
+
+use crate::pbft::{Footprint, Pbft};
+use crate::protocol::{Input, Millis, Output, Protocol};
+use crate::{Batch, Seq, ValidatorId, View};
+
+pub use self::raft::RaftEngine;
+
+pub enum Engine {
+    Pbft(Box<Pbft>),
+    Raft(Box<RaftEngine>),
+}
+
+impl Engine {
+    /// The protocol's name, as genesis spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Pbft(_) => "pbft",
+            Engine::Raft(_) => "raft",
+        }
+    }
+
+    /// Proposals in flight: proposed and not yet committed.
+    pub fn in_flight(&self) -> u64 {
+        match self {
+            Engine::Pbft(p) => p.in_flight(),
+            Engine::Raft(r) => r.in_flight(),
+        }
+    }
+
+    /// The entries (transaction hashes or batch digests) of proposals that may still commit.
+    pub fn uncommitted_txs(&self) -> Vec<Digest> {
+        match self {
+            Engine::Pbft(p) => p.uncommitted_txs(),
+            Engine::Raft(r) => r.uncommitted_txs(),
+        }
+    }
+
+    /// The batch with `digest` at `seq`, while the core holds it (for a peer's fetch).
+    pub fn payload(&self, seq: Seq, digest: &Digest) -> Option<Batch> {
+        match self {
+            Engine::Pbft(p) => p.payload(seq, digest).cloned(),
+            Engine::Raft(r) => r.payload(seq, digest),
+        }
+    }
+
+    /// What the core holds now (messages or entries, and bytes).
+    pub fn footprint(&self) -> Footprint {
+        match self {
+            Engine::Pbft(p) => p.footprint(),
+            Engine::Raft(r) => r.footprint(),
+        }
+    }
+
+    /// The most the core can hold.
+    pub fn footprint_bound(&self) -> Footprint {
+        match self {
+            Engine::Pbft(p) => p.footprint_bound(),
+            Engine::Raft(r) => r.footprint_bound(),
+        }
+    }
+
+    /// PBFT: checkpoints executed before a restart but never signed.
+    pub fn unsigned_checkpoints(&self) -> Vec<Seq> {
+        match self {
+            Engine::Pbft(p) => p.unsigned_checkpoints(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// PBFT: this replica's state differs from a certified checkpoint.
+    pub fn is_diverged(&self) -> bool {
+        match self {
+            Engine::Pbft(p) => p.is_diverged(),
+            _ => false,
+        }
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self, me: ValidatorId) -> bool {
+        self.leader() == Some(me)
+    }
+}
+
+impl Protocol for Engine {
+    fn step(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
+        match self {
+            Engine::Pbft(p) => p.step(now, input, out),
+            Engine::Raft(r) => r.step(now, input, out),
+        }
+    }
+
+    fn view(&self) -> View {
+        match self {
+            Engine::Pbft(p) => p.view(),
+            Engine::Raft(r) => View(r.core().term()),
+        }
+    }
+
+    fn leader(&self) -> Option<ValidatorId> {
+        match self {
+            Engine::Pbft(p) => p.leader(),
+            Engine::Raft(r) => r.core().leader(),
+        }
+    }
+
+    fn stable_checkpoint(&self) -> Seq {
+        match self {
+            Engine::Pbft(p) => p.stable_checkpoint(),
+            Engine::Raft(r) => Seq(r.core().base_index()),
+        }
+    }
+}
