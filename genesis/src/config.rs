@@ -48,6 +48,11 @@ pub struct RpcConfig {
     pub max_batch: u32,
     #[serde(default = "default_rpc_connections")]
     pub max_connections: u32,
+    /// Serve the `admin_*` methods (leadership transfer). Off by default: turn it on only
+    /// where the RPC address is reachable by operators alone (as `tally testnet` does, on
+    /// loopback).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +132,7 @@ impl NodeConfig {
                 max_body_bytes: default_rpc_body(),
                 max_batch: default_rpc_batch(),
                 max_connections: default_rpc_connections(),
+                admin: false,
             },
             metrics: MetricsConfig { listen: metrics },
             mempool: MempoolConfig::default(),

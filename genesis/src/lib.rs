@@ -100,6 +100,17 @@ impl Protocol {
     }
 }
 
+impl Protocol {
+    /// What the protocol calls the period of one leader: view, term or ballot.
+    pub fn epoch_name(self) -> &'static str {
+        match self {
+            Protocol::Pbft => "view",
+            Protocol::Raft => "term",
+            Protocol::Multipaxos => "ballot",
+        }
+    }
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

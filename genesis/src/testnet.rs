@@ -99,6 +99,16 @@ fn io(path: &Path, e: impl ToString) -> TestnetError {
 }
 
 /// Writes the network and returns what `network.json` holds.
+impl TestnetOptions {
+    /// Whether the nodes listen on a loopback address only.
+    pub fn host_is_loopback(&self) -> bool {
+        self.host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || self.host == "localhost"
+    }
+}
+
 pub fn generate(opts: &TestnetOptions) -> Result<NetworkInfo, TestnetError> {
     if opts.out.exists()
         && std::fs::read_dir(&opts.out)
@@ -174,7 +184,11 @@ pub fn generate(opts: &TestnetOptions) -> Result<NetworkInfo, TestnetError> {
         let name = format!("node{i}");
         let home = out.join(&name);
         std::fs::create_dir_all(&home).map_err(|e| io(&home, e))?;
-        let config = NodeConfig::new(&name, addr(port(i, 0)), addr(port(i, 1)), addr(port(i, 2)));
+        let mut config =
+            NodeConfig::new(&name, addr(port(i, 0)), addr(port(i, 1)), addr(port(i, 2)));
+        // A local test network: its operator is the only RPC client that can reach it when
+        // it listens on loopback, so the admin methods are on.
+        config.rpc.admin = opts.host_is_loopback();
         config.write(&home).map_err(|e| io(&home, e))?;
         keyfile::write(&home.join(&config.key_file), key, false).map_err(|e| io(&home, e))?;
         nodes.push(NodeInfo {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tally_consensus::pbft::{Message, Pbft, PbftConfig};
-use tally_consensus::{Engine, FaultModel, KeySigner, PeerMessage, Seq, ValidatorId, ValidatorSet};
+use tally_consensus::{Engine, KeySigner, PeerMessage, Seq, ValidatorId};
 use tally_crypto::{Digest, PublicKey, keyfile};
 use tally_genesis::{Genesis, NodeConfig};
 use tally_monitoring::{DirectionLabels, Metrics, NodeInfoLabels, P2pLabels};
@@ -55,12 +55,7 @@ pub async fn run(home: &Path) -> Result<()> {
     let genesis = Genesis::load(&config.genesis_file)?;
     let genesis_hash = genesis.hash();
     let key = keyfile::load(&config.key_file)?;
-    let keys: Vec<PublicKey> = genesis.validators.iter().map(|v| v.public_key).collect();
-    let model = match genesis.consensus.protocol {
-        tally_genesis::Protocol::Pbft => FaultModel::Byzantine,
-        tally_genesis::Protocol::Raft | tally_genesis::Protocol::Multipaxos => FaultModel::Crash,
-    };
-    let validators = ValidatorSet::with_model(&keys, model)?;
+    let validators = crate::shared::validator_set(&genesis)?;
     let Some(me) = validators.id_of(&key.public_key()) else {
         bail!(
             "the key in {} ({}) is not one of the genesis validators",
@@ -509,6 +504,7 @@ pub async fn run(home: &Path) -> Result<()> {
             shared: shared.clone(),
             admission,
             max_batch: config.rpc.max_batch as usize,
+            admin: config.rpc.admin.then(|| driver_tx.clone()),
         },
     )
     .await?;
@@ -525,12 +521,44 @@ pub async fn run(home: &Path) -> Result<()> {
 
     shutdown_signal().await;
     info!("shutting down");
+    if protocol == tally_genesis::Protocol::Raft {
+        hand_over_leadership(&shared, &driver_tx).await;
+    }
     let _ = rpc_handle.stop();
     for t in &tasks {
         t.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(tasks)).await;
     Ok(())
+}
+
+/// A Raft leader that is shut down hands leadership to its most caught-up follower first
+/// (and waits up to 3 s for it to take over), so clients wait for no election timeout.
+async fn hand_over_leadership(shared: &Shared, driver: &mpsc::Sender<DriverInput>) {
+    let Some(me) = shared.me else {
+        return;
+    };
+    if shared.status().leader != Some(me.0) {
+        return;
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if driver
+        .send(DriverInput::TransferLeadership { to: None, reply })
+        .await
+        .is_err()
+        || !answer.await.unwrap_or(false)
+    {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if let Some(l) = shared.status().leader.filter(|l| *l != me.0) {
+            info!(to = l, "leadership handed over");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!("leadership transfer did not complete in 3 s; stopping anyway");
 }
 
 /// Counts a peer's message dropped because a bounded inbound queue was full.

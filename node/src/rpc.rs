@@ -36,12 +36,19 @@ pub mod codes {
     pub const TIMEOUT: i32 = -32010;
     pub const NOT_FOUND: i32 = -32011;
     pub const OVERLOADED: i32 = -32012;
+    /// An `admin_*` method on a node whose config does not enable them.
+    pub const ADMIN_DISABLED: i32 = -32013;
+    /// The request cannot be carried out in the node's current role (a leadership transfer
+    /// asked of a node that does not lead, or under a protocol without transfers).
+    pub const NOT_APPLICABLE: i32 = -32014;
 }
 
 pub struct RpcCtx {
     pub shared: Arc<Shared>,
     pub admission: Admission,
     pub max_batch: usize,
+    /// `admin_*` methods: the driver's queue, when the config enables them.
+    pub admin: Option<tokio::sync::mpsc::Sender<crate::driver::DriverInput>>,
 }
 
 fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorObjectOwned {
@@ -138,6 +145,13 @@ fn parse_hex_tx(s: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
 
 fn parse_digest(s: &str) -> Result<Digest, ErrorObjectOwned> {
     Digest::from_hex(s).map_err(|e| invalid_params(format!("hash: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferParams {
+    /// A validator's name or index in genesis.
+    to: Value,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +530,58 @@ pub async fn serve(
         Ok::<Value, ErrorObjectOwned>(json!({
             "value": value.map(|v| tally_crypto::to_hex(&v)),
             "height": ctx.shared.status().height,
+        }))
+    })?;
+
+    module.register_async_method("admin_transfer_leadership", |params, ctx, _| async move {
+        count(&ctx.shared, "admin_transfer_leadership");
+        let Some(driver) = ctx.admin.clone() else {
+            return Err(error(
+                codes::ADMIN_DISABLED,
+                "admin methods are disabled on this node ([rpc] admin = true enables them)",
+                None,
+            ));
+        };
+        let p: TransferParams = params.parse()?;
+        let validators = &ctx.shared.genesis.validators;
+        let to = match &p.to {
+            Value::String(name) => validators.iter().position(|v| &v.name == name),
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|i| (*i as usize) < validators.len())
+                .map(|i| i as usize),
+            _ => None,
+        }
+        .ok_or_else(|| invalid_params("to: not a validator's name or index"))?;
+        if ctx.shared.me.map(|m| m.0 as usize) == Some(to) {
+            return Err(invalid_params("to: this node itself"));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let input = crate::driver::DriverInput::TransferLeadership {
+            to: Some(tally_consensus::ValidatorId(to as u16)),
+            reply,
+        };
+        if driver.try_send(input).is_err() {
+            return Err(error(
+                codes::OVERLOADED,
+                "the consensus queue is full",
+                None,
+            ));
+        }
+        let started = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(false);
+        if !started {
+            return Err(error(
+                codes::NOT_APPLICABLE,
+                "this node does not lead, or its protocol has no leadership transfer (raft only)",
+                None,
+            ));
+        }
+        Ok::<Value, ErrorObjectOwned>(json!({
+            "transferring_to": validators[to].name,
         }))
     })?;
 

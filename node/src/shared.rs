@@ -125,3 +125,20 @@ impl Shared {
         self.validators.f()
     }
 }
+
+/// The genesis validators with the fault model of the genesis protocol: Byzantine quorums
+/// and quorum commit proofs for PBFT, majorities and leader-signed commit proofs for Raft and
+/// Multi-Paxos.
+pub fn validator_set(
+    genesis: &tally_genesis::Genesis,
+) -> Result<tally_consensus::ValidatorSet, tally_crypto::CryptoError> {
+    let keys: Vec<tally_crypto::PublicKey> =
+        genesis.validators.iter().map(|v| v.public_key).collect();
+    let model = match genesis.consensus.protocol {
+        tally_genesis::Protocol::Pbft => tally_consensus::FaultModel::Byzantine,
+        tally_genesis::Protocol::Raft | tally_genesis::Protocol::Multipaxos => {
+            tally_consensus::FaultModel::Crash
+        }
+    };
+    tally_consensus::ValidatorSet::with_model(&keys, model)
+}

@@ -87,6 +87,14 @@ impl Engine {
         }
     }
 
+    /// Raft, as leader: the follower a leadership transfer should go to.
+    pub fn transfer_target(&self) -> Option<ValidatorId> {
+        match self {
+            Engine::Raft(r) => r.core().most_caught_up_follower(),
+            _ => None,
+        }
+    }
+
     /// Whether this replica leads now.
     pub fn is_leader(&self, me: ValidatorId) -> bool {
         self.leader() == Some(me)

@@ -286,6 +286,16 @@ impl Raft {
         }
     }
 
+    /// As leader: the follower whose log matches the most of this one (ties: the lowest id),
+    /// the best target for a leadership transfer.
+    pub fn most_caught_up_follower(&self) -> Option<ValidatorId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.peers()
+            .max_by_key(|p| (self.progress[p.0 as usize].matched, std::cmp::Reverse(p.0)))
+    }
+
     pub fn config(&self) -> &RaftConfig {
         &self.cfg
     }

@@ -6,7 +6,9 @@
 //! batch attested. The maker hands out numbers below a reserved mark that the caller stores
 //! (synced) before streaming any batch numbered at or above the previous mark; at start-up
 //! it resumes from the stored mark. A crash therefore skips at most [`RESERVE`] numbers and
-//! costs one synced write per [`RESERVE`] batches.
+//! costs one synced write per [`RESERVE`] batches. A validator without a stored mark (a new
+//! or wiped data folder) starts at the wall clock in microseconds (`batches::service`), so a
+//! wiped validator does not reuse the numbers its peers saw before.
 
 use tally_consensus::availability::{BATCH_BYTES_MAX, BATCH_TXS_MAX};
 use tally_consensus::{Millis, ValidatorId};

@@ -170,11 +170,15 @@ pub fn spawn(
         .ok_or_else(|| anyhow::anyhow!("the batch path needs a validator"))?;
     let quota = Quota::default();
     let store = BatchStore::open(shared.store.clone(), shared.validators.clone(), quota)?;
+    // No stored mark: a new data folder — or a wiped one, whose earlier batches peers still
+    // remember by number. Numbering starts at the wall clock in microseconds, above every
+    // number a previous life of this validator used (it never cut more than one batch per
+    // microsecond since it first started).
     let mark = shared
         .store
         .meta_get(MARK_KEY)?
         .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes);
+        .map_or_else(fresh_mark, u64::from_le_bytes);
     let own: Vec<BatchHeader> = store.own_headers(me);
     let (inputs, rx) = mpsc::channel(INPUTS_MAX);
     let path = Arc::new(BatchPath {
@@ -651,8 +655,16 @@ impl Task {
     }
 }
 
+/// The first batch number of a validator without a stored mark: microseconds since the Unix
+/// epoch.
+fn fresh_mark() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Rounds of asking (each waits up to 500 ms) before the executor gives up on a commit.
-const RESOLVE_ATTEMPTS: usize = 8;
+pub const RESOLVE_ATTEMPTS: usize = 8;
 
 /// A committed batch's proof and body.
 pub type Resolved = (Arc<Verified<BatchProof>>, Arc<TxBatch>);
@@ -664,11 +676,12 @@ pub fn resolve(
     validators: &tally_consensus::ValidatorSet,
     runtime: &tokio::runtime::Handle,
     digests: &[Digest],
+    attempts: usize,
 ) -> Option<Vec<Resolved>> {
     // A node that fell behind cannot get its peers' proofs and bodies once their blocks are
     // written (they keep neither): after a few attempts the executor waits for the block
     // sync instead, which carries the bodies with their certificates.
-    for attempt in 0..RESOLVE_ATTEMPTS {
+    for attempt in 0..attempts.max(1) {
         let mut missing_proofs = Vec::new();
         let mut missing_bodies: FastMap<ValidatorId, Vec<Digest>> = FastMap::default();
         let mut out = Vec::with_capacity(digests.len());

@@ -40,7 +40,8 @@ pub enum DriverInput {
     /// An operator asks this validator, if it leads, to hand leadership to `to`; the answer
     /// says whether a transfer started.
     TransferLeadership {
-        to: ValidatorId,
+        /// `None`: the follower most caught up.
+        to: Option<ValidatorId>,
         reply: oneshot::Sender<bool>,
     },
     /// Transaction bodies arrived: validations waiting for them may complete.
@@ -233,13 +234,18 @@ impl Driver {
             }
             DriverInput::TransferLeadership { to, reply } => {
                 let me = self.shared.me;
-                let leads = me.is_some_and(|me| self.core.is_leader(me) && me != to);
+                let to = to.or_else(|| self.core.transfer_target());
+                let leads = me.is_some_and(|me| self.core.is_leader(me));
                 let supported = matches!(self.core, Engine::Raft(_));
-                if leads && supported {
-                    info!(to = %self.name(to), "handing leadership over");
-                    self.step(Input::TransferLeadership { to });
-                }
-                let _ = reply.send(leads && supported);
+                let started = match to {
+                    Some(to) if leads && supported && Some(to) != me => {
+                        info!(to = %self.name(to), "handing leadership over");
+                        self.step(Input::TransferLeadership { to });
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(started);
             }
         }
     }

@@ -509,7 +509,14 @@ fn expand(
         .filter(|(_, f)| **f)
         .map(|(d, _)| *d)
         .collect();
-    let Some(resolved) = resolve(path, &shared.validators, runtime, &run) else {
+    // While a block sync runs, the blocks it brings carry the bodies: a commit whose batches
+    // are not here is left to it at once (each wait would hold up the sync's next block).
+    let attempts = if shared.status().syncing.is_some() {
+        1
+    } else {
+        crate::batches::service::RESOLVE_ATTEMPTS
+    };
+    let Some(resolved) = resolve(path, &shared.validators, runtime, &run, attempts) else {
         return Ok(None);
     };
     let mut by_digest: crate::FastMap<Digest, _> = crate::FastMap::default();

@@ -271,10 +271,14 @@ async fn fetch_from(
     Ok(n)
 }
 
-/// The height at least f + 1 peers report (so at least one honest peer has it).
+/// The height at least f + 1 peers report (so at least one honest peer has it); with crash
+/// faults (no peer lies), the highest any peer reports.
 async fn peers_height(shared: &Shared, p2p: &P2pHandle) -> Option<u64> {
     let peers = shared.status().peers;
-    let need = shared.f() + 1;
+    let need = match shared.validators.model() {
+        tally_consensus::FaultModel::Byzantine => shared.f() + 1,
+        tally_consensus::FaultModel::Crash => 1,
+    };
     let mut heights = Vec::new();
     let request = wire::encode(&SyncRequest::Status);
     for peer in peers {

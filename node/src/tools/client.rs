@@ -10,8 +10,8 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::ObjectParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use serde_json::{Value, json};
-use tally_consensus::{BatchHeader, CommitCertificate, Seq, ValidatorId, ValidatorSet, View};
-use tally_crypto::{Digest, PublicKey, Signature, keyfile};
+use tally_consensus::{BatchHeader, CommitCertificate, FaultModel, Seq, ValidatorId, View};
+use tally_crypto::{Digest, Signature, keyfile};
 use tally_genesis::Genesis;
 use tally_genesis::testnet::NetworkInfo;
 use tally_ledger::BlockHeader;
@@ -157,8 +157,7 @@ pub fn verify_block_json(block: &Value, genesis: &Genesis) -> Result<String> {
             })
             .collect::<Result<_>>()?,
     };
-    let keys: Vec<PublicKey> = genesis.validators.iter().map(|v| v.public_key).collect();
-    let set = ValidatorSet::new(&keys)?;
+    let set = crate::shared::validator_set(genesis)?;
     certificate.verify(&set, &genesis.chain_id, Some((Seq(height), digest)))?;
     let signers: Vec<&str> = certificate
         .signatures
@@ -170,17 +169,35 @@ pub fn verify_block_json(block: &Value, genesis: &Genesis) -> Result<String> {
                 .map(|v| v.name.as_str())
         })
         .collect();
-    Ok(format!(
-        "certificate valid: view {}, {} of {} validators signed ({}; quorum {})",
-        certificate.view.0,
-        signers.len(),
-        keys.len(),
-        signers.join(", "),
-        set.quorum()
-    ))
+    Ok(match set.model() {
+        FaultModel::Byzantine => format!(
+            "certificate valid: view {}, {} of {} validators signed ({}; quorum {})",
+            certificate.view.0,
+            signers.len(),
+            set.len(),
+            signers.join(", "),
+            set.quorum()
+        ),
+        FaultModel::Crash => format!(
+            "commit proof valid: signed by {}, the leader of {} {} (crash-fault proof: it names \
+             the proposer, not a quorum)",
+            signers.join(", "),
+            genesis.consensus.protocol.epoch_name(),
+            certificate.view.0,
+        ),
+    })
 }
 
-/// Asks every endpoint; requires a quorum (2f+1) of identical answers. Returns it.
+/// Who a verified read heard the same answer from.
+fn quorum_words(genesis: &Genesis) -> &'static str {
+    match genesis.consensus.protocol {
+        tally_genesis::Protocol::Pbft => "2f+1 nodes",
+        _ => "a majority of nodes",
+    }
+}
+
+/// Asks every endpoint; requires a quorum (2f+1; a majority with crash faults) of identical
+/// answers. Returns it.
 async fn quorum_read(
     urls: &[String],
     genesis: &Genesis,
@@ -188,11 +205,12 @@ async fn quorum_read(
     params: Value,
     key: impl Fn(&Value) -> Value,
 ) -> Result<Value> {
-    let n = genesis.validators.len();
-    let f = (n - 1) / 3;
-    let need = (n + f + 1).div_ceil(2);
+    let need = crate::shared::validator_set(genesis)?.quorum();
     if urls.len() < need {
-        bail!("--verify needs {need} nodes (2f+1), {} given", urls.len());
+        bail!(
+            "--verify needs {need} nodes (a quorum), {} given",
+            urls.len()
+        );
     }
     let mut answers: Vec<(Value, Value)> = Vec::new();
     for url in urls {
@@ -239,8 +257,9 @@ pub async fn status(e: &Endpoints, verify: bool) -> Result<()> {
         })
         .await?;
         println!(
-            "verified: block {min} has hash {} at 2f+1 nodes",
-            b["hash"].as_str().unwrap_or("")
+            "verified: block {min} has hash {} at {}",
+            b["hash"].as_str().unwrap_or(""),
+            quorum_words(&genesis)
         );
     }
     Ok(())
@@ -260,7 +279,10 @@ pub async fn block(e: &Endpoints, height: u64, verify: bool) -> Result<()> {
         .await?;
         let summary = verify_block_json(&b, &genesis)?;
         println!("{}", serde_json::to_string_pretty(&b)?);
-        println!("verified: 2f+1 nodes agree on block {height}; {summary}");
+        println!(
+            "verified: {} agree on block {height}; {summary}",
+            quorum_words(&genesis)
+        );
         return Ok(());
     } else {
         call(&client(&urls[0])?, "block_get", json!({"height": height})).await?
@@ -288,7 +310,10 @@ pub async fn account(e: &Endpoints, address: &str, verify: bool) -> Result<()> {
         }
         let a = last?;
         println!("{}", serde_json::to_string_pretty(&a)?);
-        println!("verified: 2f+1 nodes report the same account");
+        println!(
+            "verified: {} report the same account",
+            quorum_words(&genesis)
+        );
         return Ok(());
     } else {
         call(&client(&urls[0])?, "account_get", params).await?
@@ -417,8 +442,7 @@ pub async fn evidence(e: &Endpoints, verify: bool) -> Result<()> {
         let checked = (|| -> Result<()> {
             let bytes = hex::decode(raw).context("raw is not hex")?;
             let ev = Evidence::decode(&bytes)?;
-            let keys: Vec<PublicKey> = g.validators.iter().map(|v| v.public_key).collect();
-            let set = tally_consensus::ValidatorSet::new(&keys)?;
+            let set = crate::shared::validator_set(g)?;
             ev.verify(&set, &g.chain_id)?;
             if item["validator"].as_u64() != Some(ev.validator().0 as u64) {
                 bail!("the JSON names another validator than the signed statements");
