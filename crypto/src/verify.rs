@@ -52,6 +52,13 @@ impl<T> Verified<T> {
         Verified(value)
     }
 
+    /// A value a trusted peer already checked: only for crash-fault networks (Raft), where
+    /// validators do not lie and a transaction's signature is checked once, by the validator
+    /// that admitted it. Never for a Byzantine-fault (PBFT) network.
+    pub fn checked_by_peer(value: T) -> Verified<T> {
+        Verified(value)
+    }
+
     /// Maps the verified value to a part of it. Only for projections (`|m| m.field`): the
     /// result is as trustworthy as the part of `T` it came from.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Verified<U> {

@@ -416,14 +416,14 @@ pub async fn run(home: &Path) -> Result<()> {
                             }
                         }
                     },
-                    P2pEvent::Gossip { id, bytes, .. } => {
+                    P2pEvent::Gossip { id, from, bytes } => {
                         // At most GOSSIP_IN_FLIGHT bundles are being admitted at once (bounded
                         // memory); beyond that a bundle is stashed unverified.
                         match gossip_slots.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let admission = admission.clone();
                                 tokio::spawn(async move {
-                                    admission.on_gossip(id, bytes).await;
+                                    admission.on_gossip(id, from, bytes).await;
                                     drop(permit);
                                 });
                             }

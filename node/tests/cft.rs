@@ -69,7 +69,12 @@ async fn commit_some(net: &Net, via: usize, wait_at: usize, per_account: u64) {
                             .collect();
                         panic!("tx {} via node {via}: {e}\n{}", tx.hash(), logs.join("\n"))
                     });
-                assert_eq!(s["status"], "committed", "{s}");
+                if s["status"] != "committed" {
+                    let logs: Vec<String> = (0..net.info.nodes.len())
+                        .map(|i| format!("--- node {i}\n{}", net.log(i)))
+                        .collect();
+                    panic!("{s}\n{}", logs.join("\n"));
+                }
             }
         }
     }
@@ -112,6 +117,21 @@ async fn scenario(payload: &str) {
 
     // A transaction submitted to a follower commits.
     commit_some(&net, follower, leader, 2).await;
+    // Validators trust each other: each transaction's signature was checked once, by the
+    // node that admitted it — not again by those it was gossiped to, nor by attesters.
+    let submitted = 2.0 * net.info.accounts.len() as f64;
+    let mut checked = 0.0;
+    let mut per_node = Vec::new();
+    for i in 0..3 {
+        let m = net.metrics(i).await;
+        let c = metric(&m, "tally_signatures_checked_total{kind=\"transaction\"}");
+        per_node.push(c);
+        checked += c;
+    }
+    assert_eq!(
+        checked, submitted,
+        "signature checks per node {per_node:?} (follower {follower}, leader {leader})"
+    );
 
     // The commit proof is the leader's signature, and checks out against the genesis keys.
     let nw = net.dir.path().join("net/network.json");

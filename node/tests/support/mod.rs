@@ -25,7 +25,14 @@ pub struct Net {
 
 /// A base port with `count` consecutive free ports above it (probed, then released).
 fn free_base(count: u16) -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    // Tests of one binary run as threads of one process (`cargo test`): the wall clock's
+    // nanoseconds and a counter keep two of them from probing the same range at once.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = std::process::id() as u64 ^ nanos ^ calls.wrapping_mul(0x9E37_79B9);
     for attempt in 0..200u64 {
         let base = 20_000 + ((seed.wrapping_mul(7919) + attempt * 997) % 2_000) as u16 * 20;
         if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
