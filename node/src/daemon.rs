@@ -63,12 +63,6 @@ pub async fn run(home: &Path) -> Result<()> {
             key.public_key()
         );
     };
-    if genesis.consensus.protocol == tally_genesis::Protocol::Multipaxos {
-        bail!(
-            "consensus protocol multipaxos is not run by this node yet (its core and simulator \
-             exist; see docs/consensus.md); use pbft or raft"
-        );
-    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&config.data_dir)?);
@@ -121,7 +115,41 @@ pub async fn run(home: &Path) -> Result<()> {
                 &recent,
             )))
         }
-        tally_genesis::Protocol::Raft | tally_genesis::Protocol::Multipaxos => {
+        tally_genesis::Protocol::Multipaxos => {
+            use tally_consensus::paxos;
+            let stored = store.consensus_scan(paxos::storage::PREFIX)?;
+            let durable = paxos::storage::restore(&stored)
+                .map_err(|e| anyhow::anyhow!("multipaxos records: {e}"))?;
+            let (q1, q2) = params.paxos_quorums(validators.len());
+            let election_ms = params.raft_election_timeout_ms.min;
+            let cfg = paxos::PaxosConfig {
+                election_ms,
+                heartbeat_ms: params.heartbeat_ms,
+                q1: q1 as usize,
+                q2: q2 as usize,
+                // Half the minimum election timeout: a lease expires well before a follower
+                // can start phase 1, even with clocks drifting by the documented bound.
+                lease_ms: election_ms / 2,
+                ..paxos::PaxosConfig::majorities(validators.len())
+            };
+            cfg.check(validators.len())
+                .map_err(|e| anyhow::anyhow!("multipaxos settings: {e}"))?;
+            // The driver's clock starts at zero with the process.
+            let core = paxos::Paxos::new(
+                cfg,
+                me,
+                validators.len(),
+                durable,
+                chain.height(),
+                0,
+                Some(signer),
+            );
+            Engine::Paxos(Box::new(tally_consensus::engine::PaxosEngine::new(
+                core,
+                batch_entries_max,
+            )))
+        }
+        tally_genesis::Protocol::Raft => {
             use tally_consensus::raft;
             let stored = store.consensus_scan(raft::storage::PREFIX)?;
             let durable = raft::storage::restore(&stored)
@@ -399,13 +427,25 @@ pub async fn run(home: &Path) -> Result<()> {
                                 "undecodable",
                             ),
                         },
-                        _ => {
+                        crash_protocol => {
                             let sender = shared.validators.id_of(&from);
-                            match (sender, tally_consensus::raft::Message::decode(&bytes)) {
-                                (Some(id), Some(mut msg)) => {
-                                    msg.from = id;
-                                    let input = DriverInput::Message(PeerMessage::Raft(msg));
-                                    if driver_tx.try_send(input).is_err() {
+                            let msg = match crash_protocol {
+                                tally_genesis::Protocol::Raft => {
+                                    tally_consensus::raft::Message::decode(&bytes).map(|mut m| {
+                                        m.from = sender.unwrap_or(m.from);
+                                        PeerMessage::Raft(m)
+                                    })
+                                }
+                                _ => {
+                                    tally_consensus::paxos::Message::decode(&bytes).map(|mut m| {
+                                        m.from = sender.unwrap_or(m.from);
+                                        PeerMessage::Paxos(m)
+                                    })
+                                }
+                            };
+                            match (sender, msg) {
+                                (Some(_), Some(msg)) => {
+                                    if driver_tx.try_send(DriverInput::Message(msg)).is_err() {
                                         dropped_in(&shared);
                                     }
                                 }

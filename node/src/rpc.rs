@@ -366,6 +366,7 @@ pub fn chain_status(shared: &Shared) -> Value {
             "name": v.name, "public_key": v.public_key.to_hex(), "p2p": v.p2p,
         })).collect::<Vec<_>>(),
         "stable_checkpoint": s.stable_checkpoint,
+        "lease_read": s.lease_read(),
         "peers": s.peers.len(),
         "syncing": s.syncing.is_some(),
         "state_diverged": s.diverged,
@@ -507,7 +508,13 @@ pub async fn serve(
             .account(&who)
             .map_err(|e| error(-32603, e.to_string(), None))?
             .unwrap_or_default();
-        Ok::<Value, ErrorObjectOwned>(json!({ "balance": account.balance, "nonce": account.nonce }))
+        // `lease_read`: a Multi-Paxos leader under its lease answers from its own state and
+        // says so (no other leader can have committed anything it has not executed).
+        let mut answer = json!({ "balance": account.balance, "nonce": account.nonce });
+        if ctx.shared.status().lease_read() {
+            answer["lease_read"] = json!(true);
+        }
+        Ok::<Value, ErrorObjectOwned>(answer)
     })?;
 
     module.register_method("data_get", |params, ctx, _| {

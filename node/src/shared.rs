@@ -20,12 +20,23 @@ pub struct Status {
     pub view: u64,
     /// The leader this node follows, when it knows one.
     pub leader: Option<u16>,
+    /// Multi-Paxos: this node leads under a lease until then, with every chosen slot
+    /// executed — its reads reflect every committed transaction (`Status::lease_read`).
+    pub lease_until: Option<std::time::Instant>,
     pub stable_checkpoint: u64,
     /// `(height, target)` while catching up from peers.
     pub syncing: Option<(u64, u64)>,
     /// This node's state diverged from a certified checkpoint and is being repaired.
     pub diverged: bool,
     pub peers: Vec<PublicKey>,
+}
+
+impl Status {
+    /// Whether a read answered now is a lease read (Multi-Paxos leader under its lease).
+    pub fn lease_read(&self) -> bool {
+        self.lease_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
 
 /// A block just committed, with its transactions' hashes (the executor has them; a

@@ -1,12 +1,12 @@
 //! The enum over the three protocols that a driver holds: one driver (the node's) runs PBFT,
 //! Raft or Multi-Paxos, as genesis says, through the neutral types of [`crate::protocol`].
 //!
-//! PBFT speaks those types natively. Raft keeps its own, smaller inputs and outputs (it has
-//! no validation, payload fetches, repairs or evidence: its peers do not lie); [`raft`]
-//! translates, and makes each committed entry's commit proof (the signature of the leader
-//! that created it). The Multi-Paxos core is not behind this enum yet: its accepted values
-//! carry no leader signature to make a commit proof from (`docs/consensus.md`).
+//! PBFT speaks those types natively. Raft and Multi-Paxos keep their own, smaller inputs and
+//! outputs (they have no validation, payload fetches, repairs or evidence: their peers do not
+//! lie); [`raft`] and [`paxos`] translate, and make each committed entry's commit proof from
+//! the signature of the leader that proposed it.
 
+pub mod paxos;
 pub mod raft;
 
 use tally_crypto::Digest;
@@ -15,11 +15,13 @@ use crate::pbft::{Footprint, Pbft};
 use crate::protocol::{Input, Millis, Output, Protocol};
 use crate::{Batch, Seq, ValidatorId, View};
 
+pub use self::paxos::PaxosEngine;
 pub use self::raft::RaftEngine;
 
 pub enum Engine {
     Pbft(Box<Pbft>),
     Raft(Box<RaftEngine>),
+    Paxos(Box<PaxosEngine>),
 }
 
 impl Engine {
@@ -28,6 +30,7 @@ impl Engine {
         match self {
             Engine::Pbft(_) => "pbft",
             Engine::Raft(_) => "raft",
+            Engine::Paxos(_) => "multipaxos",
         }
     }
 
@@ -36,6 +39,7 @@ impl Engine {
         match self {
             Engine::Pbft(p) => p.in_flight(),
             Engine::Raft(r) => r.in_flight(),
+            Engine::Paxos(p) => p.in_flight(),
         }
     }
 
@@ -44,6 +48,7 @@ impl Engine {
         match self {
             Engine::Pbft(p) => p.uncommitted_txs(),
             Engine::Raft(r) => r.uncommitted_txs(),
+            Engine::Paxos(p) => p.uncommitted_txs(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Engine {
         match self {
             Engine::Pbft(p) => p.payload(seq, digest).cloned(),
             Engine::Raft(r) => r.payload(seq, digest),
+            Engine::Paxos(p) => p.payload(seq, digest),
         }
     }
 
@@ -60,6 +66,7 @@ impl Engine {
         match self {
             Engine::Pbft(p) => p.footprint(),
             Engine::Raft(r) => r.footprint(),
+            Engine::Paxos(p) => p.footprint(),
         }
     }
 
@@ -68,6 +75,7 @@ impl Engine {
         match self {
             Engine::Pbft(p) => p.footprint_bound(),
             Engine::Raft(r) => r.footprint_bound(),
+            Engine::Paxos(p) => p.footprint_bound(),
         }
     }
 
@@ -95,6 +103,15 @@ impl Engine {
         }
     }
 
+    /// Multi-Paxos: until when (driver milliseconds) this leader may answer reads from its
+    /// own state — `None` without a valid lease, and always for the other protocols.
+    pub fn lease_expiry(&self, now: Millis) -> Option<Millis> {
+        match self {
+            Engine::Paxos(p) => p.lease_expiry(now),
+            _ => None,
+        }
+    }
+
     /// Whether this replica leads now.
     pub fn is_leader(&self, me: ValidatorId) -> bool {
         self.leader() == Some(me)
@@ -106,6 +123,7 @@ impl Protocol for Engine {
         match self {
             Engine::Pbft(p) => p.step(now, input, out),
             Engine::Raft(r) => r.step(now, input, out),
+            Engine::Paxos(p) => p.step(now, input, out),
         }
     }
 
@@ -113,6 +131,7 @@ impl Protocol for Engine {
         match self {
             Engine::Pbft(p) => p.view(),
             Engine::Raft(r) => View(r.core().term()),
+            Engine::Paxos(p) => View(p.core().promised().round),
         }
     }
 
@@ -120,6 +139,7 @@ impl Protocol for Engine {
         match self {
             Engine::Pbft(p) => p.leader(),
             Engine::Raft(r) => r.core().leader(),
+            Engine::Paxos(p) => p.core().leader(),
         }
     }
 
@@ -127,6 +147,7 @@ impl Protocol for Engine {
         match self {
             Engine::Pbft(p) => p.stable_checkpoint(),
             Engine::Raft(r) => Seq(r.core().base_index()),
+            Engine::Paxos(p) => Seq(p.core().base()),
         }
     }
 }

@@ -61,7 +61,11 @@ impl RaftEngine {
         for i in self.core.base_index() + 1..=self.core.last_index() {
             if let Some(e) = self.core.entry(i) {
                 messages += 1;
-                bytes += ENTRY_OVERHEAD + 32 * e.payload.batch().txs.len();
+                bytes += ENTRY_OVERHEAD
+                    + match &e.payload {
+                        Payload::Batch(b) => 32 * b.txs.len(),
+                        Payload::Noop => 0,
+                    };
             }
         }
         Footprint { messages, bytes }

@@ -4,8 +4,35 @@ use std::collections::BTreeMap;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
-use crate::ValidatorId;
-pub use crate::raft::messages::Payload;
+use tally_crypto::{Digest, Signature};
+
+/// What a slot orders: a batch, or nothing (a no-op filling a gap).
+pub use crate::raft::messages::Payload as Value;
+use crate::{Batch, ValidatorId};
+
+/// A value as proposed: signed by the leader that first proposed it, in its ballot, over
+/// [`crate::commit_body`]`(ballot round, slot, digest of the batch to execute)` under
+/// [`crate::LEADER_COMMIT_DOMAIN`] — the slot's commit proof once it is chosen. A leader that
+/// re-proposes a value found in phase 1 keeps its signature (the value, not who proposes it
+/// again, is what gets chosen). All zeros in the simulator, which runs without keys.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Payload {
+    pub value: Value,
+    pub proposer: Ballot,
+    pub signature: Signature,
+}
+
+impl Payload {
+    /// The batch to execute (the empty batch for a no-op).
+    pub fn batch(&self) -> Batch {
+        self.value.batch()
+    }
+
+    /// The value's digest (the same whoever proposed it).
+    pub fn digest(&self) -> Digest {
+        self.value.digest()
+    }
+}
 
 /// A log position, from 1.
 pub type Slot = u64;

@@ -25,10 +25,10 @@ pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use messages::{AcceptedValues, Ballot, Body, Durable, Message, Payload, Record, Slot};
+pub use messages::{AcceptedValues, Ballot, Body, Durable, Message, Payload, Record, Slot, Value};
 
 use crate::protocol::Millis;
-use crate::{Batch, ValidatorId};
+use crate::{Batch, Signer, ValidatorId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaxosConfig {
@@ -186,6 +186,9 @@ pub struct Paxos {
     lease_until: Millis,
     entropy: u64,
     fetching: Option<Slot>,
+    /// Signs the values this replica proposes as leader (their commit proofs); `None` in the
+    /// simulator.
+    signer: Option<Box<dyn Signer>>,
 }
 
 impl Paxos {
@@ -198,6 +201,7 @@ impl Paxos {
         durable: Durable,
         executed: Slot,
         now: Millis,
+        signer: Option<Box<dyn Signer>>,
     ) -> Paxos {
         let commit = executed.max(durable.base);
         Paxos {
@@ -227,6 +231,7 @@ impl Paxos {
             lease_until: 0,
             entropy: 0x2545_F491_4F6C_DD1D ^ me.0 as u64,
             fetching: None,
+            signer,
         }
     }
 
@@ -254,6 +259,45 @@ impl Paxos {
     /// state without a round trip.
     pub fn lease_valid(&self, now: Millis) -> bool {
         self.role == Role::Leader && now < self.lease_until
+    }
+
+    /// Until when (this replica's clock) it may answer reads from its own state: `Some` only
+    /// while it leads, holds the lease, and has executed every slot it knows chosen (so its
+    /// state reflects everything chosen by anyone: no other leader can choose before then).
+    pub fn lease_expiry(&self, now: Millis) -> Option<Millis> {
+        (self.lease_valid(now) && self.executed >= self.commit).then_some(self.lease_until)
+    }
+
+    /// The value this replica holds for `slot`: chosen, or accepted.
+    pub fn value_at(&self, slot: Slot) -> Option<&Payload> {
+        self.chosen
+            .get(&slot)
+            .or_else(|| self.accepted.get(&slot).map(|(_, p)| p))
+    }
+
+    /// Values held (accepted or chosen), and the digests they name together.
+    pub fn held(&self) -> (usize, usize) {
+        let count = |p: &Payload| match &p.value {
+            Value::Batch(b) => b.txs.len(),
+            Value::Noop => 0,
+        };
+        let a = self.accepted.values().map(|(_, p)| count(p)).sum::<usize>();
+        let c = self.chosen.values().map(count).sum::<usize>();
+        (self.accepted.len() + self.chosen.len(), a + c)
+    }
+
+    /// The slot a block sync under way is bringing the chain to.
+    pub fn fetching(&self) -> Option<Slot> {
+        self.fetching
+    }
+
+    /// Every slot up to here is executed and dropped.
+    pub fn base(&self) -> Slot {
+        self.base
+    }
+
+    pub fn config(&self) -> &PaxosConfig {
+        &self.cfg
     }
 
     /// The open slots' proposed values (a driver avoids proposing them twice).
@@ -298,7 +342,7 @@ impl Paxos {
                     self.on_message(now, msg, out);
                 }
             }
-            PaxosInput::Propose(batch) => self.propose(Payload::Batch(batch), out),
+            PaxosInput::Propose(batch) => self.propose(Value::Batch(batch), out),
             PaxosInput::Executed { slot } => self.on_executed(slot, out),
             PaxosInput::CaughtUp { slot } => self.on_caught_up(now, slot, out),
         }

@@ -128,7 +128,10 @@ impl Paxos {
         let last = values.keys().next_back().copied().unwrap_or(self.commit);
         self.next_slot = self.commit + 1;
         for slot in self.commit + 1..=last {
-            let payload = values.remove(&slot).map_or(Payload::Noop, |(_, p)| p);
+            let payload = match values.remove(&slot) {
+                Some((_, p)) => p,
+                None => self.signed(slot, Value::Noop),
+            };
             self.propose_at(slot, payload, out);
         }
         self.next_slot = last + 1;
@@ -136,13 +139,34 @@ impl Paxos {
         self.heartbeat(now, out);
     }
 
-    pub(super) fn propose(&mut self, payload: Payload, out: &mut Vec<PaxosOutput>) {
+    pub(super) fn propose(&mut self, value: Value, out: &mut Vec<PaxosOutput>) {
         if self.role != Role::Leader || self.open.len() as u64 >= self.cfg.max_open {
             return;
         }
         let slot = self.next_slot;
         self.next_slot += 1;
+        let payload = self.signed(slot, value);
         self.propose_at(slot, payload, out);
+    }
+
+    /// `value`, proposed by this leader for `slot` in its ballot, with its signature.
+    fn signed(&self, slot: Slot, value: Value) -> Payload {
+        let signature = match &self.signer {
+            Some(signer) => signer.sign(
+                crate::LEADER_COMMIT_DOMAIN,
+                &crate::commit_body(
+                    crate::View(self.ballot.round),
+                    crate::Seq(slot),
+                    &value.batch().digest(),
+                ),
+            ),
+            None => tally_crypto::Signature([0; 64]),
+        };
+        Payload {
+            value,
+            proposer: self.ballot,
+            signature,
+        }
     }
 
     /// Phase 2 for `slot`: accept locally (durably), then ask every other acceptor.

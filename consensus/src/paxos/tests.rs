@@ -43,7 +43,7 @@ fn start_phase1(p: &mut Paxos, from: Millis) -> Millis {
 
 #[test]
 fn phase_one_keeps_the_highest_ballot_value_and_fills_gaps_with_no_ops() {
-    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0);
+    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0, None);
     let now = start_phase1(&mut p, 100);
     let ballot = p.ballot();
     let old = Ballot {
@@ -54,10 +54,12 @@ fn phase_one_keeps_the_highest_ballot_value_and_fills_gaps_with_no_ops() {
         round: 0,
         node: ValidatorId(1),
     };
-    let value = |b: u8| {
-        Payload::Batch(Batch {
+    let value = |b: u8| Payload {
+        value: Value::Batch(Batch {
             txs: vec![tally_crypto::Digest([b; 32])],
-        })
+        }),
+        proposer: older,
+        signature: tally_crypto::Signature([0; 64]),
     };
     let mut out = Vec::new();
     let promise = Body::Promise {
@@ -72,17 +74,17 @@ fn phase_one_keeps_the_highest_ballot_value_and_fills_gaps_with_no_ops() {
     };
     p.step(now, msg(1, promise), &mut out);
     assert_eq!(*p.role(), Role::Leader);
-    let accepts: Vec<(Slot, Payload)> = sent(&out)
+    let accepts: Vec<(Slot, Value)> = sent(&out)
         .into_iter()
         .filter(|(to, _)| *to == ValidatorId(1))
         .filter_map(|(_, b)| match b {
-            Body::Accept { slot, payload, .. } => Some((slot, payload)),
+            Body::Accept { slot, payload, .. } => Some((slot, payload.value)),
             _ => None,
         })
         .collect();
     assert_eq!(
         accepts[..3],
-        [(1, value(2)), (2, Payload::Noop), (3, value(3))]
+        [(1, value(2).value), (2, Value::Noop), (3, value(3).value)]
     );
 }
 
@@ -101,7 +103,7 @@ fn a_leased_acceptor_promises_no_one_else_and_a_restarted_one_no_one_at_all() {
         from_slot: 1,
     };
     // Restarted at 0: no promise before lease_ms.
-    let mut a = Paxos::new(cfg(3), ValidatorId(1), 3, Durable::default(), 0, 0);
+    let mut a = Paxos::new(cfg(3), ValidatorId(1), 3, Durable::default(), 0, 0, None);
     let mut out = Vec::new();
     a.step(10, msg(2, prepare.clone()), &mut out);
     assert!(matches!(sent(&out)[0].1, Body::Nack { .. }));
@@ -145,7 +147,7 @@ fn a_leader_holds_its_lease_only_with_acknowledgements_from_every_phase_one_quor
     let mut c = cfg(5);
     (c.q1, c.q2) = (4, 2);
     assert_eq!(c.check(5), Ok(()));
-    let mut p = Paxos::new(c, ValidatorId(0), 5, Durable::default(), 0, 0);
+    let mut p = Paxos::new(c, ValidatorId(0), 5, Durable::default(), 0, 0, None);
     let now = start_phase1(&mut p, 100);
     let ballot = p.ballot();
     let mut out = Vec::new();
@@ -181,7 +183,7 @@ fn no_lease_read_across_a_leader_change() {
     // the leader holds a lease; a rival's prepare reaches it (it is also an acceptor). The
     // moment it promises the rival, it no longer leads and no longer claims the lease — the
     // rival cannot finish phase 1 without that promise or the leased acceptor's.
-    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0);
+    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0, None);
     let now = start_phase1(&mut p, 100);
     let ballot = p.ballot();
     let mut out = Vec::new();

@@ -27,7 +27,7 @@ use super::links::{Links, MAX_DELAY_MS};
 use super::rng::Rng;
 use crate::paxos::{
     Ballot, Durable, Message, Paxos, PaxosConfig, PaxosEvent, PaxosInput, PaxosOutput, Payload,
-    Role, Slot,
+    Role, Slot, Value,
 };
 use crate::{Batch, ValidatorId};
 
@@ -198,6 +198,7 @@ impl Sim {
             node.disk.clone(),
             node.executed.len() as Slot,
             now,
+            None,
         ));
         node.last_commit = 0;
     }
@@ -354,9 +355,9 @@ impl Sim {
         };
         let open: BTreeSet<Digest> = p
             .open_payloads()
-            .filter_map(|x| match x {
-                Payload::Batch(b) => Some(b.txs.iter().copied()),
-                Payload::Noop => None,
+            .filter_map(|x| match &x.value {
+                Value::Batch(b) => Some(b.txs.iter().copied()),
+                Value::Noop => None,
             })
             .flatten()
             .collect();
@@ -383,7 +384,7 @@ impl Sim {
                 self.committed.insert(slot, digest);
             }
         }
-        if let Payload::Batch(b) = &payload {
+        if let Value::Batch(b) = &payload.value {
             self.h.requests.executed(b);
         }
         self.nodes[i].executed.push(payload);
@@ -498,9 +499,9 @@ impl Cluster for Sim {
         self.nodes[i]
             .executed
             .iter()
-            .filter_map(|x| match x {
-                Payload::Batch(b) => Some(b),
-                Payload::Noop => None,
+            .filter_map(|x| match &x.value {
+                Value::Batch(b) => Some(b),
+                Value::Noop => None,
             })
             .collect()
     }

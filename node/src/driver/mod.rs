@@ -502,6 +502,10 @@ impl Driver {
                 Output::Event(e) => self.on_event(e),
             }
         }
+        let lease_until = self
+            .core
+            .lease_expiry(self.now_ms())
+            .map(|ms| self.started + Duration::from_millis(ms));
         let (view, leader, stable) = (
             self.core.view().0,
             self.core.leader().map_or(-1, |l| i64::from(l.0)),
@@ -514,6 +518,7 @@ impl Driver {
         self.shared.update_status(|s| {
             s.view = view;
             s.leader = u16::try_from(leader).ok();
+            s.lease_until = lease_until;
             s.stable_checkpoint = stable;
             s.diverged = m.state_diverged.get() == 1;
         });

@@ -299,9 +299,13 @@ pub async fn account(e: &Endpoints, address: &str, verify: bool) -> Result<()> {
         let mut last = Err(anyhow::anyhow!("no answer"));
         // Nodes may be a block apart: retry briefly until a quorum agrees.
         for _ in 0..10 {
-            last = quorum_read(&urls, &genesis, "account_get", params.clone(), |v| {
-                v.clone()
-            })
+            last = quorum_read(
+                &urls,
+                &genesis,
+                "account_get",
+                params.clone(),
+                |v| json!({ "balance": v["balance"], "nonce": v["nonce"] }),
+            )
             .await;
             if last.is_ok() {
                 break;
