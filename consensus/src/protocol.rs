@@ -244,6 +244,12 @@ pub enum Event {
         view: View,
         seq: Seq,
     },
+    /// Raft / Multi-Paxos: this replica made a proposal for `seq` durable (an appended entry,
+    /// an accepted value) — the start of its commit phase.
+    Accepted {
+        view: View,
+        seq: Seq,
+    },
     /// 2f matching PREPAREs and the PRE-PREPARE: `completed_by` cast the deciding vote.
     Prepared {
         view: View,

@@ -102,7 +102,14 @@ impl PaxosEngine {
         for input in inputs {
             self.core.step(now, input, &mut self.paxos_out);
         }
+        let mut accepted = Vec::new();
         for o in self.paxos_out.drain(..) {
+            if let PaxosOutput::Persist(crate::paxos::Record::Accept { slot, ballot, .. }) = &o {
+                accepted.push(Event::Accepted {
+                    view: View(ballot.round),
+                    seq: Seq(*slot),
+                });
+            }
             out.push(match o {
                 PaxosOutput::Persist(r) => Output::Persist(Record::Paxos(r)),
                 PaxosOutput::Send { to, msg } => Output::Send {
@@ -143,6 +150,7 @@ impl PaxosEngine {
                 },
             });
         }
+        out.extend(accepted.into_iter().map(Output::Event));
         let after = (self.core.promised(), self.core.leader());
         if after.1 != before.1
             && let Some(leader) = after.1

@@ -113,10 +113,19 @@ impl RaftEngine {
             | Input::Payload { .. }
             | Input::Repaired { .. } => {}
         }
+        let mut accepted = Vec::new();
         for input in raft_inputs {
             self.core.step(now, input, &mut self.raft_out);
         }
         for o in self.raft_out.drain(..) {
+            if let RaftOutput::Persist(crate::raft::Record::Append { entries }) = &o {
+                for e in entries {
+                    accepted.push(Event::Accepted {
+                        view: View(e.term),
+                        seq: Seq(e.index),
+                    });
+                }
+            }
             out.push(match o {
                 RaftOutput::Persist(r) => Output::Persist(Record::Raft(r)),
                 RaftOutput::Send { to, msg } => Output::Send {
@@ -159,6 +168,7 @@ impl RaftEngine {
                 },
             });
         }
+        out.extend(accepted.into_iter().map(Output::Event));
         let after = (self.core.term(), self.core.leader());
         if after != before
             && let (term, Some(leader)) = after

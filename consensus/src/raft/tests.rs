@@ -356,3 +356,61 @@ fn a_stale_replica_is_not_elected() {
     assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
     assert_eq!((f.term(), f.voted_for()), (9, None));
 }
+
+/// Elections stuck under pre-vote (the etcd bug class): a replica whose term is ahead of the
+/// others' (it campaigned before) but whose log is behind refuses their pre-votes, and cannot
+/// win itself. The others must learn its term from the refusals and still elect one of
+/// themselves, instead of pre-voting in a lower term forever.
+#[test]
+fn elections_are_not_stuck_under_pre_vote() {
+    let entry = |index| Entry {
+        term: 1,
+        index,
+        payload: Payload::Noop,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
+    };
+    let up_to_date = Durable {
+        term: 1,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: (1..=3).map(entry).collect(),
+    };
+    let ahead_but_stale = Durable {
+        term: 5,
+        voted_for: Some(ValidatorId(2)),
+        ..Durable::default()
+    };
+    let mut rs = [
+        Raft::new(cfg(), ValidatorId(0), 3, up_to_date.clone(), 0, None),
+        Raft::new(cfg(), ValidatorId(1), 3, up_to_date, 0, None),
+        Raft::new(cfg(), ValidatorId(2), 3, ahead_but_stale, 0, None),
+    ];
+    let mut now = 0;
+    let mut leader = None;
+    // Every message delivered at the next tick; 5 s of time at most.
+    let mut in_flight: Vec<(ValidatorId, Message)> = Vec::new();
+    while now < 5_000 && leader.is_none() {
+        now += 5;
+        let mut next = Vec::new();
+        for (to, m) in in_flight.drain(..) {
+            let mut out = Vec::new();
+            rs[to.0 as usize].step(now, RaftInput::Message(m), &mut out);
+            next.extend(sends(&out));
+        }
+        for r in rs.iter_mut() {
+            let mut out = Vec::new();
+            r.step(now, RaftInput::Tick { entropy: now }, &mut out);
+            next.extend(sends(&out));
+        }
+        in_flight = next;
+        leader = rs.iter().position(|r| *r.role() == Role::Leader);
+    }
+    let leader = leader.expect("no leader within 5 s");
+    assert_ne!(leader, 2, "the replica with the stale log cannot lead");
+    assert!(
+        rs[leader].term() > 5,
+        "the leader's term passed the stale replica's"
+    );
+}

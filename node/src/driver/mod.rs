@@ -461,6 +461,7 @@ impl Driver {
                     batch,
                     certificate,
                 } => {
+                    self.timing.on_commit(seq, &self.shared.metrics);
                     let committed_at = self
                         .timing
                         .committed

@@ -14,18 +14,38 @@ pub(super) struct Timing {
     pre_prepared: BTreeMap<u64, Instant>,
     prepared: BTreeMap<u64, Instant>,
     pub committed: BTreeMap<u64, Instant>,
+    /// Raft / Multi-Paxos: when this replica made each proposal durable (at most
+    /// [`ACCEPTED_KEPT`], the latest).
+    accepted: BTreeMap<u64, Instant>,
     /// Voters seen per (phase, seq) before the quorum completed.
     early_votes: HashMap<(VoteKind, u64), Vec<ValidatorId>>,
     commit_voters: BTreeMap<u64, HashSet<ValidatorId>>,
 }
 
+/// Proposals whose acceptance time is kept for the `accepted_to_committed` phase.
+const ACCEPTED_KEPT: usize = 4096;
+
 impl Timing {
+    /// Raft / Multi-Paxos: `seq` committed here; the time since this replica accepted it.
+    pub fn on_commit(&mut self, seq: Seq, m: &Metrics) {
+        if let Some(at) = self.accepted.remove(&seq.0) {
+            m.phase("accepted_to_committed", at.elapsed().as_secs_f64());
+        }
+        self.accepted = self.accepted.split_off(&(seq.0 + 1));
+    }
+
     /// Records what `e` says about timing, in metrics `m`; `name` gives a validator's name.
     pub fn on_event(&mut self, e: &Event, m: &Metrics, name: &dyn Fn(ValidatorId) -> String) {
         let now = Instant::now();
         match *e {
             Event::PrePrepareAccepted { seq, .. } => {
                 self.pre_prepared.insert(seq.0, now);
+            }
+            Event::Accepted { seq, .. } => {
+                self.accepted.insert(seq.0, now);
+                while self.accepted.len() > ACCEPTED_KEPT {
+                    self.accepted.pop_first();
+                }
             }
             Event::Prepared {
                 seq, completed_by, ..
