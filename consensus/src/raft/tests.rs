@@ -414,3 +414,53 @@ fn elections_are_not_stuck_under_pre_vote() {
         "the leader's term passed the stale replica's"
     );
 }
+
+/// A follower deleting committed entries after compaction (the classic bug class): a late,
+/// duplicated append from its leader that starts below the follower's compacted base must
+/// neither rewrite nor drop anything — entries up to the base are executed, hence committed —
+/// and is acknowledged up to what the follower holds.
+#[test]
+fn a_follower_does_not_delete_committed_entries_after_compaction() {
+    let entry = |index| Entry {
+        term: 2,
+        index,
+        payload: Payload::Batch(Batch::null()),
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
+    };
+    let durable = Durable {
+        term: 2,
+        voted_for: Some(ValidatorId(0)),
+        base_index: 10,
+        base_term: 2,
+        entries: vec![entry(11), entry(12)],
+    };
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 10, None);
+    for (prev, last) in [(4, 12), (4, 8), (9, 11)] {
+        let mut out = Vec::new();
+        let append = Body::Append {
+            prev_index: prev,
+            prev_term: 2,
+            entries: (prev + 1..=last).map(entry).collect(),
+            commit: 12,
+        };
+        f.step(1, msg(0, 2, append), &mut out);
+        // Nothing at or below the base is written again, nothing is reset or truncated.
+        for o in &out {
+            match o {
+                RaftOutput::Persist(Record::Append { entries }) => {
+                    assert!(entries.iter().all(|e| e.index > 12), "{entries:?}")
+                }
+                RaftOutput::Persist(Record::Reset { .. }) => panic!("reset after {prev}"),
+                _ => {}
+            }
+        }
+        let acked = sends(&out).into_iter().find_map(|(_, m)| match m.body {
+            Body::AppendReply { success, index } => Some((success, index)),
+            _ => None,
+        });
+        assert_eq!(acked, Some((true, last.max(10))), "append after {prev}");
+        assert_eq!((f.base_index(), f.last_index()), (10, 12));
+        assert!(f.entry(11).is_some() && f.entry(12).is_some());
+    }
+}
