@@ -60,6 +60,11 @@ pub struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -98,7 +103,8 @@ pub struct Metrics {
     pub vote_lateness: Family<PhaseValidatorLabels, Histogram, fn() -> Histogram>,
     pub votes_missing: Family<ValidatorLabels, Counter>,
     pub transaction_latency: Histogram,
-    pub view: Gauge,
+    /// The epoch (PBFT view, Raft term, Multi-Paxos ballot round), labelled by protocol.
+    pub epoch: Family<ProtocolLabels, Gauge>,
     pub leader: Gauge,
     pub view_changes: Family<ReasonLabels, Counter>,
     pub stable_checkpoint: Gauge,
@@ -152,7 +158,7 @@ impl Metrics {
             vote_lateness: Family::new_with_constructor(latency_histogram),
             votes_missing: Family::default(),
             transaction_latency: latency_histogram(),
-            view: Gauge::default(),
+            epoch: Family::default(),
             leader: Gauge::default(),
             view_changes: Family::default(),
             stable_checkpoint: Gauge::default(),
@@ -247,9 +253,9 @@ impl Metrics {
             m.transaction_latency.clone(),
         );
         r.register(
-            "tally_view",
-            "Current consensus view (term, round)",
-            m.view.clone(),
+            "tally_epoch",
+            "Current consensus epoch: PBFT view, Raft term, Multi-Paxos ballot round",
+            m.epoch.clone(),
         );
         r.register(
             "tally_leader",

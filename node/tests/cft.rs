@@ -290,7 +290,8 @@ async fn scenario(protocol: &str, payload: &str) {
         "no protocol label"
     );
     assert!(
-        metric(&m, "tally_view ") >= if raft { 5.0 } else { 3.0 },
+        metric(&m, &format!("tally_epoch{{protocol=\"{protocol}\"}}"))
+            >= if raft { 5.0 } else { 3.0 },
         "{m}"
     );
     for i in 0..3 {

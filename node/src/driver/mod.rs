@@ -513,7 +513,11 @@ impl Driver {
             self.core.stable_checkpoint().0,
         );
         let m = &self.shared.metrics;
-        m.view.set(view as i64);
+        m.epoch
+            .get_or_create(&tally_monitoring::ProtocolLabels {
+                protocol: self.core.name().into(),
+            })
+            .set(view as i64);
         m.leader.set(leader);
         m.stable_checkpoint.set(stable as i64);
         self.shared.update_status(|s| {
