@@ -43,9 +43,12 @@ test: lint
 
 ## make devnet: a local 4-validator PBFT network (one process per validator, real libp2p and
 ## RocksDB on loopback) with a stream of demo transfers and a live status line. Ctrl-C stops it.
-## DEVNET_SECONDS=N stops it after N seconds.
+## DEVNET_SECONDS=N stops it after N seconds. CONSENSUS=raft or CONSENSUS=multipaxos runs that
+## protocol instead, with 3 validators (VALIDATORS=N overrides).
+CONSENSUS ?= pbft
+VALIDATORS ?= $(if $(filter pbft,$(CONSENSUS)),4,3)
 devnet: build
-	$(TALLY) devnet --validators 4 --consensus pbft --data $(DEVNET_DIR) --fresh \
+	$(TALLY) devnet --validators $(VALIDATORS) --consensus $(CONSENSUS) --data $(DEVNET_DIR) --fresh \
 		$(if $(DEVNET_SECONDS),--duration $(DEVNET_SECONDS))
 
 ## make bench: the throughput benchmark (release build). RATE=… (one rate, or a sweep: 3000,4000,5000) DURATION=… RUNS=… override.
