@@ -33,13 +33,15 @@ lint: deps
 ## SIM_SEEDS (default 1000) simulated PBFT runs (every adversary) with the negative control,
 ## RAFT_SIM_SEEDS and PAXOS_SIM_SEEDS (default 2000 per cluster size, n = 3 and 5) simulated Raft
 ## and Multi-Paxos runs with their negative controls, and
-## SIM_DISSEMINATION_SEEDS (default 200 per configuration) simulated batch-dissemination runs.
+## SIM_DISSEMINATION_SEEDS (default 200 per configuration) simulated batch-dissemination runs,
+## and every fuzz target for FUZZ_SECONDS (default 10) each (scripts/fuzz-smoke.sh).
 test: lint
 	cargo nextest run --workspace --no-fail-fast
 	cargo test --workspace --doc
 	python3 scripts/check_vectors.py docs/transactions.md
 	cargo build --bin tally
 	scripts/sim-suite.sh
+	scripts/fuzz-smoke.sh
 
 ## make devnet: a local 4-validator PBFT network (one process per validator, real libp2p and
 ## RocksDB on loopback) with a stream of demo transfers and a live status line. Ctrl-C stops it.

@@ -87,7 +87,13 @@ pub fn load(path: &Path) -> Result<SecretKey, CryptoError> {
         });
     }
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| error(path, e))?);
-    let file: KeyFile = serde_json::from_str(&text).map_err(|e| error(path, e))?;
+    parse(path, &text)
+}
+
+/// Parses the text of a key file (`path` names it in errors): the type, the seed, and the
+/// public key it must derive to.
+pub fn parse(path: &Path, text: &str) -> Result<SecretKey, CryptoError> {
+    let file: KeyFile = serde_json::from_str(text).map_err(|e| error(path, e))?;
     if file.kind != KEY_FILE_TYPE {
         return Err(error(
             path,
