@@ -193,11 +193,24 @@ async fn scenario(protocol: &str, validators: usize) {
     for i in 0..validators {
         target = target.max(net.height(i).await);
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..validators {
-        net.until(60, "every node reaches the highest height", || async {
-            net.height(i).await >= target
-        })
-        .await;
+        while net.height(i).await < target {
+            if Instant::now() > deadline {
+                let mut report = String::new();
+                for j in 0..validators {
+                    let log = net.log(j);
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    report += &format!(
+                        "--- node {j}: {:?}\n{}\n",
+                        net.status(j).await,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+                panic!("node {i} did not reach height {target} in 60 s\n{report}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     net.assert_same_chain(&all, target).await;
 

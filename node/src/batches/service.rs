@@ -717,6 +717,7 @@ pub fn resolve(
             );
         }
         let notified = path.arrived.notified();
+        let last = attempt + 1 == attempts.max(1);
         if !missing_proofs.is_empty() {
             // Any validator that voted for the block has the proofs; ask them all.
             let _ = validators;
@@ -727,6 +728,11 @@ pub fn resolve(
         }
         for (from, digests) in missing_bodies {
             path.submit(ServiceInput::FetchBodies { digests, from });
+        }
+        if last {
+            // Asked; what arrives is used by the next try. Waiting here would only hold up
+            // the executor (and a block sync queued behind this commit).
+            break;
         }
         runtime.block_on(async {
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
