@@ -183,6 +183,8 @@ impl Driver {
             self.shared.metrics.state_diverged.set(1);
         }
         self.flush().await;
+        // Known from the start, even for a replica with nothing to say yet.
+        self.publish();
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let shared = self.shared.clone();
@@ -503,6 +505,11 @@ impl Driver {
                 Output::Event(e) => self.on_event(e),
             }
         }
+        self.publish();
+    }
+
+    /// The epoch, leader, checkpoint and lease as metrics and in the status RPC reads.
+    fn publish(&self) {
         let lease_until = self
             .core
             .lease_expiry(self.now_ms())

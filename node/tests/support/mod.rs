@@ -21,6 +21,8 @@ pub struct Net {
     pub procs: Vec<Option<Child>>,
     pub clients: Vec<HttpClient>,
     pub chain: ChainId,
+    /// Per node, a command prefix for its process (e.g. `ip netns exec NS`); empty: none.
+    pub wrap: Vec<Vec<String>>,
 }
 
 /// A base port with `count` consecutive free ports above it (probed, then released).
@@ -86,6 +88,61 @@ impl Net {
         let mut net = Net {
             dir,
             procs: (0..info.nodes.len()).map(|_| None).collect(),
+            wrap: vec![Vec::new(); info.nodes.len()],
+            info,
+            clients,
+            chain,
+        };
+        for i in 0..net.info.nodes.len() {
+            net.launch(i);
+        }
+        net
+    }
+
+    /// Writes a network with `tally testnet` without starting it.
+    pub fn write(validators: usize, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("net");
+        let base = free_base(validators as u16 * 10 + 3).to_string();
+        let n = validators.to_string();
+        let mut args = vec![
+            "testnet",
+            "--validators",
+            &n,
+            "--out",
+            out.to_str().unwrap(),
+            "--base-port",
+            &base,
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(TALLY).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (dir, out)
+    }
+
+    /// Starts a network written by [`Net::write`] (and perhaps edited), each node's process
+    /// under its `wrap` prefix.
+    pub fn launch_written(
+        dir: tempfile::TempDir,
+        out: &std::path::Path,
+        wrap: Vec<Vec<String>>,
+    ) -> Net {
+        let info = NetworkInfo::load(&out.join("network.json")).unwrap();
+        let clients = info
+            .nodes
+            .iter()
+            .map(|n| {
+                HttpClientBuilder::default()
+                    .request_timeout(Duration::from_secs(30))
+                    .build(&n.rpc)
+                    .unwrap()
+            })
+            .collect();
+        let chain = ChainId::new(info.chain_id.clone()).unwrap();
+        let mut net = Net {
+            dir,
+            procs: (0..info.nodes.len()).map(|_| None).collect(),
+            wrap,
             info,
             clients,
             chain,
@@ -106,7 +163,15 @@ impl Net {
             .append(true)
             .open(self.home(i).join("node.log"))
             .unwrap();
-        let child = Command::new(TALLY)
+        let mut command = match self.wrap[i].split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(TALLY);
+                c
+            }
+            None => Command::new(TALLY),
+        };
+        let child = command
             .args(["start", "--home", self.home(i).to_str().unwrap()])
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
