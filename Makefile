@@ -18,7 +18,7 @@ DEVNET_DIR ?= devnet-data
 all: build
 
 deps:
-	@scripts/install-deps.sh promtool:prometheus
+	@scripts/install-deps.sh promtool:prometheus nft:nftables
 	@scripts/claim-target.sh
 
 build: deps

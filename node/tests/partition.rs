@@ -3,11 +3,13 @@
 //! it from everyone (the node itself keeps running and answers on its own address inside its
 //! namespace). Checked: a leader isolated alone commits nothing more while the majority elects
 //! another leader and keeps committing; after healing every node holds the same chain; a link
-//! flapping every 300 ms for 6 s leaves the network committing and converging.
+//! flapping every 300 ms for 6 s leaves the network committing and converging; and a partial
+//! partition — one validator cut from the leader alone, still reaching the others — deposes
+//! nobody (the November 2020 Cloudflare outage: with pre-vote and check-quorum, Raft's leader
+//! keeps its term; PBFT's and Multi-Paxos's keep theirs too) while commits continue.
 //!
-//! Needs root and iproute2 (`ip netns`, veth, bridge). Without them each test says so and
-//! passes without running. Asymmetric and partial partitions need packet filtering
-//! (nftables), which these tests do not use yet.
+//! Needs root, iproute2 (`ip netns`, veth, bridge) and nftables (the partial partition).
+//! Without them each test says so and passes without running.
 
 mod support;
 
@@ -50,8 +52,9 @@ impl Lab {
                 .args(["netns", "add", &probe])
                 .status()
                 .is_ok_and(|s| s.success());
-        if !can {
-            eprintln!("SKIPPED: partition tests need root and iproute2 (ip netns)");
+        let nft = Command::new("nft").arg("--version").output().is_ok();
+        if !can || !nft {
+            eprintln!("SKIPPED: partition tests need root, iproute2 (ip netns) and nftables");
             return None;
         }
         ip(&["netns", "del", &probe]);
@@ -119,6 +122,48 @@ impl Lab {
     /// Cuts node `i` from every other (`false`), or joins it again.
     fn connect(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.port(i), if up { "up" } else { "down" }]);
+    }
+
+    /// Cuts the link between nodes `a` and `b` only (both directions), with an nftables
+    /// table in each one's namespace; the rest of the network still reaches both.
+    fn cut_pair(&self, a: usize, b: usize) {
+        for (me, other) in [(a, b), (b, a)] {
+            let o = self.addr(other);
+            for rule in [
+                "add table inet tallycut".to_string(),
+                "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
+                "add chain inet tallycut cut_out { type filter hook output priority 0 ; }".into(),
+                format!("add rule inet tallycut cut_in ip saddr {o} drop"),
+                format!("add rule inet tallycut cut_out ip daddr {o} drop"),
+            ] {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &self.ns(me), "nft", &rule])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "nft {rule}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    fn heal_pair(&self, a: usize, b: usize) {
+        for me in [a, b] {
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns(me),
+                    "nft",
+                    "delete",
+                    "table",
+                    "inet",
+                    "tallycut",
+                ])
+                .status();
+        }
     }
 
     /// A JSON-RPC call to node `i` from inside its namespace (works while it is cut off).
@@ -330,6 +375,30 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
         "{protocol}: leader {leader} cut off at height {cut_height}; majority led by {new_leader}; converged at {h}"
     );
 
+    // A partial partition: one validator cut from the leader alone. It deposes nobody: the
+    // leader and its epoch stay, and commits go on through a third validator.
+    let leader = leader_of(&net, &all, None, 30).await;
+    let epoch = net.status(leader).await.unwrap()["view"].clone();
+    let cut = (leader + 1) % validators;
+    let via = (leader + 2) % validators;
+    lab.cut_pair(cut, leader);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        commit_one(&net, 1, via).await;
+    }
+    for i in [leader, via] {
+        let s = net.status(i).await.unwrap();
+        assert_eq!(
+            (s["leader_index"].as_u64(), &s["view"]),
+            (Some(leader as u64), &epoch),
+            "node {i}: a validator cut from the leader alone changed the leader or the epoch"
+        );
+    }
+    lab.heal_pair(cut, leader);
+    let h = converge(&net, &all).await;
+    eprintln!(
+        "{protocol}: node {cut} cut from leader {leader} for 5 s: leader and epoch {epoch} kept; converged at {h}"
+    );
     // A flapping link: one node's port goes down and up every 300 ms for 6 s while clients
     // commit through another.
     let flapping = (new_leader + 1) % validators;
@@ -341,6 +410,7 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
             while Instant::now() < stop_at {
                 let _ = Command::new("ip")
                     .args(["link", "set", &bridge_port, if up { "up" } else { "down" }])
+                    .stderr(std::process::Stdio::null())
                     .status();
                 up = !up;
                 std::thread::sleep(Duration::from_millis(300));
@@ -362,6 +432,7 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
         "{protocol}: {committed} transactions committed through a flapping link; converged at {h}"
     );
     assert!(committed >= 3);
+
     for i in all {
         net.kill(i);
     }
