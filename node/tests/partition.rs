@@ -311,6 +311,31 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
     let leader = leader_of(&net, &all, None, 30).await;
     commit_one(&net, 0, (leader + 1) % validators).await;
 
+    // A partial partition (first, while every validator follows one leader): one validator
+    // cut from the leader alone. It deposes nobody: the leader and its epoch stay, and
+    // commits go on through a third validator.
+    let leader = leader_of(&net, &all, None, 30).await;
+    let epoch = net.status(leader).await.unwrap()["view"].clone();
+    let cut = (leader + 1) % validators;
+    let via = (leader + 2) % validators;
+    lab.cut_pair(cut, leader);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        commit_one(&net, 3, via).await;
+    }
+    for i in [leader, via] {
+        let s = net.status(i).await.unwrap();
+        assert_eq!(
+            (s["leader_index"].as_u64(), &s["view"]),
+            (Some(leader as u64), &epoch),
+            "node {i}: a validator cut from the leader alone changed the leader or the epoch"
+        );
+    }
+    lab.heal_pair(cut, leader);
+    let h = converge(&net, &all).await;
+    eprintln!(
+        "{protocol}: node {cut} cut from leader {leader} for 5 s: leader and epoch {epoch} kept; converged at {h}"
+    );
     // The leader cut off alone: it commits nothing more, the others elect and commit.
     lab.connect(leader, false);
     let rpc = net.info.nodes[leader].rpc.clone();
@@ -331,7 +356,8 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
         .unwrap()["nonce"]
         .as_u64()
         .unwrap();
-    let stranded = net.transfer(&key, nonce, 2, 1);
+    // Amount 2: no other transaction of the test is this one.
+    let stranded = net.transfer(&key, nonce, 2, 2);
     let submitted = lab.rpc_inside(
         leader,
         &rpc,
@@ -375,30 +401,6 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
         "{protocol}: leader {leader} cut off at height {cut_height}; majority led by {new_leader}; converged at {h}"
     );
 
-    // A partial partition: one validator cut from the leader alone. It deposes nobody: the
-    // leader and its epoch stay, and commits go on through a third validator.
-    let leader = leader_of(&net, &all, None, 30).await;
-    let epoch = net.status(leader).await.unwrap()["view"].clone();
-    let cut = (leader + 1) % validators;
-    let via = (leader + 2) % validators;
-    lab.cut_pair(cut, leader);
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        commit_one(&net, 1, via).await;
-    }
-    for i in [leader, via] {
-        let s = net.status(i).await.unwrap();
-        assert_eq!(
-            (s["leader_index"].as_u64(), &s["view"]),
-            (Some(leader as u64), &epoch),
-            "node {i}: a validator cut from the leader alone changed the leader or the epoch"
-        );
-    }
-    lab.heal_pair(cut, leader);
-    let h = converge(&net, &all).await;
-    eprintln!(
-        "{protocol}: node {cut} cut from leader {leader} for 5 s: leader and epoch {epoch} kept; converged at {h}"
-    );
     // A flapping link: one node's port goes down and up every 300 ms for 6 s while clients
     // commit through another.
     let flapping = (new_leader + 1) % validators;
