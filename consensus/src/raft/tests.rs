@@ -11,6 +11,17 @@ fn cfg() -> RaftConfig {
     }
 }
 
+/// An entry as the simulator and these tests make them: unsigned, "by" validator 0.
+fn unsigned(term: Term, index: Index, payload: Payload) -> Entry {
+    Entry {
+        term,
+        index,
+        payload,
+        leader: ValidatorId(0),
+        signature: tally_crypto::Signature([0; 64]),
+    }
+}
+
 fn replica(me: u16, n: usize) -> Raft {
     Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0, None)
 }
@@ -160,13 +171,7 @@ fn entries_of_an_earlier_term_commit_only_under_one_of_the_current_term() {
         voted_for: None,
         base_index: 0,
         base_term: 0,
-        entries: vec![Entry {
-            term: 2,
-            index: 1,
-            payload: Payload::Batch(Batch::null()),
-            leader: ValidatorId(0),
-            signature: tally_crypto::Signature([0; 64]),
-        }],
+        entries: vec![unsigned(2, 1, Payload::Batch(Batch::null()))],
     };
     let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0, None);
     let (now, _) = time_out(&mut r, 0);
@@ -233,13 +238,7 @@ fn a_leader_that_hears_no_majority_steps_down() {
 
 #[test]
 fn a_follower_replaces_conflicting_uncommitted_entries() {
-    let old = |index| Entry {
-        term: 1,
-        index,
-        payload: Payload::Noop,
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let old = |index| unsigned(1, index, Payload::Noop);
     let durable = Durable {
         term: 1,
         voted_for: None,
@@ -248,13 +247,7 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
         entries: vec![old(1), old(2), old(3)],
     };
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None);
-    let new = Entry {
-        term: 2,
-        index: 2,
-        payload: Payload::Batch(Batch::null()),
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let new = unsigned(2, 2, Payload::Batch(Batch::null()));
     let mut out = Vec::new();
     let append = Body::Append {
         prev_index: 1,
@@ -279,13 +272,7 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
 fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
     // A block sync brought the chain to 5, then the replica crashed before its log was reset:
     // the log holds 1–3, the chain 1–5. The leader's appends after 5 must be taken.
-    let old = |index| Entry {
-        term: 1,
-        index,
-        payload: Payload::Noop,
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let old = |index| unsigned(1, index, Payload::Noop);
     let durable = Durable {
         term: 1,
         voted_for: None,
@@ -294,13 +281,7 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
         entries: vec![old(1), old(2), old(3)],
     };
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5, None);
-    let next = Entry {
-        term: 2,
-        index: 6,
-        payload: Payload::Noop,
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let next = unsigned(2, 6, Payload::Noop);
     let mut out = Vec::new();
     let append = Body::Append {
         prev_index: 5,
@@ -323,13 +304,7 @@ fn a_stale_replica_is_not_elected() {
     // Classic bug: a replica that missed committed entries must not win an election. A
     // follower whose log ends with a term-2 entry refuses, to a candidate whose log ends in
     // term 1, both the pre-vote and the vote — however high the candidate's term.
-    let entry = |term, index| Entry {
-        term,
-        index,
-        payload: Payload::Noop,
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let entry = |term, index| unsigned(term, index, Payload::Noop);
     let durable = Durable {
         term: 2,
         voted_for: None,
@@ -363,13 +338,7 @@ fn a_stale_replica_is_not_elected() {
 /// themselves, instead of pre-voting in a lower term forever.
 #[test]
 fn elections_are_not_stuck_under_pre_vote() {
-    let entry = |index| Entry {
-        term: 1,
-        index,
-        payload: Payload::Noop,
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let entry = |index| unsigned(1, index, Payload::Noop);
     let up_to_date = Durable {
         term: 1,
         voted_for: None,
@@ -421,13 +390,7 @@ fn elections_are_not_stuck_under_pre_vote() {
 /// and is acknowledged up to what the follower holds.
 #[test]
 fn a_follower_does_not_delete_committed_entries_after_compaction() {
-    let entry = |index| Entry {
-        term: 2,
-        index,
-        payload: Payload::Batch(Batch::null()),
-        leader: ValidatorId(0),
-        signature: tally_crypto::Signature([0; 64]),
-    };
+    let entry = |index| unsigned(2, index, Payload::Batch(Batch::null()));
     let durable = Durable {
         term: 2,
         voted_for: Some(ValidatorId(0)),

@@ -47,77 +47,38 @@ fn free_base(count: u16) -> u16 {
 impl Net {
     /// Writes a network with `tally testnet` (extra args passed through) and starts it.
     pub fn start(validators: usize, extra: &[&str]) -> Net {
+        let (dir, out) = Net::write(validators, extra);
+        let wrap = vec![Vec::new(); validators];
+        Net::launch_written(dir, &out, wrap)
+    }
+
+    /// Writes a network with `tally testnet` without starting it (trying other free ports
+    /// when one was taken between the probe and the write).
+    pub fn write(validators: usize, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("net");
+        let n = validators.to_string();
         let mut last = String::new();
         for _ in 0..5 {
             let base = free_base(validators as u16 * 10 + 3).to_string();
             let mut args = vec![
                 "testnet",
                 "--validators",
-                "4",
+                &n,
                 "--out",
                 out.to_str().unwrap(),
                 "--base-port",
                 &base,
             ];
-            let n = validators.to_string();
-            args[2] = &n;
             args.extend_from_slice(extra);
             let o = Command::new(TALLY).args(&args).output().unwrap();
             if o.status.success() {
-                last.clear();
-                break;
+                return (dir, out);
             }
             last = String::from_utf8_lossy(&o.stderr).to_string();
             let _ = std::fs::remove_dir_all(&out);
         }
-        assert!(last.is_empty(), "tally testnet failed: {last}");
-        let info = NetworkInfo::load(&out.join("network.json")).unwrap();
-        let clients = info
-            .nodes
-            .iter()
-            .map(|n| {
-                HttpClientBuilder::default()
-                    .request_timeout(Duration::from_secs(30))
-                    .build(&n.rpc)
-                    .unwrap()
-            })
-            .collect();
-        let chain = ChainId::new(info.chain_id.clone()).unwrap();
-        let mut net = Net {
-            dir,
-            procs: (0..info.nodes.len()).map(|_| None).collect(),
-            wrap: vec![Vec::new(); info.nodes.len()],
-            info,
-            clients,
-            chain,
-        };
-        for i in 0..net.info.nodes.len() {
-            net.launch(i);
-        }
-        net
-    }
-
-    /// Writes a network with `tally testnet` without starting it.
-    pub fn write(validators: usize, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("net");
-        let base = free_base(validators as u16 * 10 + 3).to_string();
-        let n = validators.to_string();
-        let mut args = vec![
-            "testnet",
-            "--validators",
-            &n,
-            "--out",
-            out.to_str().unwrap(),
-            "--base-port",
-            &base,
-        ];
-        args.extend_from_slice(extra);
-        let o = Command::new(TALLY).args(&args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (dir, out)
+        panic!("tally testnet failed: {last}");
     }
 
     /// Starts a network written by [`Net::write`] (and perhaps edited), each node's process
