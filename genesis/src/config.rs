@@ -46,13 +46,88 @@ pub struct RpcConfig {
     /// The most requests in one JSON-RPC batch, and transactions in one `tx_submit_batch`.
     #[serde(default = "default_rpc_batch")]
     pub max_batch: u32,
+    /// TCP connections open at once, from all clients together.
     #[serde(default = "default_rpc_connections")]
     pub max_connections: u32,
+    /// TCP connections open at once from one client address.
+    #[serde(default = "default_rpc_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// JSON-RPC calls per second from one client address (every entry of a JSON-RPC batch
+    /// counts), with bursts of up to twice that; 0 turns the limit off.
+    #[serde(default = "default_rpc_requests_per_second")]
+    pub requests_per_second_per_ip: u32,
+    /// Transactions per second submitted from one client address (`tx_submit`, and every
+    /// entry of a `tx_submit_batch`), with bursts of up to twice that; 0 turns it off.
+    #[serde(default = "default_rpc_transactions_per_second")]
+    pub transactions_per_second_per_ip: u32,
+    /// A call (or a JSON-RPC batch) not answered within this is answered with -32010;
+    /// `tx_wait` is bounded by its own `timeout_ms` instead. Also the time a client has to
+    /// send a request's headers.
+    #[serde(default = "default_rpc_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Block subscriptions open at once on this node, and on one WebSocket connection.
+    #[serde(default = "default_rpc_subscriptions")]
+    pub max_subscriptions: u32,
+    #[serde(default = "default_rpc_subscriptions_per_connection")]
+    pub max_subscriptions_per_connection: u32,
+    /// Messages queued for one WebSocket connection. A subscriber that lets this many pile
+    /// up (it reads slower than blocks commit) is dropped with an error notification.
+    #[serde(default = "default_rpc_subscriber_buffer")]
+    pub subscriber_buffer: u32,
+    /// Which methods need `Authorization: Bearer TOKEN`: `none`, `writes` (`tx_submit`,
+    /// `tx_submit_batch`, `admin_*`) or `all`.
+    #[serde(default)]
+    pub auth: RpcAuth,
+    /// The file holding the token (one line, at least 16 characters, readable by the owner
+    /// only). Required unless `auth = "none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
     /// Serve the `admin_*` methods (leadership transfer). Off by default: turn it on only
     /// where the RPC address is reachable by operators alone (as `tally testnet` does, on
     /// loopback).
     #[serde(default)]
     pub admin: bool,
+}
+
+impl RpcConfig {
+    /// Reads the bearer token named by `auth_token_file` (none when `auth = "none"`). The file
+    /// must be readable by its owner only and hold one line of at least 16 characters.
+    pub fn load_token(&self) -> Result<Option<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        let shown = path.display().to_string();
+        let read = |reason: String| ConfigError::Read {
+            path: shown.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| read(e.to_string()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(read(format!(
+                "mode {mode:o}: a token must not be readable by group or others (chmod 600)"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+        let token = text.trim();
+        if token.len() < 16 || token.contains(char::is_whitespace) {
+            return Err(read(
+                "the token must be one word of at least 16 characters".into(),
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
+/// Who must present the RPC bearer token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RpcAuth {
+    #[default]
+    None,
+    Writes,
+    All,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +166,27 @@ fn default_rpc_batch() -> u32 {
 }
 fn default_rpc_connections() -> u32 {
     256
+}
+fn default_rpc_connections_per_ip() -> u32 {
+    32
+}
+fn default_rpc_requests_per_second() -> u32 {
+    1000
+}
+fn default_rpc_transactions_per_second() -> u32 {
+    20_000
+}
+fn default_rpc_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_rpc_subscriptions() -> u32 {
+    128
+}
+fn default_rpc_subscriptions_per_connection() -> u32 {
+    8
+}
+fn default_rpc_subscriber_buffer() -> u32 {
+    64
 }
 fn default_mempool_txs() -> u32 {
     20_000
@@ -132,6 +228,15 @@ impl NodeConfig {
                 max_body_bytes: default_rpc_body(),
                 max_batch: default_rpc_batch(),
                 max_connections: default_rpc_connections(),
+                max_connections_per_ip: default_rpc_connections_per_ip(),
+                requests_per_second_per_ip: default_rpc_requests_per_second(),
+                transactions_per_second_per_ip: default_rpc_transactions_per_second(),
+                request_timeout_ms: default_rpc_request_timeout_ms(),
+                max_subscriptions: default_rpc_subscriptions(),
+                max_subscriptions_per_connection: default_rpc_subscriptions_per_connection(),
+                subscriber_buffer: default_rpc_subscriber_buffer(),
+                auth: RpcAuth::None,
+                auth_token_file: None,
                 admin: false,
             },
             metrics: MetricsConfig { listen: metrics },
@@ -170,11 +275,44 @@ impl NodeConfig {
                 reason: "max_txs and max_bytes must be positive".into(),
             });
         }
+        let rpc = &config.rpc;
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: shown.clone(),
+            field,
+            reason: reason.into(),
+        };
+        if rpc.max_connections == 0 || rpc.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "rpc",
+                "max_connections and max_connections_per_ip must be positive",
+            ));
+        }
+        if !(100..=600_000).contains(&rpc.request_timeout_ms) {
+            return Err(invalid(
+                "rpc.request_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if rpc.max_subscriptions_per_connection == 0 || rpc.subscriber_buffer < 2 {
+            return Err(invalid(
+                "rpc",
+                "max_subscriptions_per_connection must be positive and subscriber_buffer at least 2",
+            ));
+        }
+        if (rpc.auth == RpcAuth::None) != rpc.auth_token_file.is_none() {
+            return Err(invalid(
+                "rpc.auth_token_file",
+                "set it exactly when rpc.auth is \"writes\" or \"all\"",
+            ));
+        }
         for p in [
             &mut config.genesis_file,
             &mut config.key_file,
             &mut config.data_dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.rpc.auth_token_file.as_mut())
+        {
             if p.is_relative() {
                 *p = home.join(&*p);
             }

@@ -326,3 +326,66 @@ fn watermark_window_is_bounded_by_the_validator_count() {
     g["consensus"]["watermark_window"] = json!(max_watermark_window(4));
     parse(&g).unwrap();
 }
+
+/// The RPC limits and authentication settings of `config.toml`: defaults when absent, each
+/// inconsistent setting refused with the field named, and the token file's own rules.
+#[test]
+fn rpc_limits_and_auth_in_the_node_config() {
+    use std::os::unix::fs::PermissionsExt;
+    use tally_genesis::config::RpcAuth;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let base = NodeConfig::new(
+        "v0",
+        "127.0.0.1:1".into(),
+        "127.0.0.1:2".into(),
+        "127.0.0.1:3".into(),
+    );
+    base.write(home).unwrap();
+    let loaded = NodeConfig::load(home).unwrap();
+    assert_eq!(loaded.rpc.auth, RpcAuth::None);
+    assert_eq!(loaded.rpc.load_token().unwrap(), None);
+    assert_eq!(loaded.rpc.requests_per_second_per_ip, 1000);
+
+    let with = |edit: &dyn Fn(&mut NodeConfig)| {
+        let mut c = base.clone();
+        edit(&mut c);
+        c.write(home).unwrap();
+        NodeConfig::load(home)
+    };
+    let refused = |edit: &dyn Fn(&mut NodeConfig), field: &str| {
+        let e = with(edit).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    };
+    refused(&|c| c.rpc.auth = RpcAuth::Writes, "rpc.auth_token_file");
+    refused(
+        &|c| c.rpc.auth_token_file = Some("token".into()),
+        "rpc.auth_token_file",
+    );
+    refused(&|c| c.rpc.request_timeout_ms = 5, "rpc.request_timeout_ms");
+    refused(&|c| c.rpc.max_connections_per_ip = 0, "rpc");
+    refused(&|c| c.rpc.subscriber_buffer = 1, "rpc");
+
+    let token = home.join("token");
+    let loaded = with(&|c| {
+        c.rpc.auth = RpcAuth::All;
+        c.rpc.auth_token_file = Some("token".into());
+    })
+    .unwrap();
+    assert_eq!(loaded.rpc.auth_token_file.as_deref(), Some(token.as_path()));
+    assert!(
+        loaded.rpc.load_token().is_err(),
+        "a missing file is refused"
+    );
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = loaded.rpc.load_token().unwrap_err().to_string();
+    assert!(e.contains("group or others"), "{e}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        loaded.rpc.load_token().unwrap().as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    std::fs::write(&token, "short\n").unwrap();
+    assert!(loaded.rpc.load_token().is_err(), "a short token is refused");
+}

@@ -141,6 +141,8 @@ pub struct Metrics {
     pub process_resident_memory: Gauge,
     pub process_open_fds: Gauge,
     pub rpc_requests: Family<MethodLabels, Counter>,
+    pub rpc_refusals: Family<ReasonLabels, Counter>,
+    pub rpc_subscriptions: Gauge,
     pub validators: Gauge,
     pub quorum_size: Gauge,
 }
@@ -195,6 +197,8 @@ impl Metrics {
             process_resident_memory: Gauge::default(),
             process_open_fds: Gauge::default(),
             rpc_requests: Family::default(),
+            rpc_refusals: Family::default(),
+            rpc_subscriptions: Gauge::default(),
             validators: Gauge::default(),
             quorum_size: Gauge::default(),
             registry: Registry::default(),
@@ -445,6 +449,17 @@ impl Metrics {
             m.rpc_requests.clone(),
         );
         r.register(
+            "tally_rpc_refusals",
+            "RPC connections, calls and subscriptions refused or dropped by the node's limits, \
+             by reason",
+            m.rpc_refusals.clone(),
+        );
+        r.register(
+            "tally_rpc_subscriptions",
+            "Block subscriptions open on this node",
+            m.rpc_subscriptions.clone(),
+        );
+        r.register(
             "tally_validators",
             "Validators in the genesis (n)",
             m.validators.clone(),
@@ -562,6 +577,18 @@ impl Metrics {
         let _ = self.consensus_rejections.get_or_create(&ReasonLabels {
             reason: "none".into(),
         });
+        for reason in [
+            "connection_limit",
+            "rate_limited",
+            "unauthorized",
+            "timeout",
+            "subscription_limit",
+            "slow_subscriber",
+        ] {
+            let _ = self.rpc_refusals.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
     }
 
     pub fn encode_openmetrics(&self) -> String {

@@ -536,15 +536,39 @@ pub async fn run(home: &Path) -> Result<()> {
     }
 
     let rpc_addr = socket(&config.rpc.listen)?;
+    let rpc_config = &config.rpc;
+    let token = rpc_config
+        .load_token()?
+        .map(|t| rpc::limits::Token::new(&t));
+    let policy = Arc::new(rpc::limits::Policy {
+        calls: rpc::limits::RateLimiter::new(rpc_config.requests_per_second_per_ip),
+        transactions: rpc::limits::RateLimiter::new(rpc_config.transactions_per_second_per_ip),
+        auth: rpc_config.auth,
+        timeout: std::time::Duration::from_millis(rpc_config.request_timeout_ms),
+        metrics: shared.metrics.clone(),
+    });
     let rpc_handle = rpc::serve(
         rpc_addr,
-        config.rpc.max_body_bytes,
-        config.rpc.max_connections,
+        rpc::server::Limits {
+            max_body_bytes: rpc_config.max_body_bytes,
+            max_batch: rpc_config.max_batch,
+            max_connections: rpc_config.max_connections,
+            max_connections_per_ip: rpc_config.max_connections_per_ip,
+            subscriber_buffer: rpc_config.subscriber_buffer,
+            token,
+            policy: policy.clone(),
+        },
         RpcCtx {
             shared: shared.clone(),
             admission,
-            max_batch: config.rpc.max_batch as usize,
-            admin: config.rpc.admin.then(|| driver_tx.clone()),
+            max_batch: rpc_config.max_batch as usize,
+            admin: rpc_config.admin.then(|| driver_tx.clone()),
+            policy,
+            subscriptions: rpc::limits::Subscriptions::new(
+                rpc_config.max_subscriptions,
+                rpc_config.max_subscriptions_per_connection,
+                shared.metrics.clone(),
+            ),
         },
     )
     .await?;

@@ -13,6 +13,8 @@ use tally_crypto::{ChainId, SecretKey, keyfile};
 use tally_genesis::testnet::NetworkInfo;
 use tally_ledger::{Action, SignedTransaction, Transaction};
 
+pub mod raw;
+
 pub const TALLY: &str = env!("CARGO_BIN_EXE_tally");
 
 pub struct Net {

@@ -327,7 +327,9 @@ pub(super) async fn drive(
                                     if e["code"] == crate::rpc::codes::MEMPOOL_FULL {
                                         full.fetch_add(1, Ordering::Relaxed);
                                         retry(i);
-                                    } else if e["code"] == crate::rpc::codes::OVERLOADED {
+                                    } else if e["code"] == crate::rpc::codes::OVERLOADED
+                                        || e["code"] == crate::rpc::codes::RATE_LIMITED
+                                    {
                                         overloaded.fetch_add(1, Ordering::Relaxed);
                                         retry(i);
                                     } else {

@@ -1,20 +1,21 @@
-//! JSON-RPC 2.0 over HTTP and WebSocket (`docs/rpc.md` is the contract).
+//! JSON-RPC 2.0 over HTTP and WebSocket (`docs/rpc.md` is the contract): the methods here,
+//! the limits every call passes first in `limits`, the accept loop in `server`.
+
+pub mod limits;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::SubscriptionResult;
-use jsonrpsee::server::{
-    BatchRequestConfig, PendingSubscriptionSink, RpcModule, Server, ServerConfig, ServerHandle,
-    SubscriptionMessage,
-};
+use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, ServerHandle, SubscriptionMessage};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_consensus::pbft::Evidence;
 use tally_crypto::{Digest, PublicKey};
 use tally_ledger::{TxError, TxLocation, TxOutcome};
-use tally_monitoring::MethodLabels;
+use tally_monitoring::{MethodLabels, Metrics};
 
 use crate::execution::block::StoredBlock;
 use crate::ingress::admission::{Admission, SubmitError};
@@ -41,6 +42,14 @@ pub mod codes {
     /// The request cannot be carried out in the node's current role (a leadership transfer
     /// asked of a node that does not lead, or under a protocol without transfers).
     pub const NOT_APPLICABLE: i32 = -32014;
+    /// Past this client address's rate of calls or of transactions; `data.retry_after_ms`.
+    pub const RATE_LIMITED: i32 = -32015;
+    /// The method needs `Authorization: Bearer TOKEN` on this node.
+    pub const UNAUTHORIZED: i32 = -32016;
+    /// Past the node's or the connection's subscription cap.
+    pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32017;
+    /// In a subscription's closing error notification: the subscriber read too slowly.
+    pub const SUBSCRIBER_TOO_SLOW: i32 = -32018;
 }
 
 pub struct RpcCtx {
@@ -49,6 +58,8 @@ pub struct RpcCtx {
     pub max_batch: usize,
     /// `admin_*` methods: the driver's queue, when the config enables them.
     pub admin: Option<tokio::sync::mpsc::Sender<crate::driver::DriverInput>>,
+    pub policy: Arc<limits::Policy>,
+    pub subscriptions: Arc<limits::Subscriptions>,
 }
 
 fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorObjectOwned {
@@ -388,16 +399,16 @@ fn count(shared: &Shared, method: &str) {
 
 pub async fn serve(
     listen: std::net::SocketAddr,
-    max_body_bytes: u32,
-    max_connections: u32,
+    limits: server::Limits,
     ctx: RpcCtx,
 ) -> anyhow::Result<ServerHandle> {
-    let max_batch = ctx.max_batch as u32;
     let mut module = RpcModule::new(ctx);
 
-    module.register_async_method("tx_submit", |params, ctx, _| async move {
+    module.register_async_method("tx_submit", |params, ctx, ext| async move {
         count(&ctx.shared, "tx_submit");
         let p: TxParams = params.parse()?;
+        ctx.policy
+            .admit_transactions(ext.get::<limits::Caller>(), 1)?;
         let bytes = parse_hex_tx(&p.tx)?;
         match ctx.admission.submit(&bytes).await {
             Ok(hash) => Ok::<Value, ErrorObjectOwned>(json!({ "hash": hash.to_hex() })),
@@ -405,7 +416,7 @@ pub async fn serve(
         }
     })?;
 
-    module.register_async_method("tx_submit_batch", |params, ctx, _| async move {
+    module.register_async_method("tx_submit_batch", |params, ctx, ext| async move {
         count(&ctx.shared, "tx_submit_batch");
         let p: TxsParams = params.parse()?;
         if p.txs.len() > ctx.max_batch {
@@ -415,6 +426,8 @@ pub async fn serve(
                 ctx.max_batch
             )));
         }
+        ctx.policy
+            .admit_transactions(ext.get::<limits::Caller>(), p.txs.len())?;
         let mut decoded = Vec::with_capacity(p.txs.len());
         let mut slots = Vec::with_capacity(p.txs.len());
         for tx in &p.txs {
@@ -620,40 +633,60 @@ pub async fn serve(
             count(&ctx.shared, "subscribe_blocks");
             let p = subscribe_params(params.as_str())?;
             let include_txs = p.include_txs.unwrap_or(true);
+            let _permit = match ctx.subscriptions.try_open(pending.connection_id().0) {
+                Ok(permit) => permit,
+                Err(e) => {
+                    pending.reject(e).await;
+                    return Ok(());
+                }
+            };
             let mut rx = ctx.shared.blocks.subscribe();
-            let sink = pending.accept().await?;
+            let mut sink = pending.accept().await?;
             loop {
-                match rx.recv().await {
-                    Ok(c) => {
-                        let json =
-                            block_json(&ctx.shared, &c.block, Some(&c.tx_hashes), include_txs);
-                        let msg = SubscriptionMessage::new(
-                            sink.method_name(),
-                            sink.subscription_id(),
-                            &json,
-                        )?;
-                        if sink.send(msg).await.is_err() {
-                            break;
-                        }
+                let block = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = sink.closed() => break,
+                };
+                let c = match block {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        return Err(slow_subscriber(&ctx.shared, None));
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => break,
+                };
+                let json = block_json(&ctx.shared, &c.block, Some(&c.tx_hashes), include_txs);
+                let msg =
+                    SubscriptionMessage::new(sink.method_name(), sink.subscription_id(), &json)?;
+                // Never wait for a slow reader: what is queued for a connection is bounded by
+                // `[rpc] subscriber_buffer`, and a subscriber that fills it is dropped.
+                match sink.try_send(msg) {
+                    Ok(()) => {}
+                    Err(jsonrpsee::core::server::TrySendError::Full(_)) => {
+                        return Err(slow_subscriber(&ctx.shared, Some(c.block.header.height)));
+                    }
+                    Err(jsonrpsee::core::server::TrySendError::Closed(_)) => break,
                 }
             }
             SubscriptionResult::Ok(())
         },
     )?;
 
-    let config = ServerConfig::builder()
-        .max_request_body_size(max_body_bytes)
-        .max_response_body_size(64 * 1024 * 1024)
-        .max_connections(max_connections)
-        .set_batch_request_config(BatchRequestConfig::Limit(max_batch))
-        .build();
-    let server = Server::builder().set_config(config).build(listen).await?;
-    Ok(server.start(module))
+    server::start(listen, limits, module).await
 }
 
+/// The error notification that ends a subscription whose reader fell behind: the client
+/// resubscribes and fills the gap with `block_get` from the last height it saw.
+fn slow_subscriber(shared: &Shared, height: Option<u64>) -> jsonrpsee::core::SubscriptionError {
+    Metrics::inc_reason(&shared.metrics.rpc_refusals, "slow_subscriber");
+    let error = json!({
+        "code": codes::SUBSCRIBER_TOO_SLOW,
+        "message": "the subscriber read too slowly and was dropped; resubscribe and fill the gap with block_get",
+        "data": { "reason": "slow_subscriber", "dropped_height": height },
+    });
+    jsonrpsee::core::SubscriptionError::from_json(
+        serde_json::value::to_raw_value(&error).expect("a JSON value serialises"),
+    )
+}
 #[cfg(test)]
 mod tests {
     use super::*;
