@@ -34,6 +34,10 @@ pub struct P2pConfig {
     /// Public keys of non-validator peers (observers) allowed to connect.
     #[serde(default)]
     pub observers: Vec<PublicKey>,
+    /// Consensus and batch-stream frames a second (averaged over 10 s) beyond which a peer is
+    /// banned as a flood; 0 turns the rule off (`docs/security.md`).
+    #[serde(default = "default_flood_frames_per_second")]
+    pub flood_frames_per_second: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +171,9 @@ fn default_rpc_batch() -> u32 {
 fn default_rpc_connections() -> u32 {
     256
 }
+fn default_flood_frames_per_second() -> u32 {
+    2000
+}
 fn default_rpc_connections_per_ip() -> u32 {
     32
 }
@@ -222,6 +229,7 @@ impl NodeConfig {
             p2p: P2pConfig {
                 listen: p2p,
                 observers: vec![],
+                flood_frames_per_second: default_flood_frames_per_second(),
             },
             rpc: RpcConfig {
                 listen: rpc,

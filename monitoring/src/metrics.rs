@@ -142,6 +142,8 @@ pub struct Metrics {
     pub process_open_fds: Gauge,
     pub rpc_requests: Family<MethodLabels, Counter>,
     pub rpc_refusals: Family<ReasonLabels, Counter>,
+    pub peer_offences: Family<ReasonLabels, Counter>,
+    pub peer_bans: Counter,
     pub rpc_subscriptions: Gauge,
     pub validators: Gauge,
     pub quorum_size: Gauge,
@@ -198,6 +200,8 @@ impl Metrics {
             process_open_fds: Gauge::default(),
             rpc_requests: Family::default(),
             rpc_refusals: Family::default(),
+            peer_offences: Family::default(),
+            peer_bans: Counter::default(),
             rpc_subscriptions: Gauge::default(),
             validators: Gauge::default(),
             quorum_size: Gauge::default(),
@@ -455,6 +459,17 @@ impl Metrics {
             m.rpc_refusals.clone(),
         );
         r.register(
+            "tally_peer_offences",
+            "Things peers did that honest ones never do (undecodable frames, bad signatures, \
+             frames over a limit, batch-stream misbehaviour, floods), by reason",
+            m.peer_offences.clone(),
+        );
+        r.register(
+            "tally_peer_bans",
+            "Peers banned (disconnected and refused for a while) for their offences",
+            m.peer_bans.clone(),
+        );
+        r.register(
             "tally_rpc_subscriptions",
             "Block subscriptions open on this node",
             m.rpc_subscriptions.clone(),
@@ -586,6 +601,17 @@ impl Metrics {
             "slow_subscriber",
         ] {
             let _ = self.rpc_refusals.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        for reason in [
+            "undecodable",
+            "bad_signature",
+            "oversized_frame",
+            "batch_misbehaviour",
+            "flood",
+        ] {
+            let _ = self.peer_offences.get_or_create(&ReasonLabels {
                 reason: reason.into(),
             });
         }

@@ -236,6 +236,11 @@ pub async fn run(home: &Path) -> Result<()> {
         observers: config.p2p.observers.clone(),
     })?;
 
+    let conduct = crate::ingress::conduct::Conduct::new(
+        p2p.clone(),
+        shared.metrics.clone(),
+        config.p2p.flood_frames_per_second,
+    );
     let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
     let (exec_tx, exec_rx) = mpsc::channel(crate::execution::executor::COMMANDS_MAX);
     let (executed_tx, executed_rx) = mpsc::unbounded_channel();
@@ -254,12 +259,14 @@ pub async fn run(home: &Path) -> Result<()> {
             key.clone(),
             rule,
             driver_tx.clone(),
+            conduct.clone(),
         )?)
     } else {
         None
     };
     let admission = Admission::new(shared.clone(), p2p.clone(), batch_path.clone());
-    let verifier = admission::consensus_verifier(shared.clone(), driver_tx.clone());
+    let verifier =
+        admission::consensus_verifier(shared.clone(), driver_tx.clone(), conduct.clone());
     // Long-running tasks with timers: stopped before the runtime is dropped (a timer polled
     // while the runtime shuts down panics).
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -415,47 +422,58 @@ pub async fn run(home: &Path) -> Result<()> {
                     // PBFT messages are signed: checked by the verifier pool before the driver
                     // sees them. Raft's are not (crash faults): the sender is the validator
                     // whose key authenticated the connection.
-                    P2pEvent::Consensus { from, bytes } => match protocol {
-                        tally_genesis::Protocol::Pbft => match Message::decode(&bytes) {
-                            Ok(msg) => {
-                                if !verifier.submit(msg, ()) {
-                                    dropped_in(&shared);
-                                }
-                            }
-                            Err(_) => Metrics::inc_reason(
-                                &shared.metrics.consensus_rejections,
-                                "undecodable",
-                            ),
-                        },
-                        crash_protocol => {
-                            let sender = shared.validators.id_of(&from);
-                            let msg = match crash_protocol {
-                                tally_genesis::Protocol::Raft => {
-                                    tally_consensus::raft::Message::decode(&bytes).map(|mut m| {
-                                        m.from = sender.unwrap_or(m.from);
-                                        PeerMessage::Raft(m)
-                                    })
-                                }
-                                _ => {
-                                    tally_consensus::paxos::Message::decode(&bytes).map(|mut m| {
-                                        m.from = sender.unwrap_or(m.from);
-                                        PeerMessage::Paxos(m)
-                                    })
-                                }
-                            };
-                            match (sender, msg) {
-                                (Some(_), Some(msg)) => {
-                                    if driver_tx.try_send(DriverInput::Message(msg)).is_err() {
+                    P2pEvent::Consensus { from, bytes } => {
+                        conduct.frame(&from);
+                        match protocol {
+                            tally_genesis::Protocol::Pbft => match Message::decode(&bytes) {
+                                Ok(msg) => {
+                                    if !verifier.submit(msg, from) {
                                         dropped_in(&shared);
                                     }
                                 }
-                                _ => Metrics::inc_reason(
-                                    &shared.metrics.consensus_rejections,
-                                    "undecodable",
-                                ),
+                                Err(_) => {
+                                    Metrics::inc_reason(
+                                        &shared.metrics.consensus_rejections,
+                                        "undecodable",
+                                    );
+                                    conduct.offence(&from, "undecodable");
+                                }
+                            },
+                            crash_protocol => {
+                                let sender = shared.validators.id_of(&from);
+                                let msg = match crash_protocol {
+                                    tally_genesis::Protocol::Raft => {
+                                        tally_consensus::raft::Message::decode(&bytes).map(
+                                            |mut m| {
+                                                m.from = sender.unwrap_or(m.from);
+                                                PeerMessage::Raft(m)
+                                            },
+                                        )
+                                    }
+                                    _ => tally_consensus::paxos::Message::decode(&bytes).map(
+                                        |mut m| {
+                                            m.from = sender.unwrap_or(m.from);
+                                            PeerMessage::Paxos(m)
+                                        },
+                                    ),
+                                };
+                                match (sender, msg) {
+                                    (Some(_), Some(msg)) => {
+                                        if driver_tx.try_send(DriverInput::Message(msg)).is_err() {
+                                            dropped_in(&shared);
+                                        }
+                                    }
+                                    _ => {
+                                        Metrics::inc_reason(
+                                            &shared.metrics.consensus_rejections,
+                                            "undecodable",
+                                        );
+                                        conduct.offence(&from, "undecodable");
+                                    }
+                                }
                             }
                         }
-                    },
+                    }
                     P2pEvent::Gossip { id, from, bytes } => {
                         // At most GOSSIP_IN_FLIGHT bundles are being admitted at once (bounded
                         // memory); beyond that a bundle is stashed unverified.
@@ -470,8 +488,9 @@ pub async fn run(home: &Path) -> Result<()> {
                             Err(_) => admission.stash_gossip(id, bytes),
                         }
                     }
-                    P2pEvent::SyncRequest { id, bytes, .. } => {
+                    P2pEvent::SyncRequest { id, bytes, from } => {
                         let Some(request) = wire::decode::<SyncRequest>(&bytes) else {
+                            conduct.offence(&from, "undecodable");
                             p2p.respond(
                                 id,
                                 wire::encode(&SyncResponse::Error("malformed request".into())),
@@ -511,6 +530,7 @@ pub async fn run(home: &Path) -> Result<()> {
                     // any: counted and dropped.
                     P2pEvent::Batches { from, bytes } => match &batch_path {
                         Some(path) => {
+                            conduct.frame(&from);
                             let input =
                                 crate::batches::service::ServiceInput::Frame { from, bytes };
                             if !path.submit(input) {
@@ -522,6 +542,7 @@ pub async fn run(home: &Path) -> Result<()> {
                             "batch_stream",
                         ),
                     },
+                    P2pEvent::Misbehaved { from, what } => conduct.offence(&from, what),
                     P2pEvent::PeerConnected(k) => shared.update_status(|s| {
                         if !s.peers.contains(&k) {
                             s.peers.push(k);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::raw::{self, Http};
 use support::{Net, metric};
-use tally_genesis::NodeConfig;
 use tally_genesis::config::RpcAuth;
 use tally_ledger::{Action, Transaction};
 
@@ -27,24 +26,24 @@ fn code(v: &Value) -> i64 {
 
 /// Node 0 with small limits and `auth = "writes"`; the others with the defaults.
 fn network() -> Net {
-    let (dir, out) = Net::write(4, &[]);
-    let home = out.join("node0");
-    let mut config = NodeConfig::load(&home).unwrap();
-    let token = home.join("rpc.token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    config.rpc.auth = RpcAuth::Writes;
-    config.rpc.auth_token_file = Some(token);
-    config.rpc.requests_per_second_per_ip = 50;
-    config.rpc.transactions_per_second_per_ip = 20;
-    config.rpc.max_connections_per_ip = 4;
-    config.rpc.request_timeout_ms = 1000;
-    config.rpc.max_subscriptions = 3;
-    config.rpc.max_subscriptions_per_connection = 2;
-    config.rpc.subscriber_buffer = 4;
-    config.write(&home).unwrap();
-    Net::launch_written(dir, &out, vec![Vec::new(); 4])
+    Net::start_with(4, &[], |i, home, config| {
+        if i != 0 {
+            return;
+        }
+        let token = home.join("rpc.token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        config.rpc.auth = RpcAuth::Writes;
+        config.rpc.auth_token_file = Some(token);
+        config.rpc.requests_per_second_per_ip = 50;
+        config.rpc.transactions_per_second_per_ip = 20;
+        config.rpc.max_connections_per_ip = 4;
+        config.rpc.request_timeout_ms = 1000;
+        config.rpc.max_subscriptions = 3;
+        config.rpc.max_subscriptions_per_connection = 2;
+        config.rpc.subscriber_buffer = 4;
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,12 @@ pub enum P2pEvent {
         id: u64,
         bytes: Vec<u8>,
     },
+    /// A peer broke a stream's framing rules (`what`: `oversized_frame`); the stream was
+    /// closed. The node decides what that costs the peer ([`P2pHandle::ban`]).
+    Misbehaved {
+        from: PublicKey,
+        what: &'static str,
+    },
     PeerConnected(PublicKey),
     PeerDisconnected(PublicKey),
 }
@@ -185,6 +191,10 @@ pub(crate) enum Command {
     Scores {
         reply: oneshot::Sender<Vec<(PublicKey, f64)>>,
     },
+    Ban {
+        key: PublicKey,
+        duration: std::time::Duration,
+    },
 }
 
 /// The node's side of the p2p task.
@@ -264,6 +274,13 @@ impl P2pHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// Disconnects `key` and refuses its connections (both ways) for `duration`; a later ban
+    /// replaces an earlier one. Only peers this node knows (validators, observers) can be
+    /// banned: nobody else gets past the handshake anyway.
+    pub fn ban(&self, key: PublicKey, duration: std::time::Duration) {
+        self.command(Command::Ban { key, duration });
+    }
+
     /// The gossip peer score of each connected peer (negative after invalid bundles; below
     /// the gossip thresholds its messages are ignored).
     pub async fn peer_scores(&self) -> Vec<(PublicKey, f64)> {
@@ -302,3 +319,6 @@ pub fn multiaddr(address: &str) -> Result<libp2p::Multiaddr, P2pError> {
     };
     text.parse().map_err(|_| bad("not a valid address"))
 }
+
+#[cfg(test)]
+mod abuse_tests;

@@ -42,6 +42,9 @@ pub enum Event {
     Frame { peer: PeerId, bytes: Vec<u8> },
     /// Frames that were not sent: a connection's queue was full or its stream failed.
     Dropped { count: u64 },
+    /// `peer` broke the stream's rules (a frame longer than the limit): its stream was
+    /// closed. Never done by an honest peer of the same version.
+    Violation { peer: PeerId, what: &'static str },
 }
 
 /// Frames of at most this many bytes take the small-frame lane when lanes are on.
@@ -144,6 +147,7 @@ impl NetworkBehaviour for Behaviour {
         let event = match event {
             HandlerOut::Frame(bytes) => Event::Frame { peer, bytes },
             HandlerOut::Dropped(count) => Event::Dropped { count },
+            HandlerOut::Violation(what) => Event::Violation { peer, what },
         };
         self.events.push_back(ToSwarm::GenerateEvent(event));
     }
@@ -180,6 +184,7 @@ impl NetworkBehaviour for Behaviour {
 pub enum HandlerOut {
     Frame(Vec<u8>),
     Dropped(u64),
+    Violation(&'static str),
 }
 
 enum Out {
@@ -365,6 +370,13 @@ impl ConnectionHandler for Handler {
                         .push_back(read_frame(stream, self.frame_max).boxed());
                     return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
                         HandlerOut::Frame(frame),
+                    ));
+                }
+                // A frame over the limit (the length prefix says so before any body is
+                // read): the stream is dropped and the peer reported.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                        HandlerOut::Violation("oversized_frame"),
                     ));
                 }
                 // Closed or broken: the peer opens another when it has something to send.

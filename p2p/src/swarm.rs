@@ -56,6 +56,8 @@ struct Task {
     sync_requests: HashMap<OutboundRequestId, (PeerId, SyncReply)>,
     inbound_sync: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
+    /// Banned peers and when their ban ends (at most one entry per known peer).
+    bans: HashMap<PeerId, Instant>,
 }
 
 type SyncReply = oneshot::Sender<Result<Vec<u8>, P2pError>>;
@@ -225,6 +227,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
         sync_requests: HashMap::new(),
         inbound_sync: HashMap::new(),
         next_inbound: 0,
+        bans: HashMap::new(),
     };
     tokio::spawn(task.run(commands));
     Ok((
@@ -293,9 +296,26 @@ impl Task {
 
     fn redial(&mut self) {
         let now = Instant::now();
+        let ended: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            self.bans.remove(&id);
+            self.swarm.behaviour_mut().allow.allow_peer(id);
+            if let Some(p) = self.peers.get_mut(&id) {
+                info!(peer = %p.key, "ban ended");
+                p.backoff = BACKOFF_MIN;
+                if p.address.is_some() {
+                    p.next_dial = Some(now);
+                }
+            }
+        }
         let mut due = Vec::new();
         for (id, p) in self.peers.iter_mut() {
-            if p.connected {
+            if p.connected || self.bans.contains_key(id) {
                 continue;
             }
             if let (Some(at), Some(addr)) = (p.next_dial, &p.address)
@@ -426,6 +446,17 @@ impl Task {
                     .map(|p| p.key)
                     .collect();
                 let _ = reply.send(keys);
+            }
+            Command::Ban { key, duration } => {
+                let Ok(id) = peer_id(&key) else { return };
+                if !self.peers.contains_key(&id) {
+                    return;
+                }
+                warn!(peer = %key, seconds = duration.as_secs(), "peer banned");
+                self.bans.insert(id, Instant::now() + duration);
+                // Off the allow list: its connections close and new ones are denied.
+                self.swarm.behaviour_mut().allow.disallow_peer(id);
+                let _ = self.swarm.disconnect_peer_id(id);
             }
             Command::Scores { reply } => {
                 let gossip = &self.swarm.behaviour().gossip;
@@ -570,6 +601,12 @@ impl Task {
                     && let Some(from) = self.key_of(&peer)
                 {
                     self.emit(P2pEvent::Consensus { from, bytes });
+                }
+            }
+            BehaviourEvent::Consensus(crate::pipe::Event::Violation { peer, what })
+            | BehaviourEvent::Batches(crate::pipe::Event::Violation { peer, what }) => {
+                if let Some(from) = self.key_of(&peer) {
+                    self.emit(P2pEvent::Misbehaved { from, what });
                 }
             }
             BehaviourEvent::Consensus(crate::pipe::Event::Dropped { count }) => {

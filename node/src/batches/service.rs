@@ -164,6 +164,7 @@ pub fn spawn(
     key: SecretKey,
     rule: CutRule,
     driver: mpsc::Sender<DriverInput>,
+    conduct: Arc<crate::ingress::conduct::Conduct>,
 ) -> anyhow::Result<Arc<BatchPath>> {
     let me = shared
         .me
@@ -210,6 +211,7 @@ pub fn spawn(
         proven: Default::default(),
         driver,
         next_reannounce: Instant::now() + REANNOUNCE_EVERY,
+        conduct,
     };
     // This node's batches stored before a restart and not yet in a block: collect their
     // attestations again (attesters sign the same batch again; the number is not reused).
@@ -235,6 +237,7 @@ struct Task {
     proven: std::collections::BTreeMap<u64, BatchProof>,
     driver: mpsc::Sender<DriverInput>,
     next_reannounce: Instant,
+    conduct: Arc<crate::ingress::conduct::Conduct>,
 }
 
 impl Task {
@@ -415,6 +418,9 @@ impl Task {
             &self.shared.metrics.consensus_rejections,
             "batch_misbehaviour",
         );
+        if let Some(key) = self.shared.validators.public_key(by) {
+            self.conduct.offence(&key, "batch_misbehaviour");
+        }
     }
 
     fn carry_out(&mut self, o: DisseminatorOutput) {
@@ -581,6 +587,7 @@ impl Task {
                 Metrics::inc_kind(&self.shared.metrics.signatures_checked, "attestation", 1);
                 if tally_crypto::verify_one(&self.shared.chain_id, &check).is_err() {
                     Metrics::inc_kind(&self.shared.metrics.signature_rejections, "attestation", 1);
+                    self.conduct.offence(&from, "bad_signature");
                     return;
                 }
                 self.step(DisseminatorInput::Attested {

@@ -630,10 +630,13 @@ fn checked_counter(shared: &Shared, kind: &'static str) -> Arc<dyn Fn(usize) + S
 }
 
 /// Verifies consensus messages off the loop and hands the valid ones to the driver.
+/// A message whose signature fails is an offence of the peer that sent it (`from`, the key
+/// that authenticated the connection): honest validators sign what they send.
 pub fn consensus_verifier(
     shared: Arc<Shared>,
     driver: mpsc::Sender<DriverInput>,
-) -> VerifyPool<Message, ()> {
+    conduct: Arc<crate::ingress::conduct::Conduct>,
+) -> VerifyPool<Message, tally_crypto::PublicKey> {
     let metrics = shared.metrics.clone();
     VerifyPool::spawn(
         Arc::new(shared.validators.clone()),
@@ -644,7 +647,7 @@ pub fn consensus_verifier(
         None,
         checked_counter(&shared, "consensus"),
         Arc::new(
-            move |(), result: Option<Result<Verified<Message>, CryptoError>>| match result {
+            move |from, result: Option<Result<Verified<Message>, CryptoError>>| match result {
                 None => {}
                 Some(Ok(m)) => {
                     let dropped = driver
@@ -662,6 +665,7 @@ pub fn consensus_verifier(
                 Some(Err(e)) => {
                     debug!("consensus message refused: {e}");
                     Metrics::inc_kind(&metrics.signature_rejections, "consensus", 1);
+                    conduct.offence(&from, "bad_signature");
                 }
             },
         ),

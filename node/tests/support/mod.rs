@@ -54,6 +54,23 @@ impl Net {
         Net::launch_written(dir, &out, wrap)
     }
 
+    /// As [`Net::start`], after `edit` changed each node's `config.toml` (called with the
+    /// node's index and home).
+    pub fn start_with(
+        validators: usize,
+        extra: &[&str],
+        edit: impl Fn(usize, &std::path::Path, &mut tally_genesis::NodeConfig),
+    ) -> Net {
+        let (dir, out) = Net::write(validators, extra);
+        for i in 0..validators {
+            let home = out.join(format!("node{i}"));
+            let mut config = tally_genesis::NodeConfig::load(&home).unwrap();
+            edit(i, &home, &mut config);
+            config.write(&home).unwrap();
+        }
+        Net::launch_written(dir, &out, vec![Vec::new(); validators])
+    }
+
     /// Writes a network with `tally testnet` without starting it (trying other free ports
     /// when one was taken between the probe and the write).
     pub fn write(validators: usize, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
@@ -303,6 +320,36 @@ impl Net {
             );
         }
     }
+}
+
+/// Validator `index`'s key and p2p address taken over by this process (its own process
+/// stopped first): the fixture for a lying validator. Returns the p2p handle, its events, the
+/// key and the genesis.
+pub fn impersonate(
+    net: &Net,
+    index: usize,
+) -> (
+    tally_p2p::P2pHandle,
+    tokio::sync::mpsc::Receiver<tally_p2p::P2pEvent>,
+    SecretKey,
+    tally_genesis::Genesis,
+) {
+    let config = tally_genesis::NodeConfig::load(&net.home(index)).unwrap();
+    let key = keyfile::load(&config.key_file).unwrap();
+    let genesis = tally_genesis::Genesis::load(&config.genesis_file).unwrap();
+    let (p2p, events) = tally_p2p::spawn(tally_p2p::P2pConfig {
+        secret_seed: key.seed(),
+        listen: config.p2p.listen.clone(),
+        genesis_hash: genesis.hash(),
+        validators: genesis
+            .validators
+            .iter()
+            .map(|v| (v.public_key, v.p2p.clone()))
+            .collect(),
+        observers: vec![],
+    })
+    .unwrap();
+    (p2p, events, key, genesis)
 }
 
 /// The sum of the samples of `name` (a metric name, with labels or a trailing space to pin
