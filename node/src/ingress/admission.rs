@@ -103,6 +103,8 @@ pub struct Admission {
     /// With data batches: transactions are not gossiped, and too many unproven batches
     /// make the node refuse new ones.
     batches: Option<Arc<crate::batches::service::BatchPath>>,
+    /// Each client address's share of the signature-check queue.
+    shares: Arc<crate::ingress::shares::QueueShares>,
 }
 
 /// Locally admitted transactions waiting to be bundled for gossip. Past this, a transaction
@@ -135,6 +137,7 @@ impl Admission {
             gossip,
             p2p,
             batches,
+            shares: crate::ingress::shares::QueueShares::new(TX_VERIFY_QUEUE),
         }
     }
 
@@ -271,11 +274,20 @@ impl Admission {
         Ok(hash)
     }
 
-    /// Admits one transaction submitted by a client.
-    pub async fn submit(&self, bytes: &[u8]) -> Result<Digest, SubmitError> {
+    /// Admits one transaction submitted by a client (from `client`, its address, when it
+    /// came over the network: each address has its share of the signature-check queue).
+    pub async fn submit(
+        &self,
+        bytes: &[u8],
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Digest, SubmitError> {
         let result = async {
             let tx = self.decode(bytes)?;
             self.room_for(&tx)?;
+            let held = self.shares.take(client, 1);
+            if held.granted == 0 {
+                return Err(SubmitError::Overloaded);
+            }
             let id = (tx.hash(), tx.tx().sender, tx.tx().nonce);
             let verified = self
                 .start_verify(tx)?
@@ -293,12 +305,20 @@ impl Admission {
     }
 
     /// Admits many transactions; they are verified together. One result per transaction,
-    /// in order.
-    pub async fn submit_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Digest, SubmitError>> {
+    /// in order; those beyond `client`'s share of the queue are refused as `overloaded`.
+    pub async fn submit_many(
+        &self,
+        txs: &[Vec<u8>],
+        client: Option<std::net::IpAddr>,
+    ) -> Vec<Result<Digest, SubmitError>> {
+        let held = self.shares.take(client, txs.len());
         let mut pending = Vec::with_capacity(txs.len());
-        for bytes in txs {
+        for (i, bytes) in txs.iter().enumerate() {
             pending.push(self.decode(bytes).and_then(|tx| {
                 self.room_for(&tx)?;
+                if i >= held.granted {
+                    return Err(SubmitError::Overloaded);
+                }
                 let id = (tx.hash(), tx.tx().sender, tx.tx().nonce);
                 Ok((id, self.start_verify(tx)?))
             }));
@@ -319,6 +339,7 @@ impl Admission {
             }
             out.push(r);
         }
+        drop(held);
         out
     }
 

@@ -5,4 +5,5 @@
 pub mod admission;
 pub mod conduct;
 pub mod mempool;
+pub mod shares;
 pub mod verify;

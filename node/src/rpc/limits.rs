@@ -99,6 +99,21 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `ip`'s bucket has less than one token: how long until it has, taking nothing.
+    pub fn exhausted(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if self.per_second == 0.0 {
+            return None;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buckets.get(&ip)?;
+        let level = (b.tokens
+            + now.saturating_duration_since(b.at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        (level < 1.0).then(|| {
+            Duration::from_secs_f64((1.0 - level) / self.per_second).max(Duration::from_millis(1))
+        })
+    }
+
     pub fn tracked(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -337,6 +352,57 @@ impl Policy {
             ),
             Some(json!({ "reason": "request_timeout" })),
         )
+    }
+}
+
+/// The HTTP layer in front of jsonrpsee: a request from an address whose call bucket is
+/// already empty is answered at once with HTTP 429 and the -32015 error, before its body is
+/// read or parsed. A flooding address then costs the node a header parse per request, not a
+/// JSON parse of up to `max_body_bytes`.
+#[derive(Clone)]
+pub struct Gate<S> {
+    pub inner: S,
+    pub policy: Arc<Policy>,
+    pub ip: IpAddr,
+}
+
+type HttpResponse = jsonrpsee::server::HttpResponse;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+where
+    S: tower::Service<http::Request<B>, Response = HttpResponse, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(retry) = self.policy.calls.exhausted(self.ip, Instant::now()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        self.policy.refuse("rate_limited");
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": rate_limited("requests", retry),
+        })
+        .to_string();
+        let response = http::Response::builder()
+            .status(http::StatusCode::TOO_MANY_REQUESTS)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::RETRY_AFTER, retry.as_secs().max(1))
+            .body(jsonrpsee::server::HttpBody::from(body))
+            .expect("a valid response");
+        Box::pin(std::future::ready(Ok(response)))
     }
 }
 

@@ -410,7 +410,8 @@ pub async fn serve(
         ctx.policy
             .admit_transactions(ext.get::<limits::Caller>(), 1)?;
         let bytes = parse_hex_tx(&p.tx)?;
-        match ctx.admission.submit(&bytes).await {
+        let client = ext.get::<limits::Caller>().map(|c| c.ip);
+        match ctx.admission.submit(&bytes, client).await {
             Ok(hash) => Ok::<Value, ErrorObjectOwned>(json!({ "hash": hash.to_hex() })),
             Err(e) => Err(submit_error(&e)),
         }
@@ -439,7 +440,12 @@ pub async fn serve(
                 Err(e) => slots.push(Some(e)),
             }
         }
-        let mut results = ctx.admission.submit_many(&decoded).await.into_iter();
+        let client = ext.get::<limits::Caller>().map(|c| c.ip);
+        let mut results = ctx
+            .admission
+            .submit_many(&decoded, client)
+            .await
+            .into_iter();
         let out: Vec<Value> = slots
             .into_iter()
             .map(|slot| match slot {

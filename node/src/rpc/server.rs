@@ -20,7 +20,7 @@ use jsonrpsee::server::{
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use super::limits::{Caller, ConnectionLimiter, Guard, Policy, Token};
+use super::limits::{Caller, ConnectionLimiter, Gate, Guard, Policy, Token};
 
 /// Everything the accept loop and the per-call checks need from `[rpc]`.
 pub struct Limits {
@@ -101,9 +101,16 @@ pub async fn start(
                 req
             };
             let guard_policy = policy.clone();
+            let gate_policy = policy.clone();
             let service = builder
                 .clone()
-                .set_http_middleware(tower::ServiceBuilder::new().map_request(tag))
+                .set_http_middleware(tower::ServiceBuilder::new().map_request(tag).layer_fn(
+                    move |inner| Gate {
+                        inner,
+                        policy: gate_policy.clone(),
+                        ip,
+                    },
+                ))
                 .set_rpc_middleware(RpcServiceBuilder::new().layer_fn(move |inner| Guard {
                     inner,
                     policy: guard_policy.clone(),
