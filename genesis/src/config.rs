@@ -60,6 +60,11 @@ pub struct RpcConfig {
     /// counts), with bursts of up to twice that; 0 turns the limit off.
     #[serde(default = "default_rpc_requests_per_second")]
     pub requests_per_second_per_ip: u32,
+    /// Request bytes per second from one client address (bodies, charged from their
+    /// `Content-Length` before they are read; 1 MiB for a body without one), with bursts of
+    /// up to twice that; 0 turns it off.
+    #[serde(default = "default_rpc_bytes_per_second")]
+    pub bytes_per_second_per_ip: u64,
     /// Transactions per second submitted from one client address (`tx_submit`, and every
     /// entry of a `tx_submit_batch`), with bursts of up to twice that; 0 turns it off.
     #[serde(default = "default_rpc_transactions_per_second")]
@@ -180,6 +185,9 @@ fn default_rpc_connections_per_ip() -> u32 {
 fn default_rpc_requests_per_second() -> u32 {
     1000
 }
+fn default_rpc_bytes_per_second() -> u64 {
+    16 * 1024 * 1024
+}
 fn default_rpc_transactions_per_second() -> u32 {
     20_000
 }
@@ -238,6 +246,7 @@ impl NodeConfig {
                 max_connections: default_rpc_connections(),
                 max_connections_per_ip: default_rpc_connections_per_ip(),
                 requests_per_second_per_ip: default_rpc_requests_per_second(),
+                bytes_per_second_per_ip: default_rpc_bytes_per_second(),
                 transactions_per_second_per_ip: default_rpc_transactions_per_second(),
                 request_timeout_ms: default_rpc_request_timeout_ms(),
                 max_subscriptions: default_rpc_subscriptions(),

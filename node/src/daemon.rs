@@ -563,6 +563,12 @@ pub async fn run(home: &Path) -> Result<()> {
         .map(|t| rpc::limits::Token::new(&t));
     let policy = Arc::new(rpc::limits::Policy {
         calls: rpc::limits::RateLimiter::new(rpc_config.requests_per_second_per_ip),
+        kib: rpc::limits::RateLimiter::new(
+            rpc_config
+                .bytes_per_second_per_ip
+                .div_ceil(1024)
+                .min(u32::MAX as u64) as u32,
+        ),
         transactions: rpc::limits::RateLimiter::new(rpc_config.transactions_per_second_per_ip),
         auth: rpc_config.auth,
         timeout: std::time::Duration::from_millis(rpc_config.request_timeout_ms),

@@ -68,3 +68,110 @@ pub fn encode<T: BorshSerialize>(v: &T) -> Vec<u8> {
 pub fn decode<T: BorshDeserialize>(bytes: &[u8]) -> Option<T> {
     borsh::from_slice(bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batches::TxBatch;
+    use crate::batches::wire::BatchFrame;
+    use tally_consensus::{BatchProof, ValidatorId, ValidatorSet};
+    use tally_crypto::{SecretKey, Signature};
+
+    /// One frame of each kind a peer can send outside the consensus stream, as the
+    /// `node_frames` fuzz target reads them (a selector byte, then the frame). Each round-trips
+    /// here; with `TALLY_FUZZ_SEEDS=DIR` they are also written to DIR as the fuzz seeds
+    /// (`fuzz/corpus/node_frames` in the repository).
+    #[test]
+    fn node_frames_round_trip_and_make_the_fuzz_seeds() {
+        let keys: Vec<_> = (1..=4u8)
+            .map(|i| SecretKey::from_seed(&[i; 32]).public_key())
+            .collect();
+        let set = ValidatorSet::new(&keys).unwrap();
+        let batch = TxBatch::new(ValidatorId(2), 7, vec![vec![5; 300], vec![6; 200]]);
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
+        for frame in [
+            BatchFrame::Batch {
+                attest: true,
+                batch: batch.clone(),
+            },
+            BatchFrame::Attestation {
+                header: *batch.header(),
+                signature: Signature([7; 64]),
+            },
+            BatchFrame::Fetch {
+                digests: vec![batch.digest(); 2],
+            },
+            BatchFrame::Proofs {
+                proofs: vec![BatchProof {
+                    header: *batch.header(),
+                    attestations: vec![
+                        (ValidatorId(0), Signature([1; 64])),
+                        (ValidatorId(2), Signature([2; 64])),
+                    ],
+                }],
+            },
+            BatchFrame::ProofRequest {
+                digests: vec![batch.digest()],
+            },
+            BatchFrame::Fetched { batch },
+        ] {
+            let bytes = frame.encode();
+            assert_eq!(BatchFrame::decode(&bytes, &set), Ok(frame));
+            seeds.push([&[0u8][..], &bytes].concat());
+        }
+        let bundle = encode(&TxBundle {
+            txs: vec![vec![1; 40], vec![2; 3]],
+        });
+        seeds.push([&[1u8][..], &bundle].concat());
+        for request in [
+            SyncRequest::Status,
+            SyncRequest::Blocks { from: 3, max: 64 },
+            SyncRequest::Txs {
+                hashes: vec![Digest([9; 32])],
+            },
+            SyncRequest::Pending { max: 10 },
+            SyncRequest::Payload {
+                seq: 4,
+                digest: Digest([8; 32]),
+            },
+            SyncRequest::Snapshots,
+            SyncRequest::SnapshotPage {
+                height: 16,
+                after: Some(vec![1, 2]),
+                max_bytes: 4096,
+            },
+        ] {
+            let bytes = encode(&request);
+            assert_eq!(encode(&decode::<SyncRequest>(&bytes).unwrap()), bytes);
+            seeds.push([&[2u8][..], &bytes].concat());
+        }
+        for response in [
+            SyncResponse::Status {
+                height: 5,
+                latest_hash: Digest([3; 32]),
+            },
+            SyncResponse::Blocks(vec![vec![1, 2, 3]]),
+            SyncResponse::Txs(vec![vec![4; 10]]),
+            SyncResponse::Payload(Some(Batch {
+                txs: vec![Digest([5; 32])],
+            })),
+            SyncResponse::Snapshots(vec![16, 32]),
+            SyncResponse::SnapshotPage {
+                entries: vec![(vec![1], vec![2, 3])],
+                done: true,
+            },
+            SyncResponse::Error("no".into()),
+        ] {
+            let bytes = encode(&response);
+            assert_eq!(encode(&decode::<SyncResponse>(&bytes).unwrap()), bytes);
+            seeds.push([&[3u8][..], &bytes].concat());
+        }
+        if let Some(dir) = std::env::var_os("TALLY_FUZZ_SEEDS") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+            }
+        }
+    }
+}

@@ -37,6 +37,7 @@ fn network() -> Net {
         config.rpc.auth = RpcAuth::Writes;
         config.rpc.auth_token_file = Some(token);
         config.rpc.requests_per_second_per_ip = 50;
+        config.rpc.bytes_per_second_per_ip = 64 * 1024;
         config.rpc.transactions_per_second_per_ip = 20;
         config.rpc.max_connections_per_ip = 4;
         config.rpc.request_timeout_ms = 1000;
@@ -133,6 +134,23 @@ async fn rpc_limits_refuse_with_typed_errors_and_spare_other_clients() {
     assert_eq!(code(&r), -32015, "{r}");
     assert!(
         r["error"]["data"]["retry_after_ms"].as_u64().unwrap() >= 1000,
+        "{r}"
+    );
+
+    // Bytes: 64 KiB a second, bursts of 128 KiB. A 100 KB body passes; a second one, right
+    // after, is refused from its Content-Length with HTTP 429, unread.
+    let mut big = Http::open(ip(10), node0).await.unwrap();
+    let padding = "x".repeat(100_000);
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "chain_status", "params": {}, "pad": padding});
+    let (status, _) = big.post(body.to_string().as_bytes()).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, out) = big.post(body.to_string().as_bytes()).await.unwrap();
+    assert_eq!(status, 429);
+    let r: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(code(&r), -32015, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("bytes"),
         "{r}"
     );
 

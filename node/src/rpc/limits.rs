@@ -274,6 +274,8 @@ fn bounds_itself(method: &str) -> bool {
 /// The checks every call passes before its method runs, shared by all connections.
 pub struct Policy {
     pub calls: RateLimiter,
+    /// Request bytes, in KiB.
+    pub kib: RateLimiter,
     pub transactions: RateLimiter,
     pub auth: RpcAuth,
     pub timeout: Duration,
@@ -356,9 +358,10 @@ impl Policy {
 }
 
 /// The HTTP layer in front of jsonrpsee: a request from an address whose call bucket is
-/// already empty is answered at once with HTTP 429 and the -32015 error, before its body is
-/// read or parsed. A flooding address then costs the node a header parse per request, not a
-/// JSON parse of up to `max_body_bytes`.
+/// already empty, or whose byte bucket cannot pay for the body its `Content-Length` announces,
+/// is answered at once with HTTP 429 and the -32015 error, before its body is read or parsed.
+/// A flooding address then costs the node a header parse per request, not a JSON parse of up
+/// to `max_body_bytes`.
 #[derive(Clone)]
 pub struct Gate<S> {
     pub inner: S,
@@ -386,14 +389,31 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let Some(retry) = self.policy.calls.exhausted(self.ip, Instant::now()) else {
+        let now = Instant::now();
+        let kib = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1 << 20)
+            .div_ceil(1024)
+            .clamp(1, u32::MAX as u64) as u32;
+        let refused = match self.policy.calls.exhausted(self.ip, now) {
+            Some(retry) => Some(("requests", retry)),
+            None => self
+                .policy
+                .kib
+                .take(self.ip, kib, now)
+                .err()
+                .map(|retry| ("bytes", retry)),
+        };
+        let Some((what, retry)) = refused else {
             return Box::pin(self.inner.call(req));
         };
         self.policy.refuse("rate_limited");
         let body = json!({
             "jsonrpc": "2.0",
             "id": null,
-            "error": rate_limited("requests", retry),
+            "error": rate_limited(what, retry),
         })
         .to_string();
         let response = http::Response::builder()
@@ -623,6 +643,7 @@ mod tests {
             },
             policy: Arc::new(Policy {
                 calls: RateLimiter::new(0),
+                kib: RateLimiter::new(0),
                 transactions: RateLimiter::new(0),
                 auth,
                 timeout: Duration::from_millis(50),
