@@ -4,9 +4,12 @@
 //! namespace). Checked: a leader isolated alone commits nothing more while the majority elects
 //! another leader and keeps committing; after healing every node holds the same chain; a link
 //! flapping every 300 ms for 6 s leaves the network committing and converging; and a partial
-//! partition — one validator cut from the leader alone, still reaching the others — deposes
-//! nobody (the November 2020 Cloudflare outage: with pre-vote and check-quorum, Raft's leader
-//! keeps its term; PBFT's and Multi-Paxos's keep theirs too) while commits continue.
+//! partition — one validator cut from the leader alone, still reaching the others, first both
+//! ways and then one way only (the leader's packets to it dropped) — deposes nobody (the
+//! November 2020 Cloudflare outage: with pre-vote and check-quorum, Raft's leader keeps its
+//! term; PBFT's and Multi-Paxos's keep theirs too) while commits continue. With seven PBFT
+//! validators, a minority of two (the primary among them) commits nothing while the five
+//! commit, and all seven converge after healing.
 //!
 //! Needs root, iproute2 (`ip netns`, veth, bridge) and nftables (the partial partition).
 //! Without them each test says so and passes without running.
@@ -146,6 +149,27 @@ impl Lab {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+        }
+    }
+
+    /// Drops, at node `to`, every packet from node `from` (one direction only: `to`'s own
+    /// packets still reach `from`).
+    fn cut_one_way(&self, from: usize, to: usize) {
+        let o = self.addr(from);
+        for rule in [
+            "add table inet tallycut".to_string(),
+            "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
+            format!("add rule inet tallycut cut_in ip saddr {o} drop"),
+        ] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.ns(to), "nft", &rule])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "nft {rule}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -301,6 +325,94 @@ async fn multipaxos_partitions() {
     scenario("multipaxos", 3, 2).await;
 }
 
+/// Seven PBFT validators (f = 2): the primary and one other cut off together. The two commit
+/// nothing; the five (2f + 1) elect a primary and commit; after healing all seven converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbft_seven_validators_a_minority_of_two_commits_nothing() {
+    let Some(lab) = Lab::new(7, 3) else {
+        return;
+    };
+    let mut net = start(&lab, 7, "pbft");
+    let all: Vec<usize> = (0..7).collect();
+    net.wait_up(&all).await;
+    let leader = leader_of(&net, &all, None, 60).await;
+    commit_one(&net, 0, (leader + 1) % 7).await;
+    let minority = [leader, (leader + 1) % 7];
+    let majority: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| !minority.contains(i))
+        .collect();
+    for &i in &minority {
+        lab.connect(i, false);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rpc = |i: usize| net.info.nodes[i].rpc.clone();
+    let height_inside = |i: usize| {
+        lab.rpc_inside(i, &rpc(i), "chain_status", json!({}))
+            .expect("a cut-off node answers inside its namespace")["height"]
+            .as_u64()
+            .unwrap()
+    };
+    let cut_heights: Vec<u64> = minority.iter().map(|&i| height_inside(i)).collect();
+    // A transaction only the minority holds.
+    let key = net.account_key(1);
+    let nonce = lab
+        .rpc_inside(
+            leader,
+            &rpc(leader),
+            "account_get",
+            json!({"address": key.public_key().to_hex()}),
+        )
+        .unwrap()["nonce"]
+        .as_u64()
+        .unwrap();
+    let stranded = net.transfer(&key, nonce, 2, 2);
+    assert!(
+        lab.rpc_inside(
+            leader,
+            &rpc(leader),
+            "tx_submit",
+            json!({"tx": hex::encode(stranded.encoded())}),
+        )
+        .is_some()
+    );
+    commit_one(&net, 0, majority[0]).await;
+    let new_leader = leader_of(&net, &majority, Some(leader), 60).await;
+    for _ in 0..3 {
+        commit_one(&net, 2, new_leader).await;
+    }
+    for (k, &i) in minority.iter().enumerate() {
+        assert_eq!(
+            height_inside(i),
+            cut_heights[k],
+            "node {i} of the minority committed"
+        );
+        let status = lab
+            .rpc_inside(
+                i,
+                &rpc(i),
+                "tx_status",
+                json!({"hash": stranded.hash().to_hex()}),
+            )
+            .unwrap();
+        assert_ne!(
+            status["status"], "committed",
+            "the minority committed: {status}"
+        );
+    }
+    for &i in &minority {
+        lab.connect(i, true);
+    }
+    let h = converge(&net, &all).await;
+    eprintln!(
+        "pbft, 7 validators: {minority:?} cut off at heights {cut_heights:?}; the five led by {new_leader} committed; converged at {h}"
+    );
+    for i in all {
+        net.kill(i);
+    }
+}
+
 async fn scenario(protocol: &str, validators: usize, id: u32) {
     let Some(lab) = Lab::new(validators, id) else {
         return;
@@ -335,6 +447,37 @@ async fn scenario(protocol: &str, validators: usize, id: u32) {
     let h = converge(&net, &all).await;
     eprintln!(
         "{protocol}: node {cut} cut from leader {leader} for 5 s: leader and epoch {epoch} kept; converged at {h}"
+    );
+    // One way only: the leader's packets to that validator are dropped, its own still reach
+    // the leader. Again nobody is deposed and commits go on.
+    lab.cut_one_way(leader, cut);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        commit_one(&net, 3, via).await;
+    }
+    for i in [leader, via] {
+        let s = net.status(i).await.unwrap();
+        assert_eq!(
+            (s["leader_index"].as_u64(), &s["view"]),
+            (Some(leader as u64), &epoch),
+            "node {i}: a validator that cannot hear the leader changed the leader or the epoch\n{}",
+            (0..validators)
+                .map(|j| format!(
+                    "node {j}:\n{}",
+                    net.log(j)
+                        .lines()
+                        .filter(|l| !l.contains("committed"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    lab.heal_pair(leader, cut);
+    let h = converge(&net, &all).await;
+    eprintln!(
+        "{protocol}: leader {leader}'s packets to node {cut} dropped for 5 s: leader and epoch kept; converged at {h}"
     );
     // The leader cut off alone: it commits nothing more, the others elect and commit.
     lab.connect(leader, false);

@@ -165,6 +165,9 @@ pub struct Paxos {
     /// restart guard).
     lease_given_until: Millis,
     lease_given_to: Option<Ballot>,
+    /// When this replica last heard a leader (other than itself), and which: it promises no
+    /// other proposer within `election_ms` of that (leader stickiness, as Raft's pre-vote).
+    heard_leader: Option<(Millis, ValidatorId)>,
     // Learner.
     chosen: BTreeMap<Slot, Payload>,
     commit: Slot,
@@ -184,6 +187,9 @@ pub struct Paxos {
     heartbeat_seq: u64,
     heartbeats: BTreeMap<u64, (Millis, BTreeSet<ValidatorId>)>,
     lease_until: Millis,
+    /// As leader: when the latest heartbeat a phase-1 quorum acknowledged was sent. A leader
+    /// that heard from a quorum within `election_ms` promises no rival (check-quorum).
+    quorum_heard_at: Option<Millis>,
     entropy: u64,
     fetching: Option<Slot>,
     /// Signs the values this replica proposes as leader (their commit proofs); `None` in the
@@ -213,6 +219,8 @@ impl Paxos {
             accepted: durable.accepted,
             base: durable.base,
             lease_given_to: None,
+            heard_leader: None,
+            quorum_heard_at: None,
             chosen: BTreeMap::new(),
             commit,
             committed_out: commit,
@@ -387,11 +395,27 @@ impl Paxos {
     // ---- acceptor ----
 
     /// May this acceptor promise `ballot` at `now`? Not while it holds a lease for another
-    /// leader (or just restarted).
+    /// leader (or just restarted); nor, for another proposer, while it heard a live leader
+    /// within `election_ms` or leads with a quorum heard within it. A replica that cannot
+    /// hear the leader but still reaches the others (a one-way or partial partition) must not
+    /// depose a leader a quorum follows; once the leader is really gone, every replica stops
+    /// hearing it and promises again after `election_ms`.
     fn may_promise(&self, now: Millis, ballot: Ballot) -> bool {
         if ballot == self.promised && ballot != Ballot::default() {
             // A repeated prepare: the promise stands.
             return true;
+        }
+        if ballot.node != self.me {
+            let sticky = self.heard_leader.is_some_and(|(at, leader)| {
+                leader != ballot.node && now < at + self.cfg.election_ms
+            });
+            let leading = self.role == Role::Leader
+                && self
+                    .quorum_heard_at
+                    .is_some_and(|at| now < at + self.cfg.election_ms);
+            if sticky || leading {
+                return false;
+            }
         }
         ballot > self.promised
             && (now >= self.lease_given_until
@@ -511,7 +535,13 @@ impl Paxos {
         }
         self.see(now, ballot, out);
         if ballot.node != self.me {
+            if self.role == Role::Preparing {
+                // A live leader this replica may follow: its own election is abandoned.
+                self.role = Role::Follower;
+                self.promises.clear();
+            }
             self.leader = Some(ballot.node);
+            self.heard_leader = Some((now, ballot.node));
             self.reset_election_timer(now);
         }
         true

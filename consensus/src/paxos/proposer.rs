@@ -40,20 +40,11 @@ impl Paxos {
             ballot: self.ballot,
         }));
         let from_slot = self.commit + 1;
-        // This replica is one of the acceptors, under the same lease rule as the others.
-        if self.may_promise(now, self.ballot) {
-            let ballot = self.ballot;
-            self.highest_seen = self.highest_seen.max(ballot);
-            self.promised = ballot;
-            out.push(PaxosOutput::Persist(Record::Promise { ballot }));
-            let accepted = self
-                .accepted
-                .range(from_slot..)
-                .map(|(s, (b, p))| (*s, *b, p.clone()))
-                .collect();
-            self.promises
-                .insert(self.me, (self.base.max(self.executed), accepted));
-        }
+        // This replica's own acceptor promises last (`maybe_finish_phase1`), once the others'
+        // promises would make a quorum with it: an election that fails leaves its promise
+        // where it was, so when it hears the leader again it follows rather than refusing the
+        // leader's messages (which would depose a leader a quorum follows — the Multi-Paxos
+        // counterpart of Raft's disruptive rejoining node, which pre-vote prevents).
         for to in self.peers() {
             self.send(
                 to,
@@ -87,7 +78,27 @@ impl Paxos {
     /// knows chosen (its promise no longer lists those slots); then re-propose, in this
     /// ballot, the highest-ballot value each open slot was accepted with, no-ops in the gaps.
     pub(super) fn maybe_finish_phase1(&mut self, now: Millis, out: &mut Vec<PaxosOutput>) {
-        if self.role != Role::Preparing || self.promises.len() < self.cfg.q1 {
+        if self.role != Role::Preparing {
+            return;
+        }
+        // This replica is one of the acceptors, under the same rules as the others.
+        if !self.promises.contains_key(&self.me)
+            && self.promises.len() + 1 >= self.cfg.q1
+            && self.may_promise(now, self.ballot)
+        {
+            let ballot = self.ballot;
+            self.highest_seen = self.highest_seen.max(ballot);
+            self.promised = ballot;
+            out.push(PaxosOutput::Persist(Record::Promise { ballot }));
+            let accepted = self
+                .accepted
+                .range(self.commit + 1..)
+                .map(|(s, (b, p))| (*s, *b, p.clone()))
+                .collect();
+            self.promises
+                .insert(self.me, (self.base.max(self.executed), accepted));
+        }
+        if self.promises.len() < self.cfg.q1 {
             return;
         }
         let (far, base) = self
@@ -121,6 +132,7 @@ impl Paxos {
         self.leader = Some(self.me);
         self.promises.clear();
         self.lease_until = 0;
+        self.quorum_heard_at = None;
         self.heartbeats.clear();
         out.push(PaxosOutput::Event(PaxosEvent::BecameLeader {
             ballot: self.ballot,
@@ -274,6 +286,7 @@ impl Paxos {
         if acks.len() > self.n - self.cfg.q1 {
             let until = *sent + self.cfg.lease_ms * (1000 - self.cfg.drift_per_mille) / 1000;
             self.lease_until = self.lease_until.max(until);
+            self.quorum_heard_at = Some(self.quorum_heard_at.map_or(*sent, |t| t.max(*sent)));
         }
     }
 

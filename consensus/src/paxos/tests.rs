@@ -134,8 +134,17 @@ fn a_leased_acceptor_promises_no_one_else_and_a_restarted_one_no_one_at_all() {
         matches!(sent(&out)[0].1, Body::Nack { .. }),
         "inside the lease"
     );
+    // Past the lease but within an election timeout of hearing the leader: still no promise
+    // to another proposer (stickiness: a replica that cannot hear a live leader must not
+    // depose it through the others).
     out.clear();
-    a.step(151, msg(2, prepare), &mut out);
+    a.step(151, msg(2, prepare.clone()), &mut out);
+    assert!(
+        matches!(sent(&out)[0].1, Body::Nack { .. }),
+        "within an election timeout of hearing the leader"
+    );
+    out.clear();
+    a.step(201, msg(2, prepare), &mut out);
     assert!(out.contains(&PaxosOutput::Persist(Record::Promise { ballot: rival })));
     assert!(matches!(sent(&out).last().unwrap().1, Body::Promise { .. }));
 }
@@ -180,8 +189,10 @@ fn a_leader_holds_its_lease_only_with_acknowledgements_from_every_phase_one_quor
 #[test]
 fn no_lease_read_across_a_leader_change() {
     // Classic bug: a leader answering reads from its lease after another took over. Here
-    // the leader holds a lease; a rival's prepare reaches it (it is also an acceptor). The
-    // moment it promises the rival, it no longer leads and no longer claims the lease — the
+    // the leader holds a lease; a rival's prepare reaches it (it is also an acceptor). While
+    // it heard a quorum within an election timeout it refuses (a replica that cannot hear the
+    // leader but reaches it — a one-way partition — must not depose it); after that it
+    // promises the rival, and from that moment it no longer leads and no longer claims the lease — the
     // rival cannot finish phase 1 without that promise or the leased acceptor's.
     let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0, None);
     let now = start_phase1(&mut p, 100);
@@ -210,22 +221,81 @@ fn no_lease_read_across_a_leader_change() {
         round: ballot.round + 1,
         node: ValidatorId(2),
     };
-    out.clear();
-    p.step(
-        now + 3,
+    let prepare = || {
         msg(
             2,
             Body::Prepare {
                 ballot: rival,
                 from_slot: 1,
             },
-        ),
-        &mut out,
+        )
+    };
+    out.clear();
+    p.step(now + 3, prepare(), &mut out);
+    assert!(
+        !out.contains(&PaxosOutput::Persist(Record::Promise { ballot: rival })),
+        "a leader under its lease promised a rival"
     );
+    assert_eq!(*p.role(), Role::Leader);
+    assert!(p.lease_valid(now + 3));
+    // The lease runs out and no quorum has been heard for an election timeout (no heartbeat
+    // acknowledged since): the rival's prepare is promised.
+    let later = now + 1 + cfg(3).election_ms;
+    assert!(!p.lease_valid(later));
+    out.clear();
+    p.step(later, prepare(), &mut out);
     assert!(out.contains(&PaxosOutput::Persist(Record::Promise { ballot: rival })));
     assert!(
-        !p.lease_valid(now + 3),
+        !p.lease_valid(later),
         "a leader that promised a rival serves no lease read"
     );
     assert_ne!(*p.role(), Role::Leader);
+}
+
+#[test]
+fn a_replica_whose_election_failed_follows_the_leader_again_and_deposes_no_one() {
+    // Classic bug (Raft's disruptive rejoining node): a replica cut from the leader keeps
+    // starting elections the others refuse; if each raised its own promise, the first
+    // heartbeat it hears after healing would be refused with a higher ballot, and the leader
+    // would step down though a quorum follows it. Its own acceptor promises only once the
+    // others' promises would make a quorum, so here it follows the leader again.
+    let mut p = Paxos::new(cfg(3), ValidatorId(2), 3, Durable::default(), 0, 0, None);
+    let mut now = 100;
+    for _ in 0..3 {
+        now = start_phase1(&mut p, now);
+        assert!(p.ballot().round >= 1);
+    }
+    let leader = Ballot {
+        round: 1,
+        node: ValidatorId(0),
+    };
+    let mut out = Vec::new();
+    p.step(
+        now + 1,
+        msg(
+            0,
+            Body::Heartbeat {
+                ballot: leader,
+                commit: 0,
+                seq: 7,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(
+        sent(&out),
+        vec![(
+            ValidatorId(0),
+            Body::HeartbeatAck {
+                ballot: leader,
+                seq: 7
+            }
+        )],
+        "the leader's heartbeat is acknowledged, not refused with a higher ballot"
+    );
+    assert_eq!(*p.role(), Role::Follower);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, PaxosOutput::Persist(Record::Promise { .. })))
+    );
 }

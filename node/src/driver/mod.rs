@@ -580,6 +580,9 @@ impl Driver {
                 warn!(view = to.0, reason = reason.as_str(), "view change");
                 Metrics::inc_reason(&self.shared.metrics.view_changes, reason.as_str());
             }
+            Event::SteppedDown { view } => {
+                warn!(view = view.0, "stepped down: saw a higher epoch");
+            }
             // The old view's proposals that did not commit are void: their transactions may
             // be proposed again at once, except those the NEW-VIEW carried over. (Waiting out
             // the re-proposal delay left a new primary with nothing to propose for seconds,
