@@ -196,3 +196,62 @@ async fn an_oversized_frame_is_reported_and_a_banned_peer_is_refused_until_the_b
     .await;
     assert_eq!(got, Some(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_attempts_past_an_addresss_rate_are_closed_before_the_handshake() {
+    use tokio::io::AsyncReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let honest = SecretKey::from_seed(&[1; 32]);
+    let (_handle, _events) = crate::spawn(P2pConfig {
+        secret_seed: honest.seed(),
+        listen: format!("127.0.0.1:{port}"),
+        genesis_hash: Digest::of(b"attempts"),
+        validators: vec![(honest.public_key(), format!("127.0.0.1:{port}"))],
+        observers: vec![],
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 40 TCP connections at once from one address that never speaks: the first 20 (the
+    // burst) wait for a handshake; the others are closed at once.
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        sockets.push(
+            s.connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let reads = sockets.iter_mut().map(|s| async move {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    });
+    let closed = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|c| *c)
+        .count();
+    assert!((18..=22).contains(&closed), "{closed} of 40 closed at once");
+    // Another address is not affected.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let mut other = s
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), other.read(&mut buf))
+            .await
+            .is_err(),
+        "another address's attempt was closed"
+    );
+}

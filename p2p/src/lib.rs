@@ -16,6 +16,7 @@
 //! redialled with exponential backoff.
 
 mod codec;
+mod inbound;
 mod pipe;
 mod swarm;
 

@@ -25,6 +25,7 @@ use crate::{
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    inbound: crate::inbound::Behaviour,
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
@@ -162,6 +163,7 @@ pub fn spawn(config: P2pConfig) -> Result<(P2pHandle, mpsc::Receiver<P2pEvent>),
                 gossipsub::PeerScoreThresholds::default(),
             )?;
             Ok(Behaviour {
+                inbound: crate::inbound::Behaviour::default(),
                 allow,
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()

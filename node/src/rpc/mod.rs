@@ -2,18 +2,23 @@
 //! the limits every call passes first in `limits`, the accept loop in `server`.
 
 pub mod limits;
+pub mod params;
 pub mod server;
+
+use params::{
+    AddressParams, DataParams, HashParams, HeightParams, TransferParams, TxParams, TxsParams,
+    WaitParams, error, invalid_params, parse_digest, parse_hex_tx, subscribe_params,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::SubscriptionResult;
 use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, ServerHandle, SubscriptionMessage};
-use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
-use serde::Deserialize;
+use jsonrpsee::types::ErrorObjectOwned;
 use serde_json::{Value, json};
 use tally_consensus::pbft::Evidence;
-use tally_crypto::{Digest, PublicKey};
+use tally_crypto::Digest;
 use tally_ledger::{TxError, TxLocation, TxOutcome};
 use tally_monitoring::{MethodLabels, Metrics};
 
@@ -62,43 +67,6 @@ pub struct RpcCtx {
     pub subscriptions: Arc<limits::Subscriptions>,
 }
 
-fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorObjectOwned {
-    ErrorObject::owned(code, message.into(), data)
-}
-
-#[derive(Deserialize, Default, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct SubscribeParams {
-    #[serde(default)]
-    include_txs: Option<bool>,
-}
-
-/// `subscribe_blocks`' parameters: none, `{"include_txs": BOOL}`, or that object as the one
-/// element of an array (many client libraries always send an array). Anything else is refused:
-/// read as "no parameters", a client asking for no bodies would silently get them all.
-fn subscribe_params(raw: Option<&str>) -> Result<SubscribeParams, ErrorObjectOwned> {
-    let Some(raw) = raw else {
-        return Ok(SubscribeParams::default());
-    };
-    let value: Value = serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?;
-    let object = match value {
-        Value::Null => return Ok(SubscribeParams::default()),
-        Value::Array(a) if a.is_empty() => return Ok(SubscribeParams::default()),
-        Value::Object(_) => value,
-        Value::Array(mut a) if a.len() == 1 && a[0].is_object() => a.remove(0),
-        _ => {
-            return Err(invalid_params(
-                "expected {\"include_txs\": BOOL}, or that object alone in an array",
-            ));
-        }
-    };
-    serde_json::from_value(object).map_err(|e| invalid_params(e.to_string()))
-}
-
-fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
-    error(jsonrpsee::types::error::INVALID_PARAMS_CODE, message, None)
-}
-
 /// The retry hint given with `overloaded` when the node's batches wait for attestations:
 /// about the time the other validators take to attest a few batches.
 const UNPROVEN_RETRY_MS: u64 = 200;
@@ -138,79 +106,6 @@ pub fn submit_error(e: &SubmitError) -> ErrorObjectOwned {
         }
     };
     error(code, e.to_string(), Some(reason))
-}
-
-fn parse_hex_tx(s: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    // Into a buffer of the final size (`hex::decode` grows its vector as it goes).
-    let mut out = vec![0u8; s.len() / 2];
-    if !s.len().is_multiple_of(2) || hex::decode_to_slice(s, &mut out).is_err() {
-        return Err(error(
-            codes::MALFORMED,
-            "transaction is not hex",
-            Some(json!({"reason": "malformed"})),
-        ));
-    }
-    Ok(out)
-}
-
-fn parse_digest(s: &str) -> Result<Digest, ErrorObjectOwned> {
-    Digest::from_hex(s).map_err(|e| invalid_params(format!("hash: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferParams {
-    /// A validator's name or index in genesis.
-    to: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TxParams {
-    tx: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TxsParams {
-    txs: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HashParams {
-    hash: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WaitParams {
-    hash: String,
-    #[serde(default = "default_wait")]
-    timeout_ms: u64,
-}
-
-fn default_wait() -> u64 {
-    10_000
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeightParams {
-    height: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddressParams {
-    address: String,
-}
-
-#[derive(Deserialize)]
-struct DataParams {
-    owner: String,
-    key: String,
 }
 
 /// `tx_status`'s answer.
@@ -520,8 +415,7 @@ pub async fn serve(
     module.register_method("account_get", |params, ctx, _| {
         count(&ctx.shared, "account_get");
         let p: AddressParams = params.parse()?;
-        let who =
-            PublicKey::from_hex(&p.address).map_err(|e| invalid_params(format!("address: {e}")))?;
+        let who = p.decode()?;
         use tally_ledger::StateView;
         let account = crate::execution::chain::StoreView(&*ctx.shared.store)
             .account(&who)
@@ -539,16 +433,7 @@ pub async fn serve(
     module.register_method("data_get", |params, ctx, _| {
         count(&ctx.shared, "data_get");
         let p: DataParams = params.parse()?;
-        let owner =
-            PublicKey::from_hex(&p.owner).map_err(|e| invalid_params(format!("owner: {e}")))?;
-        let key = hex::decode(&p.key).map_err(|e| invalid_params(format!("key: {e}")))?;
-        if key.is_empty() || key.len() > tally_ledger::tx::DATA_KEY_BYTES_MAX {
-            return Err(invalid_params(format!(
-                "key: {} bytes; 1 to {} allowed",
-                key.len(),
-                tally_ledger::tx::DATA_KEY_BYTES_MAX
-            )));
-        }
+        let (owner, key) = p.decode()?;
         use tally_ledger::StateView;
         let value = crate::execution::chain::StoreView(&*ctx.shared.store)
             .data(&owner, &key)
@@ -692,52 +577,4 @@ fn slow_subscriber(shared: &Shared, height: Option<u64>) -> jsonrpsee::core::Sub
     jsonrpsee::core::SubscriptionError::from_json(
         serde_json::value::to_raw_value(&error).expect("a JSON value serialises"),
     )
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscribe_params_in_every_accepted_shape_and_refused_otherwise() {
-        let none = SubscribeParams { include_txs: None };
-        let no_bodies = SubscribeParams {
-            include_txs: Some(false),
-        };
-        assert_eq!(subscribe_params(None).unwrap(), none);
-        assert_eq!(subscribe_params(Some("[]")).unwrap(), none);
-        assert_eq!(subscribe_params(Some("{}")).unwrap(), none);
-        assert_eq!(
-            subscribe_params(Some(r#"{"include_txs":false}"#)).unwrap(),
-            no_bodies
-        );
-        assert_eq!(
-            subscribe_params(Some(r#"[{"include_txs":false}]"#)).unwrap(),
-            no_bodies
-        );
-        for bad in [
-            "[false]",
-            r#"[{"include_txs":false},1]"#,
-            r#"{"include_tx":false}"#,
-            r#"{"include_txs":"no"}"#,
-            "7",
-        ] {
-            let e = subscribe_params(Some(bad)).unwrap_err();
-            assert_eq!(
-                e.code(),
-                jsonrpsee::types::error::INVALID_PARAMS_CODE,
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn transactions_arrive_as_hex_or_are_malformed() {
-        assert_eq!(parse_hex_tx("00ff10").unwrap(), vec![0x00, 0xff, 0x10]);
-        assert_eq!(parse_hex_tx("0xABcd").unwrap(), vec![0xab, 0xcd]);
-        assert_eq!(parse_hex_tx("").unwrap(), Vec::<u8>::new());
-        for bad in ["0", "abc", "zz", "0x0g", "éé"] {
-            let e = parse_hex_tx(bad).unwrap_err();
-            assert_eq!(e.code(), codes::MALFORMED, "{bad}");
-        }
-    }
 }
