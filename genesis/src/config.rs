@@ -35,7 +35,8 @@ pub struct P2pConfig {
     #[serde(default)]
     pub observers: Vec<PublicKey>,
     /// Consensus and batch-stream frames a second (averaged over 10 s) beyond which a peer is
-    /// banned as a flood; 0 turns the rule off (`docs/security.md`).
+    /// banned as a flood, under PBFT (Raft and Multi-Paxos trust every validator); 0 turns
+    /// the rule off (`docs/security.md`).
     #[serde(default = "default_flood_frames_per_second")]
     pub flood_frames_per_second: u32,
 }

@@ -236,10 +236,17 @@ pub async fn run(home: &Path) -> Result<()> {
         observers: config.p2p.observers.clone(),
     })?;
 
+    // The flood rule guards against a lying validator: under crash faults (Raft, Multi-Paxos)
+    // every validator is trusted, and a follower catching up can exchange thousands of
+    // messages a second with its leader.
+    let flood_frames_per_second = match params.protocol {
+        tally_genesis::Protocol::Pbft => config.p2p.flood_frames_per_second,
+        _ => 0,
+    };
     let conduct = crate::ingress::conduct::Conduct::new(
         p2p.clone(),
         shared.metrics.clone(),
-        config.p2p.flood_frames_per_second,
+        flood_frames_per_second,
     );
     let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
     let (exec_tx, exec_rx) = mpsc::channel(crate::execution::executor::COMMANDS_MAX);

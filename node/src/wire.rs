@@ -72,10 +72,9 @@ pub fn decode<T: BorshDeserialize>(bytes: &[u8]) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batches::TxBatch;
     use crate::batches::wire::BatchFrame;
-    use tally_consensus::{BatchProof, ValidatorId, ValidatorSet};
-    use tally_crypto::{SecretKey, Signature};
+    use tally_consensus::ValidatorSet;
+    use tally_crypto::SecretKey;
 
     /// One frame of each kind a peer can send outside the consensus stream, as the
     /// `node_frames` fuzz target reads them (a selector byte, then the frame). Each round-trips
@@ -87,34 +86,8 @@ mod tests {
             .map(|i| SecretKey::from_seed(&[i; 32]).public_key())
             .collect();
         let set = ValidatorSet::new(&keys).unwrap();
-        let batch = TxBatch::new(ValidatorId(2), 7, vec![vec![5; 300], vec![6; 200]]);
         let mut seeds: Vec<Vec<u8>> = Vec::new();
-        for frame in [
-            BatchFrame::Batch {
-                attest: true,
-                batch: batch.clone(),
-            },
-            BatchFrame::Attestation {
-                header: *batch.header(),
-                signature: Signature([7; 64]),
-            },
-            BatchFrame::Fetch {
-                digests: vec![batch.digest(); 2],
-            },
-            BatchFrame::Proofs {
-                proofs: vec![BatchProof {
-                    header: *batch.header(),
-                    attestations: vec![
-                        (ValidatorId(0), Signature([1; 64])),
-                        (ValidatorId(2), Signature([2; 64])),
-                    ],
-                }],
-            },
-            BatchFrame::ProofRequest {
-                digests: vec![batch.digest()],
-            },
-            BatchFrame::Fetched { batch },
-        ] {
+        for frame in crate::batches::wire::tests::sample_frames() {
             let bytes = frame.encode();
             assert_eq!(BatchFrame::decode(&bytes, &set), Ok(frame));
             seeds.push([&[0u8][..], &bytes].concat());

@@ -292,7 +292,7 @@ async fn scenario(validators: usize, protocol: &str) {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(loaded.len(), 8, "alert rules loaded");
+    assert_eq!(loaded.len(), 9, "alert rules loaded");
     for r in loaded {
         assert_eq!(r["health"], "ok", "rule {} evaluates: {r}", r["name"]);
     }

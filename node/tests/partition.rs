@@ -132,37 +132,25 @@ impl Lab {
     fn cut_pair(&self, a: usize, b: usize) {
         for (me, other) in [(a, b), (b, a)] {
             let o = self.addr(other);
-            for rule in [
-                "add table inet tallycut".to_string(),
-                "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
-                "add chain inet tallycut cut_out { type filter hook output priority 0 ; }".into(),
-                format!("add rule inet tallycut cut_in ip saddr {o} drop"),
-                format!("add rule inet tallycut cut_out ip daddr {o} drop"),
-            ] {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &self.ns(me), "nft", &rule])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "nft {rule}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            self.nft(
+                me,
+                &[
+                    "add table inet tallycut".to_string(),
+                    "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
+                    "add chain inet tallycut cut_out { type filter hook output priority 0 ; }"
+                        .into(),
+                    format!("add rule inet tallycut cut_in ip saddr {o} drop"),
+                    format!("add rule inet tallycut cut_out ip daddr {o} drop"),
+                ],
+            );
         }
     }
 
-    /// Drops, at node `to`, every packet from node `from` (one direction only: `to`'s own
-    /// packets still reach `from`).
-    fn cut_one_way(&self, from: usize, to: usize) {
-        let o = self.addr(from);
-        for rule in [
-            "add table inet tallycut".to_string(),
-            "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
-            format!("add rule inet tallycut cut_in ip saddr {o} drop"),
-        ] {
+    /// Runs nftables commands in node `i`'s namespace.
+    fn nft(&self, i: usize, rules: &[String]) {
+        for rule in rules {
             let out = Command::new("ip")
-                .args(["netns", "exec", &self.ns(to), "nft", &rule])
+                .args(["netns", "exec", &self.ns(i), "nft", rule])
                 .output()
                 .unwrap();
             assert!(
@@ -171,6 +159,20 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// Drops, at node `to`, every packet from node `from` (one direction only: `to`'s own
+    /// packets still reach `from`).
+    fn cut_one_way(&self, from: usize, to: usize) {
+        let o = self.addr(from);
+        self.nft(
+            to,
+            &[
+                "add table inet tallycut".to_string(),
+                "add chain inet tallycut cut_in { type filter hook input priority 0 ; }".into(),
+                format!("add rule inet tallycut cut_in ip saddr {o} drop"),
+            ],
+        );
     }
 
     fn heal_pair(&self, a: usize, b: usize) {

@@ -163,7 +163,7 @@ impl BatchFrame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tally_consensus::ValidatorId;
     use tally_crypto::SecretKey;
@@ -175,11 +175,10 @@ mod tests {
         ValidatorSet::new(&keys).unwrap()
     }
 
-    #[test]
-    fn every_frame_round_trips() {
-        let set = validators();
+    /// One frame of each kind (also the `node_frames` fuzz seeds, `crate::wire`'s test).
+    pub(crate) fn sample_frames() -> Vec<BatchFrame> {
         let batch = TxBatch::new(ValidatorId(3), 9, vec![vec![5; 300], vec![6; 200]]);
-        for frame in [
+        vec![
             BatchFrame::Batch {
                 attest: true,
                 batch: batch.clone(),
@@ -204,7 +203,13 @@ mod tests {
                 digests: vec![batch.digest()],
             },
             BatchFrame::Fetched { batch },
-        ] {
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let set = validators();
+        for frame in sample_frames() {
             assert_eq!(BatchFrame::decode(&frame.encode(), &set), Ok(frame));
         }
     }
