@@ -183,6 +183,9 @@ impl Net {
         std::fs::read_to_string(self.home(i).join("node.log")).unwrap_or_default()
     }
 
+    /// A JSON-RPC call to node `i`. Refused as rate limited (-32015, or HTTP 429 before the
+    /// body was read), it waits the hint and tries again, as a client should — tests that
+    /// check thousands of transactions from one address go past the per-address rate.
     pub async fn rpc(&self, i: usize, method: &str, params: Value) -> Result<Value, String> {
         let mut p = ObjectParams::new();
         if let Value::Object(m) = params {
@@ -190,10 +193,24 @@ impl Net {
                 p.insert(&k, v).unwrap();
             }
         }
-        self.clients[i]
-            .request::<Value, _>(method, p)
-            .await
-            .map_err(|e| e.to_string())
+        let mut tries = 0;
+        loop {
+            let result = self.clients[i].request::<Value, _>(method, p.clone()).await;
+            let retry_ms = match &result {
+                Err(jsonrpsee::core::ClientError::Call(e)) if e.code() == -32015 => e
+                    .data()
+                    .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
+                    .and_then(|d| d["retry_after_ms"].as_u64())
+                    .unwrap_or(100),
+                Err(e) if e.to_string().contains("429") => 100,
+                _ => return result.map_err(|e| e.to_string()),
+            };
+            tries += 1;
+            if tries > 100 {
+                return result.map_err(|e| e.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(retry_ms.min(1000))).await;
+        }
     }
 
     /// Node `i`'s /metrics page (raw HTTP response).
