@@ -581,31 +581,48 @@ pub async fn run(home: &Path) -> Result<()> {
         timeout: std::time::Duration::from_millis(rpc_config.request_timeout_ms),
         metrics: shared.metrics.clone(),
     });
-    let rpc_handle = rpc::serve(
-        rpc_addr,
-        rpc::server::Limits {
-            max_body_bytes: rpc_config.max_body_bytes,
-            max_batch: rpc_config.max_batch,
-            max_connections: rpc_config.max_connections,
-            max_connections_per_ip: rpc_config.max_connections_per_ip,
-            subscriber_buffer: rpc_config.subscriber_buffer,
-            token,
-            policy: policy.clone(),
-        },
-        RpcCtx {
-            shared: shared.clone(),
-            admission,
-            max_batch: rpc_config.max_batch as usize,
-            admin: rpc_config.admin.then(|| driver_tx.clone()),
-            policy,
-            subscriptions: rpc::limits::Subscriptions::new(
-                rpc_config.max_subscriptions,
-                rpc_config.max_subscriptions_per_connection,
-                shared.metrics.clone(),
-            ),
-        },
-    )
-    .await?;
+    // The RPC server runs on its own threads at a lower scheduling priority (as the
+    // transaction signature checks do): under a flood of requests the OS runs consensus,
+    // execution and p2p first.
+    let rpc_runtime = RpcRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tally-rpc")
+            .on_thread_start(|| {
+                if let Err(e) = rustix::process::nice(5) {
+                    tracing::debug!("could not lower the RPC threads' priority: {e}");
+                }
+            })
+            .enable_all()
+            .build()?,
+    ));
+    let rpc_handle = rpc_runtime
+        .handle()
+        .spawn(rpc::serve(
+            rpc_addr,
+            rpc::server::Limits {
+                max_body_bytes: rpc_config.max_body_bytes,
+                max_batch: rpc_config.max_batch,
+                max_connections: rpc_config.max_connections,
+                max_connections_per_ip: rpc_config.max_connections_per_ip,
+                subscriber_buffer: rpc_config.subscriber_buffer,
+                token,
+                policy: policy.clone(),
+            },
+            RpcCtx {
+                shared: shared.clone(),
+                admission,
+                max_batch: rpc_config.max_batch as usize,
+                admin: rpc_config.admin.then(|| driver_tx.clone()),
+                policy,
+                subscriptions: rpc::limits::Subscriptions::new(
+                    rpc_config.max_subscriptions,
+                    rpc_config.max_subscriptions_per_connection,
+                    shared.metrics.clone(),
+                ),
+            },
+        ))
+        .await??;
     info!("JSON-RPC on http://{rpc_addr} (WebSocket on ws://{rpc_addr})");
 
     let metrics_addr = socket(&config.metrics.listen)?;
@@ -623,6 +640,7 @@ pub async fn run(home: &Path) -> Result<()> {
         hand_over_leadership(&shared, &driver_tx).await;
     }
     let _ = rpc_handle.stop();
+    drop(rpc_runtime);
     for t in &tasks {
         t.abort();
     }
@@ -807,4 +825,22 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
             m.process_open_fds.set(fds as i64);
         }
     })
+}
+
+/// The RPC server's runtime, shut down without waiting when dropped (a runtime may not be
+/// dropped, blocking, inside another's async context — as on an early error return).
+struct RpcRuntime(Option<tokio::runtime::Runtime>);
+
+impl RpcRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for RpcRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
