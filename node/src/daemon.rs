@@ -581,18 +581,13 @@ pub async fn run(home: &Path) -> Result<()> {
         timeout: std::time::Duration::from_millis(rpc_config.request_timeout_ms),
         metrics: shared.metrics.clone(),
     });
-    // The RPC server runs on its own threads at a lower scheduling priority (as the
-    // transaction signature checks do): under a flood of requests the OS runs consensus,
-    // execution and p2p first.
+    // The RPC server runs on its own runtime (two threads): under a flood of requests its
+    // tasks no longer queue with the driver's, execution's and p2p's (`docs/architecture.md`:
+    // measured, and why not also at a lower OS priority).
     let rpc_runtime = RpcRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tally-rpc")
-            .on_thread_start(|| {
-                if let Err(e) = rustix::process::nice(5) {
-                    tracing::debug!("could not lower the RPC threads' priority: {e}");
-                }
-            })
             .enable_all()
             .build()?,
     ));
