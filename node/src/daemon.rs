@@ -22,7 +22,7 @@ use crate::execution::snapshots::Snapshots;
 use crate::execution::sync;
 use crate::ingress::admission::{self, Admission};
 use crate::ingress::mempool::Mempool;
-use crate::rpc::{self, RpcCtx};
+use crate::rpc;
 use crate::shared::{Shared, Status};
 use crate::wire::{self, SyncRequest, SyncResponse};
 
@@ -272,8 +272,11 @@ pub async fn run(home: &Path) -> Result<()> {
         None
     };
     let admission = Admission::new(shared.clone(), p2p.clone(), batch_path.clone());
-    let verifier =
-        admission::consensus_verifier(shared.clone(), driver_tx.clone(), conduct.clone());
+    let verifier = crate::ingress::consensus_verify::consensus_verifier(
+        shared.clone(),
+        driver_tx.clone(),
+        conduct.clone(),
+    );
     // Long-running tasks with timers: stopped before the runtime is dropped (a timer polled
     // while the runtime shuts down panics).
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -564,60 +567,14 @@ pub async fn run(home: &Path) -> Result<()> {
     }
 
     let rpc_addr = socket(&config.rpc.listen)?;
-    let rpc_config = &config.rpc;
-    let token = rpc_config
-        .load_token()?
-        .map(|t| rpc::limits::Token::new(&t));
-    let policy = Arc::new(rpc::limits::Policy {
-        calls: rpc::limits::RateLimiter::new(rpc_config.requests_per_second_per_ip),
-        kib: rpc::limits::RateLimiter::new(
-            rpc_config
-                .bytes_per_second_per_ip
-                .div_ceil(1024)
-                .min(u32::MAX as u64) as u32,
-        ),
-        transactions: rpc::limits::RateLimiter::new(rpc_config.transactions_per_second_per_ip),
-        auth: rpc_config.auth,
-        timeout: std::time::Duration::from_millis(rpc_config.request_timeout_ms),
-        metrics: shared.metrics.clone(),
-    });
-    // The RPC server runs on its own runtime (two threads): under a flood of requests its
-    // tasks no longer queue with the driver's, execution's and p2p's (`docs/architecture.md`:
-    // measured, and why not also at a lower OS priority).
-    let rpc_runtime = RpcRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tally-rpc")
-            .enable_all()
-            .build()?,
-    ));
-    let rpc_handle = rpc_runtime
-        .handle()
-        .spawn(rpc::serve(
-            rpc_addr,
-            rpc::server::Limits {
-                max_body_bytes: rpc_config.max_body_bytes,
-                max_batch: rpc_config.max_batch,
-                max_connections: rpc_config.max_connections,
-                max_connections_per_ip: rpc_config.max_connections_per_ip,
-                subscriber_buffer: rpc_config.subscriber_buffer,
-                token,
-                policy: policy.clone(),
-            },
-            RpcCtx {
-                shared: shared.clone(),
-                admission,
-                max_batch: rpc_config.max_batch as usize,
-                admin: rpc_config.admin.then(|| driver_tx.clone()),
-                policy,
-                subscriptions: rpc::limits::Subscriptions::new(
-                    rpc_config.max_subscriptions,
-                    rpc_config.max_subscriptions_per_connection,
-                    shared.metrics.clone(),
-                ),
-            },
-        ))
-        .await??;
+    let (rpc_runtime, rpc_handle) = rpc::server::launch(
+        rpc_addr,
+        &config.rpc,
+        shared.clone(),
+        admission,
+        config.rpc.admin.then(|| driver_tx.clone()),
+    )
+    .await?;
     info!("JSON-RPC on http://{rpc_addr} (WebSocket on ws://{rpc_addr})");
 
     let metrics_addr = socket(&config.metrics.listen)?;
@@ -820,22 +777,4 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
             m.process_open_fds.set(fds as i64);
         }
     })
-}
-
-/// The RPC server's runtime, shut down without waiting when dropped (a runtime may not be
-/// dropped, blocking, inside another's async context — as on an early error return).
-struct RpcRuntime(Option<tokio::runtime::Runtime>);
-
-impl RpcRuntime {
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("present until dropped").handle()
-    }
-}
-
-impl Drop for RpcRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }

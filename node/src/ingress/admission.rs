@@ -5,16 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_consensus::PeerMessage;
-use tally_consensus::pbft::Message;
 use tally_crypto::{CryptoError, Digest, PublicKey, Verified};
 use tally_ledger::{SignedTransaction, TX_BYTES_MAX, TxError, decode_for_chain};
 use tally_monitoring::{Metrics, SourceLabels};
 use tally_p2p::{GossipId, P2pHandle};
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
 
-use crate::driver::DriverInput;
 use crate::execution::chain::StoreView;
 use crate::ingress::mempool::{AdmitError, Stashed};
 use crate::ingress::verify::{Priority, VerifyPool};
@@ -639,7 +635,10 @@ fn known_bodies(shared: Arc<Shared>) -> crate::ingress::verify::Known<SignedTran
 }
 
 /// Counts signatures a verification pool checks in `tally_signatures_checked{kind}`.
-fn checked_counter(shared: &Shared, kind: &'static str) -> Arc<dyn Fn(usize) + Send + Sync> {
+pub(crate) fn checked_counter(
+    shared: &Shared,
+    kind: &'static str,
+) -> Arc<dyn Fn(usize) + Send + Sync> {
     let counter = shared
         .metrics
         .signatures_checked
@@ -648,49 +647,6 @@ fn checked_counter(shared: &Shared, kind: &'static str) -> Arc<dyn Fn(usize) + S
     Arc::new(move |n| {
         counter.inc_by(n as u64);
     })
-}
-
-/// Verifies consensus messages off the loop and hands the valid ones to the driver.
-/// A message whose signature fails is an offence of the peer that sent it (`from`, the key
-/// that authenticated the connection): honest validators sign what they send.
-pub fn consensus_verifier(
-    shared: Arc<Shared>,
-    driver: mpsc::Sender<DriverInput>,
-    conduct: Arc<crate::ingress::conduct::Conduct>,
-) -> VerifyPool<Message, tally_crypto::PublicKey> {
-    let metrics = shared.metrics.clone();
-    VerifyPool::spawn(
-        Arc::new(shared.validators.clone()),
-        shared.chain_id.clone(),
-        256,
-        65_536,
-        Priority::Normal,
-        None,
-        checked_counter(&shared, "consensus"),
-        Arc::new(
-            move |from, result: Option<Result<Verified<Message>, CryptoError>>| match result {
-                None => {}
-                Some(Ok(m)) => {
-                    let dropped = driver
-                        .try_send(DriverInput::Message(PeerMessage::Pbft(m)))
-                        .is_err();
-                    if dropped {
-                        metrics
-                            .p2p_dropped
-                            .get_or_create(&tally_monitoring::DirectionLabels {
-                                direction: "in".into(),
-                            })
-                            .inc();
-                    }
-                }
-                Some(Err(e)) => {
-                    debug!("consensus message refused: {e}");
-                    Metrics::inc_kind(&metrics.signature_rejections, "consensus", 1);
-                    conduct.offence(&from, "bad_signature");
-                }
-            },
-        ),
-    )
 }
 
 /// How long a proposal waits for the checks under way of bodies it names before fetching

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod conduct;
+pub mod consensus_verify;
 pub mod mempool;
 pub mod shares;
 pub mod verify;

@@ -20,7 +20,9 @@ use jsonrpsee::server::{
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use super::limits::{Caller, ConnectionLimiter, Gate, Guard, Policy, Token};
+use super::limits::{
+    Caller, ConnectionLimiter, Gate, Guard, Policy, RateLimiter, Subscriptions, Token,
+};
 
 /// Everything the accept loop and the per-call checks need from `[rpc]`.
 pub struct Limits {
@@ -142,4 +144,81 @@ pub async fn start(
         }
     });
     Ok(handle)
+}
+
+/// The RPC server's runtime, shut down without waiting when dropped (a runtime may not be
+/// dropped, blocking, inside another's async context — as on an early error return).
+pub struct RpcRuntime(Option<tokio::runtime::Runtime>);
+
+impl RpcRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for RpcRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Starts the RPC server as `[rpc]` says, on its own runtime (two threads): under a flood of
+/// requests its tasks do not queue with the driver's, execution's and p2p's
+/// (`docs/architecture.md`: measured, and why not also at a lower OS priority).
+pub async fn launch(
+    listen: SocketAddr,
+    config: &tally_genesis::config::RpcConfig,
+    shared: Arc<crate::shared::Shared>,
+    admission: crate::ingress::admission::Admission,
+    admin: Option<tokio::sync::mpsc::Sender<crate::driver::DriverInput>>,
+) -> anyhow::Result<(RpcRuntime, ServerHandle)> {
+    let token = config.load_token()?.map(|t| Token::new(&t));
+    let policy = Arc::new(Policy {
+        calls: RateLimiter::new(config.requests_per_second_per_ip),
+        kib: RateLimiter::new(
+            config
+                .bytes_per_second_per_ip
+                .div_ceil(1024)
+                .min(u32::MAX as u64) as u32,
+        ),
+        transactions: RateLimiter::new(config.transactions_per_second_per_ip),
+        auth: config.auth,
+        timeout: Duration::from_millis(config.request_timeout_ms),
+        metrics: shared.metrics.clone(),
+    });
+    let runtime = RpcRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tally-rpc")
+            .enable_all()
+            .build()?,
+    ));
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        max_batch: config.max_batch,
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        subscriber_buffer: config.subscriber_buffer,
+        token,
+        policy: policy.clone(),
+    };
+    let ctx = super::RpcCtx {
+        subscriptions: Subscriptions::new(
+            config.max_subscriptions,
+            config.max_subscriptions_per_connection,
+            shared.metrics.clone(),
+        ),
+        shared,
+        admission,
+        max_batch: config.max_batch as usize,
+        admin,
+        policy,
+    };
+    let handle = runtime
+        .handle()
+        .spawn(super::serve(listen, limits, ctx))
+        .await??;
+    Ok((runtime, handle))
 }
