@@ -297,9 +297,20 @@ impl Paxos {
         promised: Ballot,
         out: &mut Vec<PaxosOutput>,
     ) {
-        if ballot == self.ballot && promised > self.ballot {
-            self.see(now, promised, out);
+        if ballot != self.ballot || promised <= self.ballot {
+            return;
         }
+        if promised.node == self.me && self.role != Role::Follower {
+            // A ballot of this replica's own, from an election it started before it restarted
+            // (never finished, so never persisted here), holds that acceptor's promise: it
+            // would refuse this replica's messages for ever. Run phase 1 again above it; the
+            // acceptors that follow this replica promise it (same node), and the open values
+            // are recovered from its own acceptances.
+            self.highest_seen = self.highest_seen.max(promised);
+            self.start_phase1(now, out);
+            return;
+        }
+        self.see(now, promised, out);
     }
 
     pub(super) fn on_need_chosen(

@@ -299,3 +299,43 @@ fn a_replica_whose_election_failed_follows_the_leader_again_and_deposes_no_one()
             .any(|o| matches!(o, PaxosOutput::Persist(Record::Promise { .. })))
     );
 }
+
+#[test]
+fn a_leader_refused_with_its_own_ballot_from_before_a_restart_runs_phase_one_above_it() {
+    // Found by the simulator (n = 5): a replica started an election, one acceptor promised
+    // it, the replica crashed before its own promise (so the ballot was never persisted),
+    // restarted and won a lower ballot. That acceptor refused every accept and heartbeat with
+    // the higher ballot — the leader's own — and stayed behind for ever.
+    let mut p = Paxos::new(cfg(3), ValidatorId(0), 3, Durable::default(), 0, 0, None);
+    let now = start_phase1(&mut p, 100);
+    let ballot = p.ballot();
+    let mut out = Vec::new();
+    let promise = Body::Promise {
+        ballot,
+        base: 0,
+        accepted: vec![],
+    };
+    p.step(now, msg(1, promise), &mut out);
+    assert_eq!(*p.role(), Role::Leader);
+    let forgotten = Ballot {
+        round: ballot.round + 3,
+        node: ValidatorId(0),
+    };
+    let mut out = Vec::new();
+    let nack = Body::Nack {
+        ballot,
+        promised: forgotten,
+    };
+    p.step(now + 1, msg(2, nack.clone()), &mut out);
+    assert_eq!(*p.role(), Role::Preparing);
+    assert!(p.ballot() > forgotten);
+    let prepares = sent(&out)
+        .into_iter()
+        .filter(|(_, b)| matches!(b, Body::Prepare { ballot, .. } if *ballot == p.ballot()))
+        .count();
+    assert_eq!(prepares, 2, "phase 1 again, to both other acceptors");
+    // A repeated refusal naming the old ballot changes nothing more.
+    let mut out = Vec::new();
+    p.step(now + 2, msg(2, nack), &mut out);
+    assert!(sent(&out).is_empty());
+}
