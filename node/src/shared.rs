@@ -1,6 +1,8 @@
 //! State shared by the node's tasks: read by RPC, written by the driver and the executor.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use serde_json::value::RawValue;
 
 use tally_consensus::{ValidatorId, ValidatorSet};
 use tally_crypto::{ChainId, Digest, KeyCache, PublicKey};
@@ -44,6 +46,32 @@ impl Status {
 pub struct CommittedBlock {
     pub block: StoredBlock,
     pub tx_hashes: Vec<Digest>,
+    /// Its `subscribe_blocks` notification without and with bodies: serialized by the first
+    /// subscriber that needs it, copied by the others.
+    notifications: [OnceLock<Box<RawValue>>; 2],
+}
+
+impl CommittedBlock {
+    pub fn new(block: StoredBlock, tx_hashes: Vec<Digest>) -> CommittedBlock {
+        CommittedBlock {
+            block,
+            tx_hashes,
+            notifications: Default::default(),
+        }
+    }
+
+    /// The block as `subscribe_blocks` sends it.
+    pub fn notification(&self, shared: &Shared, include_txs: bool) -> &RawValue {
+        self.notifications[include_txs as usize].get_or_init(|| {
+            serde_json::value::to_raw_value(&crate::rpc::block_view::BlockView {
+                validators: &shared.validators,
+                block: &self.block,
+                tx_hashes: Some(&self.tx_hashes),
+                include_txs,
+            })
+            .expect("a block serializes")
+        })
+    }
 }
 
 /// Transaction hashes RPC callers may wait for at once (`tx_wait`); more wait for a free

@@ -467,10 +467,9 @@ fn apply(
             "block"
         );
     }
-    let _ = shared.blocks.send(Arc::new(crate::shared::CommittedBlock {
-        block,
-        tx_hashes: hashes,
-    }));
+    let _ = shared
+        .blocks
+        .send(Arc::new(crate::shared::CommittedBlock::new(block, hashes)));
     Ok(Some(ExecReport::Executed {
         seq: Seq(height),
         digest,

@@ -1,6 +1,7 @@
 //! JSON-RPC 2.0 over HTTP and WebSocket (`docs/rpc.md` is the contract): the methods here,
 //! the limits every call passes first in `limits`, the accept loop in `server`.
 
+pub mod block_view;
 pub mod limits;
 pub mod params;
 pub mod server;
@@ -143,77 +144,22 @@ pub fn tx_status(shared: &Shared, hash: &Digest) -> Value {
     }
 }
 
-/// A block as RPC shows it. `tx_hashes` are computed from the bodies when not given;
-/// without `include_txs` the bodies are left out (not encoded at all).
+/// A block as RPC shows it (see [`block_view::BlockView`]). `tx_hashes` are computed from
+/// the bodies when not given; without `include_txs` the bodies are left out (not encoded at
+/// all).
 pub fn block_json(
     shared: &Shared,
     b: &StoredBlock,
     tx_hashes: Option<&[Digest]>,
     include_txs: bool,
 ) -> Value {
-    let results: Vec<Value> = b
-        .outcomes
-        .iter()
-        .map(|o| match o {
-            TxOutcome::Ok => json!({ "status": "ok" }),
-            TxOutcome::Failed(e) => json!({
-                "status": "failed",
-                "error": { "code": e.code(), "name": e.name(), "message": e.to_string() },
-            }),
-        })
-        .collect();
-    let certificate = b.certificate.as_ref().map(|c| {
-        json!({
-            "view": c.view.0,
-            "seq": c.seq.0,
-            "digest": c.digest.to_hex(),
-            "signatures": c.signatures.iter().map(|(id, sig)| json!({
-                "validator": id.0,
-                "public_key": shared.validators.public_key(*id).map(|k| k.to_hex()),
-                "signature": sig.to_hex(),
-            })).collect::<Vec<_>>(),
-        })
-    });
-    let tx_hashes: Vec<String> = match tx_hashes {
-        Some(h) => h.iter().map(Digest::to_hex).collect(),
-        None => b.txs.iter().map(|t| Digest::of(t).to_hex()).collect(),
-    };
-    let mut json = json!({
-        "height": b.header.height,
-        "hash": b.hash().to_hex(),
-        "prev_hash": b.header.prev_hash.to_hex(),
-        "batch_digest": b.header.batch_digest.to_hex(),
-        "state_root": b.header.state_root.to_hex(),
-        "tx_hashes": tx_hashes,
-        "results": results,
-        "certificate": certificate,
-    });
-    if !b.batches.is_empty() {
-        json["batches"] = b
-            .batches
-            .iter()
-            .map(|x| {
-                json!({
-                    "author": x.header.author.0,
-                    "index": x.header.index,
-                    "tx_count": x.header.tx_count,
-                    "bytes": x.header.bytes,
-                    "tx_digest": x.header.tx_digest.to_hex(),
-                    "executed": x.executed,
-                })
-            })
-            .collect::<Vec<_>>()
-            .into();
-    }
-    if include_txs {
-        json["txs"] = b
-            .txs
-            .iter()
-            .map(|t| tally_crypto::to_hex(t))
-            .collect::<Vec<_>>()
-            .into();
-    }
-    json
+    serde_json::to_value(block_view::BlockView {
+        validators: &shared.validators,
+        block: b,
+        tx_hashes,
+        include_txs,
+    })
+    .expect("a block serializes")
 }
 
 fn block_at(shared: &Shared, height: u64) -> Result<Value, ErrorObjectOwned> {
@@ -545,9 +491,9 @@ pub async fn serve(
                     }
                     Err(_) => break,
                 };
-                let json = block_json(&ctx.shared, &c.block, Some(&c.tx_hashes), include_txs);
+                let result = c.notification(&ctx.shared, include_txs);
                 let msg =
-                    SubscriptionMessage::new(sink.method_name(), sink.subscription_id(), &json)?;
+                    SubscriptionMessage::new(sink.method_name(), sink.subscription_id(), &result)?;
                 // Never wait for a slow reader: what is queued for a connection is bounded by
                 // `[rpc] subscriber_buffer`, and a subscriber that fills it is dropped.
                 match sink.try_send(msg) {
