@@ -237,8 +237,8 @@ pub async fn run(home: &Path) -> Result<()> {
     })?;
 
     // The flood rule guards against a lying validator: under crash faults (Raft, Multi-Paxos)
-    // every validator is trusted, and a follower catching up can exchange thousands of
-    // messages a second with its leader.
+    // every validator is trusted, and banning one over what can only be a bug would cost a
+    // three-validator network its fault tolerance (docs/security.md).
     let flood_frames_per_second = match params.protocol {
         tally_genesis::Protocol::Pbft => config.p2p.flood_frames_per_second,
         _ => 0,
