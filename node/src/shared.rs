@@ -47,7 +47,10 @@ pub struct CommittedBlock {
     pub block: StoredBlock,
     pub tx_hashes: Vec<Digest>,
     /// Its `subscribe_blocks` notification without and with bodies: serialized by the first
-    /// subscriber that needs it, copied by the others.
+    /// subscriber that needs it, copied by the others. Bounded with the block: a committed
+    /// block is held only until every subscriber has read it, and at most the broadcast's
+    /// 1,024 blocks when one lags (it is then dropped as a slow subscriber), so the cache at
+    /// most triples what the broadcast held before (the bodies, and their hex once).
     notifications: [OnceLock<Box<RawValue>>; 2],
 }
 
