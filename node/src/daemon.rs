@@ -52,6 +52,9 @@ pub async fn run(home: &Path) -> Result<()> {
         )
         .with_target(false)
         .try_init();
+    if let Some(every) = crate::memory::trim_interval() {
+        crate::memory::spawn_trimmer(every);
+    }
     let genesis = Genesis::load(&config.genesis_file)?;
     let genesis_hash = genesis.hash();
     let key = keyfile::load(&config.key_file)?;

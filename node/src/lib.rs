@@ -4,7 +4,8 @@
 //! * [`ingress`]: transactions in (JSON-RPC and gossip) — decode, signature check, mempool;
 //! * [`driver`]: the one event loop around the consensus core (verify, validate, persist, send);
 //! * [`execution`]: committed batches into blocks, RocksDB, block sync, state repair;
-//! * [`rpc`]: the JSON-RPC server; [`daemon`] wires them together.
+//! * [`rpc`]: the JSON-RPC server; [`daemon`] wires them together;
+//! * [`memory`]: the allocator's free memory given back to the system.
 //!
 //! [`tools`] holds the other subcommands of the `tally` binary (bench, devnet, the RPC client,
 //! sim); nothing in the daemon depends on them.
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod driver;
 pub mod execution;
 pub mod ingress;
+pub mod memory;
 pub mod rpc;
 pub mod shared;
 pub mod tools;
