@@ -579,6 +579,54 @@ fn behind_a_stable_checkpoint_fetches_state() {
     assert_eq!(r.stable_checkpoint(), Seq(2 * K));
 }
 
+/// A replica that committed up to a checkpoint and is only executing behind the quorum that
+/// made it stable does not fetch the blocks it is about to execute; if its execution stalls
+/// for a view-change timeout, it does.
+#[test]
+fn committed_but_not_yet_executed_waits_for_its_executor_then_fetches_if_stalled() {
+    let h = H::new(4);
+    let mut r = h.replica(1, &[], 0);
+    for seq in 1..=K {
+        commit_at(&h, &mut r, seq, &batch(seq as u8));
+    }
+    let hash = Digest::of(b"block K");
+    let fetches = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::FetchState { .. }))
+            .count()
+    };
+    let mut out = Vec::new();
+    for from in [0, 2, 3] {
+        out.extend(step(&mut r, 0, h.input(h.checkpoint(from, K, hash))));
+    }
+    assert_eq!(fetches(&out), 0, "everything up to K is committed here");
+    // Ticks within the timeout: still waiting for the executor.
+    let out = step(&mut r, TIMEOUT / 2, tick(true));
+    assert_eq!(fetches(&out), 0);
+    // Executing catches up: the checkpoint becomes stable, no transfer was made.
+    for seq in 1..K {
+        executed(&mut r, seq, &batch(seq as u8), Digest::of(&[seq as u8]));
+    }
+    executed(&mut r, K, &batch(K as u8), hash);
+    assert_eq!(r.stable_checkpoint(), Seq(K));
+
+    // The same, but the executor stalls: after the timeout, the blocks are fetched.
+    let mut s = h.replica(2, &[], 0);
+    for seq in 1..=K {
+        commit_at(&h, &mut s, seq, &batch(seq as u8));
+    }
+    for from in [0, 1, 3] {
+        step(&mut s, 0, h.input(h.checkpoint(from, K, hash)));
+    }
+    let late = 60_000;
+    let out = step(&mut s, late, tick(true));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::FetchState { target, .. } if *target == Seq(K))),
+        "a stalled executor is replaced by a transfer"
+    );
+}
+
 /// §4.2: conflicting PREPAREs from one backup are kept as evidence.
 #[test]
 fn conflicting_votes_are_evidence() {

@@ -216,12 +216,22 @@ impl Pbft {
                 _ => self.make_stable(cert, out),
             }
         } else {
-            self.start_fetch(cert.seq, cert.block_hash, out);
+            if cert.seq < self.next_commit {
+                // Committed here and only waiting for this replica's executor (a checkpoint
+                // quorum of faster peers can form first): fetching those blocks would only
+                // repeat them. `retry_fetch` starts a transfer if execution stalls.
+            } else {
+                self.start_fetch(cert.seq, cert.block_hash, out);
+            }
             if self
                 .pending_stable
                 .as_ref()
                 .is_none_or(|p| p.seq < cert.seq)
             {
+                if self.pending_stable.is_none() {
+                    // Since when execution has been behind a stable checkpoint.
+                    self.pending_stable_since = self.now;
+                }
                 self.pending_stable = Some(cert);
             }
         }

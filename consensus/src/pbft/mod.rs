@@ -255,6 +255,9 @@ pub struct Pbft {
     pub(crate) fetching: Option<(Seq, Digest, Millis)>,
     /// A stable checkpoint known from proofs but not yet reached by execution.
     pub(crate) pending_stable: Option<CheckpointCert>,
+    /// When `pending_stable` was set for a sequence number this replica had already committed
+    /// (its own executor will reach it: no transfer unless execution stalls past a timeout).
+    pub(crate) pending_stable_since: Millis,
     /// Set while this replica's state diverged from a certified checkpoint: it signs
     /// nothing and executes nothing until the driver reports the repair.
     pub(crate) diverged: Option<Repair>,
@@ -311,6 +314,7 @@ impl Pbft {
             evidence: evidence::EvidenceTracker::default(),
             fetching: None,
             pending_stable: None,
+            pending_stable_since: 0,
             diverged: None,
         };
         p.restore(records);

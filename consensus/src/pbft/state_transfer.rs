@@ -79,6 +79,7 @@ impl Pbft {
             }
         } else if let Some(p) = &self.pending_stable
             && p.seq > self.last_executed
+            && (p.seq >= self.next_commit || self.now >= self.pending_stable_since + self.timeout())
         {
             let (seq, hash) = (p.seq, p.block_hash);
             self.start_fetch(seq, hash, out);

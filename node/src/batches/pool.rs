@@ -3,6 +3,15 @@
 //! pre-prepare names (so that, as the next primary, it does not propose them again while they
 //! are in flight) and releases them when a view change drops that proposal.
 //!
+//! **Each author's batches in the order it cut them.** A validator cuts its clients'
+//! transactions into batches in nonce order per account, so a proposal must name one author's
+//! batches in index order, or a transaction can run before its predecessor and fail with "bad
+//! nonce" (`docs/transactions.md`). Proofs do not arrive in that order (each batch is attested
+//! by its own validators), so [`ProofPool::take`] serves each author lowest index first, and
+//! holds an author's proofs back while the next index it expects is missing — for at most
+//! [`GAP_WAIT`] after the lowest one arrived (an author that restarted skips numbers, and a
+//! batch may never be proven), after which the gap is passed over.
+//!
 //! **Bounds.** At most `per_author` proofs of each author are held (an author whose proofs
 //! are not being ordered cannot grow this), and the digests of the latest [`COMMITTED_KEPT`]
 //! committed batches are remembered so that a proof arriving after its block is not held
@@ -12,10 +21,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_consensus::BatchProof;
+use tally_consensus::{BatchHeader, BatchProof};
 use tally_crypto::{Digest, Verified};
 
 use crate::{FastMap, FastSet};
+
+/// How long a proof waits for an earlier batch of its author (a missing index) before it is
+/// proposed anyway: two attestation retries.
+pub const GAP_WAIT: Duration = Duration::from_millis(2 * super::service::RETRY_MS);
 
 /// Committed batch digests remembered (a late copy of their proof is not held again).
 pub const COMMITTED_KEPT: usize = 65_536;
@@ -44,6 +57,9 @@ pub struct ProofPool {
     held: Vec<usize>,
     committed: FastSet<Digest>,
     committed_order: VecDeque<Digest>,
+    /// Per author: one past the highest batch index a proposal named or a block held, once
+    /// one has been seen (the index its next batch should have).
+    next_index: Vec<Option<u64>>,
 }
 
 impl ProofPool {
@@ -56,6 +72,7 @@ impl ProofPool {
             held: vec![0; validators],
             committed: FastSet::default(),
             committed_order: VecDeque::new(),
+            next_index: vec![None; validators],
         }
     }
 
@@ -151,28 +168,80 @@ impl ProofPool {
         self.unproposed().take(cap).count()
     }
 
-    /// Takes up to `max_entries` proofs no proposal names, oldest first, whose batches hold at
-    /// most `max_txs` transactions together, and marks them proposed.
-    pub fn take(&mut self, max_entries: usize, max_txs: usize) -> Vec<Digest> {
+    /// Takes up to `max_entries` proofs no proposal names, whose batches hold at most
+    /// `max_txs` transactions together, and marks them proposed. Authors are served in the
+    /// order their proofs arrived, each author's batches lowest index first; an author whose
+    /// lowest waiting index is past the one expected waits (see [`GAP_WAIT`]).
+    pub fn take(&mut self, max_entries: usize, max_txs: usize, now: Instant) -> Vec<Digest> {
+        // Each author's waiting proofs by index.
+        let mut by_author: FastMap<u16, BTreeMap<u64, &Entry>> = FastMap::default();
+        for e in self.unproposed() {
+            by_author
+                .entry(e.proof.header.author.0)
+                .or_default()
+                .insert(e.proof.header.index, e);
+        }
+        let mut next = self.next_index.clone();
         let mut out = Vec::new();
         let mut txs = 0usize;
+        // One slot per waiting proof, in arrival order: the slot goes to its author's lowest
+        // index, so each author gets as many as before, in cut order.
         for e in self.unproposed() {
-            let n = e.proof.header.tx_count as usize;
+            let author = e.proof.header.author.0;
+            let Some(waiting) = by_author.get_mut(&author) else {
+                continue;
+            };
+            let Some((&index, first)) = waiting.first_key_value() else {
+                continue;
+            };
+            let expected = next.get(author as usize).copied().flatten();
+            let in_order = expected.is_none_or(|x| index <= x);
+            if !in_order && now.saturating_duration_since(first.arrived) < GAP_WAIT {
+                // Its predecessor may still come; the author's later ones wait with it.
+                waiting.clear();
+                continue;
+            }
+            let n = first.proof.header.tx_count as usize;
             if out.len() >= max_entries || txs + n > max_txs {
                 break;
             }
             txs += n;
-            out.push(e.proof.header.digest());
+            out.push(first.proof.header.digest());
+            if let Some(x) = next.get_mut(author as usize) {
+                *x = Some(x.map_or(index + 1, |x| x.max(index + 1)));
+            }
+            waiting.pop_first();
         }
         self.mark_proposed(&out);
         out
     }
 
+    /// A proposal or a block ordered `author`'s batch `index`.
+    fn note_ordered(&mut self, author: u16, index: u64) {
+        if let Some(x) = self.next_index.get_mut(author as usize) {
+            *x = Some(x.map_or(index + 1, |x| x.max(index + 1)));
+        }
+    }
+
     /// A proposal in flight names these batches.
     pub fn mark_proposed(&mut self, digests: &[Digest]) {
+        let mut ordered = Vec::new();
         for d in digests {
             if let Some(e) = self.entries.get_mut(d) {
                 e.proposed = true;
+                ordered.push((e.proof.header.author.0, e.proof.header.index));
+            }
+        }
+        for (author, index) in ordered {
+            self.note_ordered(author, index);
+        }
+    }
+
+    /// A proposal that named these batches was not made: they may be proposed again.
+    pub fn release(&mut self, digests: &[Digest]) {
+        for d in digests {
+            if let Some(e) = self.entries.get_mut(d) {
+                e.proposed = false;
             }
         }
     }
@@ -189,8 +258,10 @@ impl ProofPool {
     }
 
     /// These batches are in a block: forget their proofs, remember that they committed.
-    pub fn on_block(&mut self, digests: &[Digest]) {
-        for d in digests {
+    pub fn on_block(&mut self, headers: &[BatchHeader]) {
+        for h in headers {
+            self.note_ordered(h.author.0, h.index);
+            let d = &h.digest();
             if let Some(e) = self.entries.remove(d) {
                 self.order.remove(&e.arrival);
                 if let Some(h) = self.held.get_mut(e.proof.header.author.0 as usize) {
@@ -268,18 +339,36 @@ mod tests {
         }
         assert_eq!(pool.insert(a.clone(), now), Ok(false), "already held");
         // Oldest first, within the transaction cap.
-        assert_eq!(pool.take(10, 250), vec![da, db]);
+        assert_eq!(pool.take(10, 250, now), vec![da, db]);
         assert_eq!(pool.unproposed_count(10), 1);
-        assert_eq!(pool.take(10, 1000), vec![dc]);
-        assert!(pool.take(10, 1000).is_empty(), "everything is in flight");
+        assert_eq!(pool.take(10, 1000, now), vec![dc]);
+        assert!(
+            pool.take(10, 1000, now).is_empty(),
+            "everything is in flight"
+        );
         // A view change carried `db` over; the others may be proposed again.
         pool.release_proposed(&[db]);
-        assert_eq!(pool.take(10, 1000), vec![da, dc]);
-        pool.on_block(&[da]);
+        assert_eq!(pool.take(10, 1000, now), vec![da, dc]);
+        pool.on_block(&[a.header]);
         assert!(!pool.contains(&da));
         assert!(pool.is_committed(&da));
         assert_eq!(pool.insert(a, now), Ok(false), "committed: not held again");
         assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn a_proposal_the_core_declined_gives_its_proofs_back() {
+        let now = Instant::now();
+        let mut pool = ProofPool::new(4, 10);
+        let (a, b) = (proof(0, 0, 10), proof(0, 1, 10));
+        let (da, db) = (a.header.digest(), b.header.digest());
+        pool.insert(a, now).expect("held");
+        pool.insert(b, now).expect("held");
+        let taken = pool.take(10, 1000, now);
+        assert_eq!(taken, vec![da, db]);
+        assert!(pool.take(10, 1000, now).is_empty());
+        pool.release(&taken);
+        assert_eq!(pool.take(10, 1000, now), vec![da, db], "again, in order");
     }
 
     #[test]
@@ -294,7 +383,76 @@ mod tests {
         );
         // Another author is not slowed.
         assert_eq!(pool.insert(proof(3, 0, 1), now), Ok(true));
-        pool.on_block(&[proof(2, 0, 1).header.digest()]);
+        pool.on_block(&[proof(2, 0, 1).header]);
         assert_eq!(pool.insert(proof(2, 2, 1), now), Ok(true));
+    }
+
+    #[test]
+    fn an_authors_batches_go_in_the_order_it_cut_them() {
+        let t0 = Instant::now();
+        let mut pool = ProofPool::new(4, 10);
+        // Author 0's batches 1 and 2 are proven before its batch 0; author 1's batch 0 between.
+        let (b0, b1, b2) = (proof(0, 0, 10), proof(0, 1, 10), proof(0, 2, 10));
+        let other = proof(1, 0, 10);
+        let d = |p: &Verified<BatchProof>| p.header.digest();
+        let want = vec![d(&b0), d(&b1), d(&other), d(&b2)];
+        for p in [b2, b1, other, b0] {
+            assert_eq!(pool.insert(p, t0), Ok(true));
+        }
+        // Three slots for author 0, one for author 1 (arrival order), author 0 lowest first.
+        assert_eq!(pool.take(10, 1000, t0), want);
+    }
+
+    #[test]
+    fn a_missing_batch_holds_its_authors_later_ones_for_the_gap_wait_only() {
+        let t0 = Instant::now();
+        let mut pool = ProofPool::new(4, 10);
+        pool.on_block(&[proof(0, 4, 10).header]);
+        // Batch 5 is missing; 6 and 7 wait, another author does not.
+        let (b6, b7, other) = (proof(0, 6, 10), proof(0, 7, 10), proof(1, 0, 10));
+        for p in [b7.clone(), b6.clone(), other.clone()] {
+            assert_eq!(pool.insert(p, t0), Ok(true));
+        }
+        assert_eq!(pool.take(10, 1000, t0), vec![other.header.digest()]);
+        let almost = t0 + GAP_WAIT - Duration::from_millis(1);
+        assert!(
+            pool.take(10, 1000, almost).is_empty(),
+            "still waiting for 5"
+        );
+        // Batch 5 arrives in time: 5, 6, 7 in order.
+        let b5 = proof(0, 5, 10);
+        assert_eq!(pool.insert(b5.clone(), almost), Ok(true));
+        let d = |p: &Verified<BatchProof>| p.header.digest();
+        assert_eq!(pool.take(10, 1000, almost), vec![d(&b5), d(&b6), d(&b7)]);
+
+        // After a restart of the author its numbers jump: 100 waits GAP_WAIT, then goes,
+        // and 101 follows without waiting again.
+        pool.on_block(&[b5.header, b6.header, b7.header]);
+        let (b100, b101) = (proof(0, 100, 10), proof(0, 101, 10));
+        let t1 = almost + Duration::from_secs(1);
+        assert_eq!(pool.insert(b100.clone(), t1), Ok(true));
+        assert!(pool.take(10, 1000, t1).is_empty());
+        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT), vec![d(&b100)]);
+        assert_eq!(pool.insert(b101.clone(), t1 + GAP_WAIT), Ok(true));
+        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT), vec![d(&b101)]);
+    }
+
+    #[test]
+    fn a_backup_learns_the_order_from_the_proposals_it_sees() {
+        let t0 = Instant::now();
+        let mut pool = ProofPool::new(4, 10);
+        let (b0, b1, b3) = (proof(2, 0, 10), proof(2, 1, 10), proof(2, 3, 10));
+        for p in [b0.clone(), b1.clone(), b3.clone()] {
+            assert_eq!(pool.insert(p, t0), Ok(true));
+        }
+        // The primary's pre-prepare named 0 and 1; as the next primary this node expects 2.
+        pool.mark_proposed(&[b0.header.digest(), b1.header.digest()]);
+        assert!(pool.take(10, 1000, t0).is_empty(), "3 waits for 2");
+        // A view change drops that proposal: 0 and 1 may go again, in order, and 3 still waits.
+        pool.release_proposed(&[]);
+        assert_eq!(
+            pool.take(10, 1000, t0),
+            vec![b0.header.digest(), b1.header.digest()]
+        );
     }
 }

@@ -142,7 +142,7 @@ impl BatchPath {
     /// These batches are in a block: their bodies, proofs and fetched copies go.
     pub fn on_block(&self, headers: &[BatchHeader]) -> Result<(), tally_storage::StorageError> {
         let digests: Vec<Digest> = headers.iter().map(BatchHeader::digest).collect();
-        self.pool().on_block(&digests);
+        self.pool().on_block(headers);
         {
             let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
             for d in &digests {

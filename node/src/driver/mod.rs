@@ -372,13 +372,29 @@ impl Driver {
             {
                 return;
             }
-            pool.take(PROPOSAL_PROOFS_MAX, validate::BLOCK_TXS_MAX)
+            pool.take(PROPOSAL_PROOFS_MAX, validate::BLOCK_TXS_MAX, Instant::now())
         };
         if entries.is_empty() {
             return;
         }
         self.batch_requested = false;
-        self.step(Input::Propose(Batch { txs: entries }));
+        let before = self.outputs.len();
+        self.step(Input::Propose(Batch {
+            txs: entries.clone(),
+        }));
+        // The core may decline a proposal it asked for (a state transfer or view change began
+        // meanwhile): its proofs go back to the pool, or they would wait, marked as in
+        // flight, until the next view change — and their authors' later batches, ordered
+        // without them, would fail with "bad nonce".
+        let accepted = self.outputs[before..].iter().any(|o| {
+            matches!(
+                o,
+                Output::Event(Event::PrePrepareAccepted { .. } | Event::Accepted { .. })
+            )
+        });
+        if !accepted {
+            path.pool().release(&entries);
+        }
     }
 
     /// Steps the core; its outputs wait for [`Driver::flush`].

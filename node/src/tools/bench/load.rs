@@ -8,6 +8,8 @@ use super::*;
 pub(super) struct Second {
     pub(super) offered: u64,
     pub(super) committed: u64,
+    /// In a block, but failed (e.g. "bad nonce"): not counted as committed.
+    pub(super) failed: u64,
     /// From the submission that was admitted.
     pub(super) latencies: Vec<f64>,
     /// From the transaction's first submission (including refusals and resubmissions).
@@ -170,11 +172,24 @@ pub(super) async fn drive(
                             .collect()
                     })
                     .unwrap_or_default();
+                // A transaction counts as committed only if it succeeded.
+                let ok: Vec<bool> = block["results"]
+                    .as_array()
+                    .map(|a| a.iter().map(|r| r["status"] == "ok").collect())
+                    .unwrap_or_default();
                 let mut at = submitted_at.lock().unwrap_or_else(|e| e.into_inner());
                 let mut first = first_sent.lock().unwrap_or_else(|e| e.into_inner());
                 let mut secs = seconds.lock().unwrap_or_else(|e| e.into_inner());
-                for h in hashes {
+                for (j, h) in hashes.into_iter().enumerate() {
                     let first_at = first.remove(&h);
+                    if !ok.get(j).copied().unwrap_or(false) {
+                        if at.remove(&h).is_some()
+                            && let Some(s) = secs.get_mut(sec)
+                        {
+                            s.failed += 1;
+                        }
+                        continue;
+                    }
                     if let Some(t) = at.remove(&h) {
                         committed_total.fetch_add(1, Ordering::Relaxed);
                         if let Some(s) = secs.get_mut(sec) {
@@ -393,6 +408,7 @@ pub(super) async fn drive(
     let measured = &secs[a.warmup as usize..total_secs as usize];
     let offered: u64 = measured.iter().map(|s| s.offered).sum();
     let committed: u64 = measured.iter().map(|s| s.committed).sum();
+    let failed: u64 = measured.iter().map(|s| s.failed).sum();
     let mut lat: Vec<f64> = measured
         .iter()
         .flat_map(|s| s.latencies.iter().copied())
@@ -453,6 +469,7 @@ pub(super) async fn drive(
         latency_ms: percentiles(&lat),
         latency_from_first_submission_ms: percentiles(&lat_first),
         committed,
+        failed,
         submitted: sent as u64,
         resubmitted: resubmitted.load(Ordering::Relaxed),
         refused_mempool_full: refused_full.load(Ordering::Relaxed),

@@ -148,6 +148,8 @@ pub(super) struct Report {
     /// First submission → commit (includes waiting out "mempool full" refusals).
     pub(super) latency_from_first_submission_ms: Percentiles,
     pub(super) committed: u64,
+    /// Included in a block but failed (e.g. "bad nonce"): not in `committed`.
+    pub(super) failed: u64,
     pub(super) submitted: u64,
     /// Submissions of a transaction sent before (after a refusal).
     pub(super) resubmitted: u64,
@@ -184,6 +186,10 @@ pub(super) fn print_table(r: &Report) {
     println!(
         "  committed          {:>10.0} tx/s  ({} transactions)",
         r.committed_tx_per_s, r.committed
+    );
+    println!(
+        "  failed in blocks   {:>10} transactions (not counted as committed)",
+        r.failed
     );
     println!(
         "  latency (admitted) p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
