@@ -8,9 +8,12 @@
 //! batches in index order, or a transaction can run before its predecessor and fail with "bad
 //! nonce" (`docs/transactions.md`). Proofs do not arrive in that order (each batch is attested
 //! by its own validators), so [`ProofPool::take`] serves each author lowest index first, and
-//! holds an author's proofs back while the next index it expects is missing — for at most
-//! [`GAP_WAIT`] after the lowest one arrived (an author that restarted skips numbers, and a
-//! batch may never be proven), after which the gap is passed over.
+//! holds an author's proofs back while the next index it expects is missing: for at most
+//! [`HELD_WAIT`] after the lowest one arrived when this node holds the missing batch's body
+//! (it exists and its proof is on its way: under load, attestations do not come back in cut
+//! order), and for at most [`GAP_WAIT`] when it does not (an author that restarted skips
+//! numbers). After that the gap is passed over: a batch that is never proven cannot stall its
+//! author's later ones.
 //!
 //! **Bounds.** At most `per_author` proofs of each author are held (an author whose proofs
 //! are not being ordered cannot grow this), and the digests of the latest [`COMMITTED_KEPT`]
@@ -26,9 +29,12 @@ use tally_crypto::{Digest, Verified};
 
 use crate::{FastMap, FastSet};
 
-/// How long a proof waits for an earlier batch of its author (a missing index) before it is
-/// proposed anyway: two attestation retries.
+/// How long a proof waits for an earlier batch of its author whose body this node does not
+/// hold before it is proposed anyway: two attestation retries.
 pub const GAP_WAIT: Duration = Duration::from_millis(2 * super::service::RETRY_MS);
+/// How long it waits for an earlier batch whose body this node holds (unproven): that batch
+/// exists and is being attested; proposing past it would fail its transactions' successors.
+pub const HELD_WAIT: Duration = Duration::from_secs(5);
 
 /// Committed batch digests remembered (a late copy of their proof is not held again).
 pub const COMMITTED_KEPT: usize = 65_536;
@@ -171,8 +177,16 @@ impl ProofPool {
     /// Takes up to `max_entries` proofs no proposal names, whose batches hold at most
     /// `max_txs` transactions together, and marks them proposed. Authors are served in the
     /// order their proofs arrived, each author's batches lowest index first; an author whose
-    /// lowest waiting index is past the one expected waits (see [`GAP_WAIT`]).
-    pub fn take(&mut self, max_entries: usize, max_txs: usize, now: Instant) -> Vec<Digest> {
+    /// lowest waiting index is past the one expected waits (see [`GAP_WAIT`]);
+    /// `held(author, from, to)` says whether this node holds a batch body of `author` numbered
+    /// in `from..to`.
+    pub fn take(
+        &mut self,
+        max_entries: usize,
+        max_txs: usize,
+        now: Instant,
+        held: impl Fn(u16, u64, u64) -> bool,
+    ) -> Vec<Digest> {
         // Each author's waiting proofs by index.
         let mut by_author: FastMap<u16, BTreeMap<u64, &Entry>> = FastMap::default();
         for e in self.unproposed() {
@@ -195,8 +209,13 @@ impl ProofPool {
                 continue;
             };
             let expected = next.get(author as usize).copied().flatten();
-            let in_order = expected.is_none_or(|x| index <= x);
-            if !in_order && now.saturating_duration_since(first.arrived) < GAP_WAIT {
+            let waited = now.saturating_duration_since(first.arrived);
+            let wait = match expected {
+                Some(x) if index > x && held(author, x, index) => HELD_WAIT,
+                Some(x) if index > x => GAP_WAIT,
+                _ => Duration::ZERO,
+            };
+            if waited < wait {
                 // Its predecessor may still come; the author's later ones wait with it.
                 waiting.clear();
                 continue;
@@ -298,6 +317,11 @@ mod tests {
     };
     use tally_crypto::{ChainId, SecretKey};
 
+    /// No batch body held.
+    fn none(_: u16, _: u64, _: u64) -> bool {
+        false
+    }
+
     fn proof(author: u16, index: u64, tx_count: u32) -> Verified<BatchProof> {
         let keys: Vec<SecretKey> = (1..=4u8).map(|i| SecretKey::from_seed(&[i; 32])).collect();
         let set = ValidatorSet::new(&keys.iter().map(|k| k.public_key()).collect::<Vec<_>>())
@@ -339,16 +363,16 @@ mod tests {
         }
         assert_eq!(pool.insert(a.clone(), now), Ok(false), "already held");
         // Oldest first, within the transaction cap.
-        assert_eq!(pool.take(10, 250, now), vec![da, db]);
+        assert_eq!(pool.take(10, 250, now, none), vec![da, db]);
         assert_eq!(pool.unproposed_count(10), 1);
-        assert_eq!(pool.take(10, 1000, now), vec![dc]);
+        assert_eq!(pool.take(10, 1000, now, none), vec![dc]);
         assert!(
-            pool.take(10, 1000, now).is_empty(),
+            pool.take(10, 1000, now, none).is_empty(),
             "everything is in flight"
         );
         // A view change carried `db` over; the others may be proposed again.
         pool.release_proposed(&[db]);
-        assert_eq!(pool.take(10, 1000, now), vec![da, dc]);
+        assert_eq!(pool.take(10, 1000, now, none), vec![da, dc]);
         pool.on_block(&[a.header]);
         assert!(!pool.contains(&da));
         assert!(pool.is_committed(&da));
@@ -364,11 +388,15 @@ mod tests {
         let (da, db) = (a.header.digest(), b.header.digest());
         pool.insert(a, now).expect("held");
         pool.insert(b, now).expect("held");
-        let taken = pool.take(10, 1000, now);
+        let taken = pool.take(10, 1000, now, none);
         assert_eq!(taken, vec![da, db]);
-        assert!(pool.take(10, 1000, now).is_empty());
+        assert!(pool.take(10, 1000, now, none).is_empty());
         pool.release(&taken);
-        assert_eq!(pool.take(10, 1000, now), vec![da, db], "again, in order");
+        assert_eq!(
+            pool.take(10, 1000, now, none),
+            vec![da, db],
+            "again, in order"
+        );
     }
 
     #[test]
@@ -400,7 +428,7 @@ mod tests {
             assert_eq!(pool.insert(p, t0), Ok(true));
         }
         // Three slots for author 0, one for author 1 (arrival order), author 0 lowest first.
-        assert_eq!(pool.take(10, 1000, t0), want);
+        assert_eq!(pool.take(10, 1000, t0, none), want);
     }
 
     #[test]
@@ -413,17 +441,20 @@ mod tests {
         for p in [b7.clone(), b6.clone(), other.clone()] {
             assert_eq!(pool.insert(p, t0), Ok(true));
         }
-        assert_eq!(pool.take(10, 1000, t0), vec![other.header.digest()]);
+        assert_eq!(pool.take(10, 1000, t0, none), vec![other.header.digest()]);
         let almost = t0 + GAP_WAIT - Duration::from_millis(1);
         assert!(
-            pool.take(10, 1000, almost).is_empty(),
+            pool.take(10, 1000, almost, none).is_empty(),
             "still waiting for 5"
         );
         // Batch 5 arrives in time: 5, 6, 7 in order.
         let b5 = proof(0, 5, 10);
         assert_eq!(pool.insert(b5.clone(), almost), Ok(true));
         let d = |p: &Verified<BatchProof>| p.header.digest();
-        assert_eq!(pool.take(10, 1000, almost), vec![d(&b5), d(&b6), d(&b7)]);
+        assert_eq!(
+            pool.take(10, 1000, almost, none),
+            vec![d(&b5), d(&b6), d(&b7)]
+        );
 
         // After a restart of the author its numbers jump: 100 waits GAP_WAIT, then goes,
         // and 101 follows without waiting again.
@@ -431,10 +462,42 @@ mod tests {
         let (b100, b101) = (proof(0, 100, 10), proof(0, 101, 10));
         let t1 = almost + Duration::from_secs(1);
         assert_eq!(pool.insert(b100.clone(), t1), Ok(true));
-        assert!(pool.take(10, 1000, t1).is_empty());
-        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT), vec![d(&b100)]);
+        assert!(pool.take(10, 1000, t1, none).is_empty());
+        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT, none), vec![d(&b100)]);
         assert_eq!(pool.insert(b101.clone(), t1 + GAP_WAIT), Ok(true));
-        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT), vec![d(&b101)]);
+        assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT, none), vec![d(&b101)]);
+    }
+
+    #[test]
+    fn a_missing_batch_whose_body_is_held_is_waited_for_longer() {
+        let t0 = Instant::now();
+        let mut pool = ProofPool::new(4, 10);
+        pool.on_block(&[proof(1, 9, 10).header]);
+        // Batch 10's body is here, its proof is late; 11 is proven.
+        let held = |author: u16, from: u64, to: u64| author == 1 && from <= 10 && 10 < to;
+        let b11 = proof(1, 11, 10);
+        assert_eq!(pool.insert(b11.clone(), t0), Ok(true));
+        assert!(pool.take(10, 1000, t0 + GAP_WAIT, held).is_empty());
+        assert!(
+            pool.take(10, 1000, t0 + HELD_WAIT - Duration::from_millis(1), held)
+                .is_empty()
+        );
+        let b10 = proof(1, 10, 10);
+        let t1 = t0 + HELD_WAIT - Duration::from_millis(1);
+        assert_eq!(pool.insert(b10.clone(), t1), Ok(true));
+        assert_eq!(
+            pool.take(10, 1000, t1, held),
+            vec![b10.header.digest(), b11.header.digest()]
+        );
+        // Never proven: passed over after HELD_WAIT.
+        let b13 = proof(1, 13, 10);
+        let held12 = |author: u16, from: u64, to: u64| author == 1 && from <= 12 && 12 < to;
+        assert_eq!(pool.insert(b13.clone(), t1), Ok(true));
+        assert!(pool.take(10, 1000, t1 + GAP_WAIT, held12).is_empty());
+        assert_eq!(
+            pool.take(10, 1000, t1 + HELD_WAIT, held12),
+            vec![b13.header.digest()]
+        );
     }
 
     #[test]
@@ -447,11 +510,11 @@ mod tests {
         }
         // The primary's pre-prepare named 0 and 1; as the next primary this node expects 2.
         pool.mark_proposed(&[b0.header.digest(), b1.header.digest()]);
-        assert!(pool.take(10, 1000, t0).is_empty(), "3 waits for 2");
+        assert!(pool.take(10, 1000, t0, none).is_empty(), "3 waits for 2");
         // A view change drops that proposal: 0 and 1 may go again, in order, and 3 still waits.
         pool.release_proposed(&[]);
         assert_eq!(
-            pool.take(10, 1000, t0),
+            pool.take(10, 1000, t0, none),
             vec![b0.header.digest(), b1.header.digest()]
         );
     }

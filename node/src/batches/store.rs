@@ -189,6 +189,15 @@ impl BatchStore {
         Some(b)
     }
 
+    /// Whether a batch of `author` numbered in `from..to` is held (not yet in a block).
+    pub fn holds_between(&self, author: u16, from: u64, to: u64) -> bool {
+        from < to
+            && self
+                .authors
+                .get(author as usize)
+                .is_some_and(|a| a.by_index.range(from..to).next().is_some())
+    }
+
     pub fn get(&self, digest: &Digest) -> Option<Arc<TxBatch>> {
         self.batches.get(digest).cloned()
     }

@@ -361,6 +361,8 @@ impl Driver {
             return;
         };
         let entries = {
+            // The store's lock, then the pool's: the only place that holds both.
+            let store = path.store();
             let mut pool = path.pool();
             let Some(oldest) = pool.oldest_unproposed() else {
                 return;
@@ -372,7 +374,12 @@ impl Driver {
             {
                 return;
             }
-            pool.take(PROPOSAL_PROOFS_MAX, validate::BLOCK_TXS_MAX, Instant::now())
+            pool.take(
+                PROPOSAL_PROOFS_MAX,
+                validate::BLOCK_TXS_MAX,
+                Instant::now(),
+                |author, from, to| store.holds_between(author, from, to),
+            )
         };
         if entries.is_empty() {
             return;
