@@ -116,6 +116,11 @@ pub struct Metrics {
     pub mempool_ready: Gauge,
     pub mempool_admitted: Family<SourceLabels, Counter>,
     pub mempool_rejected: Family<ReasonLabels, Counter>,
+    pub batch_store_batches: Gauge,
+    pub batch_store_bytes: Gauge,
+    pub proof_pool_proofs: Gauge,
+    pub batches_unproven: Gauge,
+    pub batch_order_gaps: Counter,
     pub peers: Gauge,
     pub p2p_messages: Family<P2pLabels, Counter>,
     pub p2p_bytes: Family<P2pLabels, Counter>,
@@ -174,6 +179,11 @@ impl Metrics {
             mempool_ready: Gauge::default(),
             mempool_admitted: Family::default(),
             mempool_rejected: Family::default(),
+            batch_store_batches: Gauge::default(),
+            batch_store_bytes: Gauge::default(),
+            proof_pool_proofs: Gauge::default(),
+            batches_unproven: Gauge::default(),
+            batch_order_gaps: Counter::default(),
             peers: Gauge::default(),
             p2p_messages: Family::default(),
             p2p_bytes: Family::default(),
@@ -310,6 +320,32 @@ impl Metrics {
             "tally_mempool_ready_transactions",
             "Mempool transactions that could be ordered now (not waiting behind a nonce gap)",
             m.mempool_ready.clone(),
+        );
+        r.register(
+            "tally_batch_store_batches",
+            "Data batch bodies held (every author's), not yet in a block",
+            m.batch_store_batches.clone(),
+        );
+        r.register_with_unit(
+            "tally_batch_store",
+            "Size of the data batch bodies held",
+            Unit::Bytes,
+            m.batch_store_bytes.clone(),
+        );
+        r.register(
+            "tally_proof_pool_proofs",
+            "Batch proofs held until their batch is in a block (proposed or not)",
+            m.proof_pool_proofs.clone(),
+        );
+        r.register(
+            "tally_batches_unproven",
+            "This node's batches waiting for attestations (admission stops at 64)",
+            m.batches_unproven.clone(),
+        );
+        r.register(
+            "tally_batch_order_gaps",
+            "Times a proposer passed over a missing earlier batch of an author after waiting",
+            m.batch_order_gaps.clone(),
         );
         r.register(
             "tally_mempool_admitted",

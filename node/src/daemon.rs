@@ -581,7 +581,7 @@ pub async fn run(home: &Path) -> Result<()> {
     info!("JSON-RPC on http://{rpc_addr} (WebSocket on ws://{rpc_addr})");
 
     let metrics_addr = socket(&config.metrics.listen)?;
-    let refresh = refresher(shared.clone(), p2p.stats.clone());
+    let refresh = refresher(shared.clone(), p2p.stats.clone(), batch_path.clone());
     tokio::spawn(async move {
         if let Err(e) = tally_monitoring::serve(metrics_addr, metrics, refresh).await {
             warn!("metrics endpoint: {e}");
@@ -669,7 +669,11 @@ async fn shutdown_signal() {
 }
 
 /// Refreshes, at each scrape, the gauges and counters fed from elsewhere.
-fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Refresh {
+fn refresher(
+    shared: Arc<Shared>,
+    stats: Arc<P2pStats>,
+    batches: Option<Arc<crate::batches::service::BatchPath>>,
+) -> tally_monitoring::Refresh {
     type Key = (&'static str, &'static str, &'static str);
     let last: Arc<Mutex<std::collections::HashMap<Key, u64>>> = Arc::default();
     let last_cpu = Arc::new(Mutex::new(0.0f64));
@@ -680,6 +684,15 @@ fn refresher(shared: Arc<Shared>, stats: Arc<P2pStats>) -> tally_monitoring::Ref
             m.mempool_transactions.set(pool.len() as i64);
             m.mempool_bytes.set(pool.bytes() as i64);
             m.mempool_ready.set(pool.ready_count() as i64);
+        }
+        if let Some(path) = &batches {
+            {
+                let store = path.store();
+                m.batch_store_batches.set(store.len() as i64);
+                m.batch_store_bytes.set(store.bytes() as i64);
+            }
+            m.proof_pool_proofs.set(path.pool().len() as i64);
+            m.batches_unproven.set(path.unproven() as i64);
         }
         use std::sync::atomic::Ordering::Relaxed;
         m.peers.set(stats.connected_peers.load(Relaxed) as i64);

@@ -66,6 +66,8 @@ pub struct ProofPool {
     /// Per author: one past the highest batch index a proposal named or a block held, once
     /// one has been seen (the index its next batch should have).
     next_index: Vec<Option<u64>>,
+    /// Proofs taken past a missing earlier batch of their author, not yet counted.
+    gaps_passed: u64,
 }
 
 impl ProofPool {
@@ -79,6 +81,7 @@ impl ProofPool {
             committed: FastSet::default(),
             committed_order: VecDeque::new(),
             next_index: vec![None; validators],
+            gaps_passed: 0,
         }
     }
 
@@ -196,6 +199,7 @@ impl ProofPool {
                 .insert(e.proof.header.index, e);
         }
         let mut next = self.next_index.clone();
+        let mut self_gaps = 0u64;
         let mut out = Vec::new();
         let mut txs = 0usize;
         // One slot per waiting proof, in arrival order: the slot goes to its author's lowest
@@ -225,14 +229,24 @@ impl ProofPool {
                 break;
             }
             txs += n;
+            if wait > Duration::ZERO {
+                self_gaps += 1;
+            }
             out.push(first.proof.header.digest());
             if let Some(x) = next.get_mut(author as usize) {
                 *x = Some(x.map_or(index + 1, |x| x.max(index + 1)));
             }
             waiting.pop_first();
         }
+        self.gaps_passed += self_gaps;
         self.mark_proposed(&out);
         out
+    }
+
+    /// Proofs taken past a missing earlier batch of their author since the last call (for
+    /// `tally_batch_order_gaps_total`).
+    pub fn take_gaps_passed(&mut self) -> u64 {
+        std::mem::take(&mut self.gaps_passed)
     }
 
     /// A proposal or a block ordered `author`'s batch `index`.
@@ -463,7 +477,9 @@ mod tests {
         let t1 = almost + Duration::from_secs(1);
         assert_eq!(pool.insert(b100.clone(), t1), Ok(true));
         assert!(pool.take(10, 1000, t1, none).is_empty());
+        assert_eq!(pool.take_gaps_passed(), 0);
         assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT, none), vec![d(&b100)]);
+        assert_eq!(pool.take_gaps_passed(), 1, "one gap passed over");
         assert_eq!(pool.insert(b101.clone(), t1 + GAP_WAIT), Ok(true));
         assert_eq!(pool.take(10, 1000, t1 + GAP_WAIT, none), vec![d(&b101)]);
     }

@@ -242,6 +242,11 @@ impl BatchStore {
     }
 
     /// Batches held in all.
+    /// Bytes of the bodies held, every author's.
+    pub fn bytes(&self) -> usize {
+        self.authors.iter().map(|a| a.bytes).sum()
+    }
+
     pub fn len(&self) -> usize {
         self.batches.len()
     }

@@ -374,12 +374,17 @@ impl Driver {
             {
                 return;
             }
-            pool.take(
+            let taken = pool.take(
                 PROPOSAL_PROOFS_MAX,
                 validate::BLOCK_TXS_MAX,
                 Instant::now(),
                 |author, from, to| store.holds_between(author, from, to),
-            )
+            );
+            let gaps = pool.take_gaps_passed();
+            if gaps > 0 {
+                self.shared.metrics.batch_order_gaps.inc_by(gaps);
+            }
+            taken
         };
         if entries.is_empty() {
             return;
