@@ -120,6 +120,7 @@ pub struct Metrics {
     pub batch_store_bytes: Gauge,
     pub proof_pool_proofs: Gauge,
     pub batches_unproven: Gauge,
+    pub batch_frames_queued_bytes: Gauge,
     pub batch_order_gaps: Counter,
     pub peers: Gauge,
     pub p2p_messages: Family<P2pLabels, Counter>,
@@ -130,6 +131,7 @@ pub struct Metrics {
     pub storage_write_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub storage_written_bytes: Family<KindLabels, Counter>,
     pub storage_size: Gauge,
+    pub storage_memory: Family<KindLabels, Gauge>,
     pub evidence: Family<ValidatorKindLabels, Counter>,
     pub state_diverged: Gauge,
     pub state_repairs: Family<OutcomeLabels, Counter>,
@@ -183,6 +185,7 @@ impl Metrics {
             batch_store_bytes: Gauge::default(),
             proof_pool_proofs: Gauge::default(),
             batches_unproven: Gauge::default(),
+            batch_frames_queued_bytes: Gauge::default(),
             batch_order_gaps: Counter::default(),
             peers: Gauge::default(),
             p2p_messages: Family::default(),
@@ -193,6 +196,7 @@ impl Metrics {
             storage_write_duration: Family::new_with_constructor(latency_histogram),
             storage_written_bytes: Family::default(),
             storage_size: Gauge::default(),
+            storage_memory: Family::default(),
             evidence: Family::default(),
             state_diverged: Gauge::default(),
             state_repairs: Family::default(),
@@ -342,6 +346,12 @@ impl Metrics {
             "This node's batches waiting for attestations (admission stops at 64)",
             m.batches_unproven.clone(),
         );
+        r.register_with_unit(
+            "tally_batch_frames_queued",
+            "Peers' batch-stream frames received and not yet handled by the batch task",
+            Unit::Bytes,
+            m.batch_frames_queued_bytes.clone(),
+        );
         r.register(
             "tally_batch_order_gaps",
             "Times a proposer passed over a missing earlier batch of an author after waiting",
@@ -395,6 +405,12 @@ impl Metrics {
             "Bytes written to storage, by kind",
             Unit::Bytes,
             m.storage_written_bytes.clone(),
+        );
+        r.register_with_unit(
+            "tally_storage_memory",
+            "Memory the storage engine holds, by kind (memtables, block_cache, table_readers)",
+            Unit::Bytes,
+            m.storage_memory.clone(),
         );
         r.register_with_unit(
             "tally_storage_size",

@@ -693,6 +693,8 @@ fn refresher(
             }
             m.proof_pool_proofs.set(path.pool().len() as i64);
             m.batches_unproven.set(path.unproven() as i64);
+            m.batch_frames_queued_bytes
+                .set(path.queued_frame_bytes() as i64);
         }
         use std::sync::atomic::Ordering::Relaxed;
         m.peers.set(stats.connected_peers.load(Relaxed) as i64);
@@ -704,6 +706,16 @@ fn refresher(
                 .len() as i64,
         );
         m.storage_size.set(shared.store.size_bytes() as i64);
+        let mem = shared.store.memory_usage();
+        for (kind, bytes) in [
+            ("memtables", mem.memtables),
+            ("block_cache", mem.block_cache),
+            ("table_readers", mem.table_readers),
+        ] {
+            m.storage_memory
+                .get_or_create(&tally_monitoring::KindLabels { kind: kind.into() })
+                .set(bytes as i64);
+        }
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         let mut delta = |name: Key, now: u64| {
             let before = last.insert(name, now).unwrap_or(0);

@@ -175,6 +175,20 @@ pub trait Store: Send + Sync {
 
     /// Approximate bytes on disk (or in memory).
     fn size_bytes(&self) -> u64;
+
+    /// Memory the storage engine holds, by part (RocksDB's memtables, block caches and table
+    /// readers); nothing for a store that is all memory.
+    fn memory_usage(&self) -> MemoryUsage {
+        MemoryUsage::default()
+    }
+}
+
+/// Memory a storage engine holds, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub memtables: u64,
+    pub block_cache: u64,
+    pub table_readers: u64,
 }
 
 pub(crate) fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {

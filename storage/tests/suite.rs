@@ -328,3 +328,21 @@ fn rocks_write_ahead_log_stays_bounded() {
     assert_eq!(s.latest_height().unwrap(), 384);
     assert_eq!(s.block(7).unwrap().unwrap(), vec![7u8; 512 * 1024]);
 }
+
+#[test]
+fn rocks_reports_the_memory_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    let before = s.memory_usage();
+    for h in 1..=200 {
+        s.commit_block(commit(h)).unwrap();
+    }
+    let after = s.memory_usage();
+    assert!(
+        after.memtables > before.memtables,
+        "writes land in the memtables: {before:?} → {after:?}"
+    );
+    // One cache shared by every column family, counted once: never above its 32 MiB.
+    assert!(after.block_cache <= 32 * 1024 * 1024, "{after:?}");
+    assert_eq!(MemStore::new().memory_usage(), Default::default());
+}

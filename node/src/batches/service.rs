@@ -124,6 +124,11 @@ impl BatchPath {
         self.unproven.load(Ordering::Relaxed) >= UNPROVEN_MAX
     }
 
+    /// Bytes of peers' frames queued for the batch task (bounded by 256 MiB).
+    pub fn queued_frame_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn unproven(&self) -> usize {
         self.unproven.load(Ordering::Relaxed)
     }
