@@ -17,6 +17,7 @@ pub mod driver;
 pub mod execution;
 pub mod ingress;
 pub mod memory;
+pub mod metrics_refresh;
 pub mod rpc;
 pub mod shared;
 pub mod tools;
