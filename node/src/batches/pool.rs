@@ -199,7 +199,7 @@ impl ProofPool {
                 .insert(e.proof.header.index, e);
         }
         let mut next = self.next_index.clone();
-        let mut self_gaps = 0u64;
+        let mut gaps = 0u64;
         let mut out = Vec::new();
         let mut txs = 0usize;
         // One slot per waiting proof, in arrival order: the slot goes to its author's lowest
@@ -230,15 +230,15 @@ impl ProofPool {
             }
             txs += n;
             if wait > Duration::ZERO {
-                self_gaps += 1;
+                gaps += 1;
             }
             out.push(first.proof.header.digest());
             if let Some(x) = next.get_mut(author as usize) {
-                *x = Some(x.map_or(index + 1, |x| x.max(index + 1)));
+                advance(x, index);
             }
             waiting.pop_first();
         }
-        self.gaps_passed += self_gaps;
+        self.gaps_passed += gaps;
         self.mark_proposed(&out);
         out
     }
@@ -252,7 +252,7 @@ impl ProofPool {
     /// A proposal or a block ordered `author`'s batch `index`.
     fn note_ordered(&mut self, author: u16, index: u64) {
         if let Some(x) = self.next_index.get_mut(author as usize) {
-            *x = Some(x.map_or(index + 1, |x| x.max(index + 1)));
+            advance(x, index);
         }
     }
 
@@ -320,6 +320,11 @@ impl ProofPool {
             .and_then(|d| self.entries.get(d))
             .map_or(Duration::ZERO, |e| now.saturating_duration_since(e.arrived))
     }
+}
+
+/// An author's next expected index once its batch `index` is ordered.
+fn advance(next: &mut Option<u64>, index: u64) {
+    *next = Some(next.map_or(index + 1, |x| x.max(index + 1)));
 }
 
 #[cfg(test)]
