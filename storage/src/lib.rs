@@ -156,6 +156,11 @@ pub trait Store: Send + Sync {
     /// `sync`, durable on return. A validator attests a batch only after it is durable here.
     fn batches_put(&self, entries: &[Entry], sync: bool) -> Result<(), StorageError>;
 
+    /// Makes every write made so far durable, however it was made (RocksDB: syncs the
+    /// write-ahead log). Lets a caller write unsynced on a latency-sensitive thread and pay
+    /// for durability elsewhere, once for all the writes made meanwhile.
+    fn sync_writes(&self) -> Result<(), StorageError>;
+
     fn batch_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Removes stored batches (those now in blocks, or that can no longer be ordered).

@@ -178,6 +178,10 @@ impl Store for MemStore {
         Ok(self.lock().batches.get(key).cloned())
     }
 
+    fn sync_writes(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn batches_delete(&self, keys: &[Vec<u8>]) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for k in keys {

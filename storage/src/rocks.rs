@@ -273,6 +273,12 @@ impl Store for RocksStore {
         self.write(batch, sync)
     }
 
+    fn sync_writes(&self) -> Result<(), StorageError> {
+        // Writes go to the log file as they are made (no manual WAL flush), so syncing the
+        // log makes all of them durable.
+        self.db.flush_wal(true).map_err(db_err)
+    }
+
     fn batch_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.get(CF_BATCHES, key)
     }

@@ -114,6 +114,8 @@ fn batches_stored_and_removed(s: &dyn Store) {
     .unwrap();
     s.batches_put(&[(b"b3".to_vec(), b"third".to_vec())], false)
         .unwrap();
+    // What a validator does before attesting a batch it stored unsynced.
+    s.sync_writes().unwrap();
     assert_eq!(s.batch_get(b"b1").unwrap(), Some(b"first".to_vec()));
     assert_eq!(s.batch_get(b"b9").unwrap(), None);
     s.batches_delete(&[b"b2".to_vec(), b"b9".to_vec()]).unwrap();

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use tally_consensus::availability::{
     ATTEST_DOMAIN, Disseminator, DisseminatorInput, DisseminatorOutput, Frame, attestation_body,
-    designated,
 };
 use tally_consensus::{BatchHeader, BatchProof, KeySigner, ValidatorId};
 use tally_crypto::{Digest, PublicKey, SecretKey, SignatureCheck, Verified};
@@ -462,6 +461,13 @@ impl Task {
         };
         let (shared, inputs) = (self.shared.clone(), self.path.inputs.clone());
         tokio::task::spawn_blocking(move || {
+            // Durable before attested: the batch was stored unsynced when it arrived
+            // (`on_batch`); this syncs it with every write made since. Without it this node
+            // does not attest (the author asks another validator after `RETRY_MS`).
+            if let Err(e) = shared.store.sync_writes() {
+                warn!("cannot make a received batch durable: {e}; not attesting it");
+                return;
+            }
             // Crash faults (Raft): the author checked every signature when it admitted the
             // transactions, and validators do not lie; an attester checks that each decodes
             // for this chain, not the signatures again.
@@ -480,6 +486,10 @@ impl Task {
     }
 
     /// Verifies proofs (their structure was checked at decoding) and holds the valid ones.
+    /// The signatures are checked on a blocking thread, not on the node's one async thread
+    /// (f + 1 of them for every batch of every author); the pool takes the valid proofs
+    /// from there. Proofs of one author may so reach the pool out of order, which it
+    /// handles (`ProofPool::take` serves each author's batches lowest index first).
     fn take_proofs(&self, proofs: Vec<BatchProof>) {
         let fresh: Vec<BatchProof> = {
             let pool = self.path.pool();
@@ -500,30 +510,32 @@ impl Task {
             "attestation",
             n as u64,
         );
-        let verified =
-            tally_crypto::verify_batch(&self.shared.validators, &self.shared.chain_id, fresh);
-        let now = Instant::now();
-        let mut added = false;
-        {
-            let mut pool = self.path.pool();
-            for v in verified {
-                match v {
-                    Ok(p) => match pool.insert(p, now) {
-                        Ok(a) => added |= a,
-                        Err(e) => debug!("proof not held: {e}"),
-                    },
-                    Err(_) => Metrics::inc_kind(
-                        &self.shared.metrics.signature_rejections,
-                        "attestation",
-                        1,
-                    ),
+        let (shared, path, driver) = (self.shared.clone(), self.path.clone(), self.driver.clone());
+        tokio::task::spawn_blocking(move || {
+            let verified = tally_crypto::verify_batch(&shared.validators, &shared.chain_id, fresh);
+            let now = Instant::now();
+            let mut added = false;
+            {
+                let mut pool = path.pool();
+                for v in verified {
+                    match v {
+                        Ok(p) => match pool.insert(p, now) {
+                            Ok(a) => added |= a,
+                            Err(e) => debug!("proof not held: {e}"),
+                        },
+                        Err(_) => Metrics::inc_kind(
+                            &shared.metrics.signature_rejections,
+                            "attestation",
+                            1,
+                        ),
+                    }
                 }
             }
-        }
-        if added {
-            self.path.arrived.notify_waiters();
-            let _ = self.driver.try_send(DriverInput::BodiesArrived);
-        }
+            if added {
+                path.arrived.notify_waiters();
+                let _ = driver.try_send(DriverInput::BodiesArrived);
+            }
+        });
     }
 
     async fn on_input(&mut self, input: ServiceInput) {
@@ -637,15 +649,17 @@ impl Task {
         }
     }
 
-    /// A batch from its author: stored within the author's quota (synced when this node is
-    /// to attest it), then the Disseminator decides whether to check and attest it.
+    /// A batch from its author: stored within the author's quota, then the Disseminator
+    /// decides whether to check and attest it. The write is not synced here: this task runs
+    /// on the node's one async thread, which a sync would stall for every peer message and
+    /// consensus step. A batch this node attests is made durable by [`Task::check`], off
+    /// this thread, before the attestation is signed.
     fn on_batch(&mut self, from: ValidatorId, attest: bool, batch: TxBatch) {
         let header = *batch.header();
         if header.author != from || from == self.me {
             return self.misbehaved(from, "batch from another author");
         }
-        let will_check = attest || designated(&self.shared.validators, &header).contains(&self.me);
-        match self.path.store().insert(vec![batch], will_check) {
+        match self.path.store().insert(vec![batch], false) {
             Ok(answers) => match answers.into_iter().next() {
                 Some(Ok(Inserted::New | Inserted::Known)) => {}
                 Some(Err(Refused::Equivocation { .. })) => {
