@@ -163,12 +163,23 @@ pub async fn run(home: &Path) -> Result<()> {
                 heartbeat_ms: params.heartbeat_ms,
                 ..raft::RaftConfig::default()
             };
+            // The term of the chain's tip, from its block's commit proof: Raft checks its log
+            // against it (a block sync may have replaced entries the log still holds).
+            let tip_term = match chain.height() {
+                0 => None,
+                h => store
+                    .block(h)?
+                    .and_then(|b| crate::execution::block::StoredBlock::decode(&b).ok())
+                    .and_then(|b| b.certificate)
+                    .map(|c| c.view.0),
+            };
             let core = raft::Raft::new(
                 cfg,
                 me,
                 validators.len(),
                 durable,
                 chain.height(),
+                tip_term,
                 Some(signer),
             );
             Engine::Raft(Box::new(tally_consensus::engine::RaftEngine::new(

@@ -188,6 +188,9 @@ pub struct Raft {
     /// Signs the entries this replica creates as leader (their commit proofs); `None` in the
     /// simulator.
     signer: Option<Box<dyn Signer>>,
+    /// A log reset decided at start-up (see [`Raft::new`]), persisted with the first step's
+    /// outputs.
+    pending_reset: Option<Record>,
 }
 
 /// The log: entries after a base (the last compacted or synced entry).
@@ -232,21 +235,50 @@ impl Log {
 }
 
 impl Raft {
-    /// A replica starting from its durable state, with its chain executed up to `executed`.
+    /// A replica starting from its durable state, with its chain executed up to `executed`,
+    /// whose entry there has term `executed_term` (the term its block's commit proof names;
+    /// `None` when not known, e.g. a chain that holds only its genesis block).
     /// `signer` signs the entries it creates as leader (`None`: unsigned, for the simulator).
+    ///
+    /// The chain can be ahead of the log: a block sync writes the blocks, and only then does
+    /// the replica reset its log after them ([`RaftInput::CaughtUp`]); a replica that stops in
+    /// between restarts with a chain of the committed entries and a log that may still hold,
+    /// at the same indexes, entries that were never committed (of an older leader). Taking
+    /// that log as it is would make this replica count them as committed and refuse, for
+    /// ever, the leader's entries there (a simulated seed showed it: the leader resent the
+    /// same append hundreds of thousands of times). So where the log's entry at `executed`
+    /// is not the chain's, the log restarts after the chain's tip, as after a block sync.
     pub fn new(
         cfg: RaftConfig,
         me: ValidatorId,
         validators: usize,
         durable: Durable,
         executed: Index,
+        executed_term: Option<Term>,
         signer: Option<Box<dyn Signer>>,
     ) -> Raft {
-        let log = Log {
+        let mut log = Log {
             base_index: durable.base_index,
             base_term: durable.base_term,
             entries: durable.entries,
         };
+        let mut pending_reset = None;
+        if let Some(term) = executed_term
+            && executed > 0
+            && executed >= log.base_index
+            && log.term_at(executed) != Some(term)
+        {
+            // Entries after a different entry at `executed` were never committed either.
+            log = Log {
+                base_index: executed,
+                base_term: term,
+                entries: Vec::new(),
+            };
+            pending_reset = Some(Record::Reset {
+                index: executed,
+                term,
+            });
+        }
         // What was executed was committed; nothing else is known to be.
         let commit = executed
             .max(log.base_index)
@@ -283,6 +315,7 @@ impl Raft {
             transfer: None,
             fetching: None,
             signer,
+            pending_reset,
         }
     }
 
@@ -379,6 +412,9 @@ impl Raft {
 
     /// Feeds one input at `now`; appends the outputs, in the order they must be carried out.
     pub fn step(&mut self, now: Millis, input: RaftInput, out: &mut Vec<RaftOutput>) {
+        if let Some(reset) = self.pending_reset.take() {
+            out.push(RaftOutput::Persist(reset));
+        }
         match input {
             RaftInput::Tick { entropy } => {
                 self.entropy ^= entropy;

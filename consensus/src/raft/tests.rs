@@ -23,7 +23,7 @@ fn unsigned(term: Term, index: Index, payload: Payload) -> Entry {
 }
 
 fn replica(me: u16, n: usize) -> Raft {
-    Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0, None)
+    Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0, None, None)
 }
 
 fn msg(from: u16, term: Term, body: Body) -> RaftInput {
@@ -173,7 +173,7 @@ fn entries_of_an_earlier_term_commit_only_under_one_of_the_current_term() {
         base_term: 0,
         entries: vec![unsigned(2, 1, Payload::Batch(Batch::null()))],
     };
-    let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0, None);
+    let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0, None, None);
     let (now, _) = time_out(&mut r, 0);
     let mut out = Vec::new();
     r.step(
@@ -246,7 +246,7 @@ fn a_follower_replaces_conflicting_uncommitted_entries() {
         base_term: 0,
         entries: vec![old(1), old(2), old(3)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None, None);
     let new = unsigned(2, 2, Payload::Batch(Batch::null()));
     let mut out = Vec::new();
     let append = Body::Append {
@@ -280,7 +280,7 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
         base_term: 0,
         entries: vec![old(1), old(2), old(3)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5, None);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5, None, None);
     let next = unsigned(2, 6, Payload::Noop);
     let mut out = Vec::new();
     let append = Body::Append {
@@ -300,6 +300,72 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
 }
 
 #[test]
+fn a_replica_whose_chain_replaced_its_log_restarts_from_the_chain() {
+    // Found by a simulated seed (n = 5): a former leader's log holds its own term-2 entries
+    // 1–6, never committed past 2. A block sync brought its chain to 4 with the entries the
+    // cluster committed (term 3 from index 3), and the replica stopped before its log was
+    // reset. Restarted, it must not count its term-2 entries 3–4 as committed: the log starts
+    // again after the chain, and the leader's next append is taken.
+    let entry = |term, index| unsigned(term, index, Payload::Noop);
+    let durable = Durable {
+        term: 2,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: (1..=6).map(|i| entry(2, i)).collect(),
+    };
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable.clone(), 4, Some(3), None);
+    assert_eq!(f.commit_index(), 4);
+    assert_eq!(
+        f.last_index(),
+        4,
+        "the stale entries after the chain are gone"
+    );
+    let next = entry(3, 5);
+    let append = Body::Append {
+        prev_index: 4,
+        prev_term: 3,
+        entries: vec![next.clone()],
+        commit: 5,
+    };
+    let mut out = Vec::new();
+    f.step(0, msg(0, 3, append.clone()), &mut out);
+    assert_eq!(
+        out.first(),
+        Some(&RaftOutput::Persist(Record::Reset { index: 4, term: 3 })),
+        "the reset is durable before anything else the replica does"
+    );
+    assert!(out.contains(&RaftOutput::Commit(next)));
+    assert!(sends(&out).iter().any(|(_, m)| m.body
+        == Body::AppendReply {
+            success: true,
+            index: 5
+        }));
+
+    // Without the chain's term (the old behaviour) the replica takes its log as committed up
+    // to 4 and refuses the leader's append, whatever it resends.
+    let mut stale = Raft::new(cfg(), ValidatorId(1), 3, durable, 4, None, None);
+    let mut out = Vec::new();
+    stale.step(0, msg(0, 3, append), &mut out);
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m.body, Body::AppendReply { success: false, .. }))
+    );
+
+    // A log that agrees with the chain is kept as it is.
+    let agreeing = Durable {
+        term: 2,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries: (1..=6).map(|i| entry(2, i)).collect(),
+    };
+    let kept = Raft::new(cfg(), ValidatorId(1), 3, agreeing, 4, Some(2), None);
+    assert_eq!(kept.last_index(), 6);
+}
+
+#[test]
 fn a_stale_replica_is_not_elected() {
     // Classic bug: a replica that missed committed entries must not win an election. A
     // follower whose log ends with a term-2 entry refuses, to a candidate whose log ends in
@@ -312,7 +378,7 @@ fn a_stale_replica_is_not_elected() {
         base_term: 0,
         entries: vec![entry(1, 1), entry(2, 2)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None, None);
     let mut out = Vec::new();
     let pre_vote = Body::PreVote {
         last_index: 5,
@@ -352,9 +418,9 @@ fn elections_are_not_stuck_under_pre_vote() {
         ..Durable::default()
     };
     let mut rs = [
-        Raft::new(cfg(), ValidatorId(0), 3, up_to_date.clone(), 0, None),
-        Raft::new(cfg(), ValidatorId(1), 3, up_to_date, 0, None),
-        Raft::new(cfg(), ValidatorId(2), 3, ahead_but_stale, 0, None),
+        Raft::new(cfg(), ValidatorId(0), 3, up_to_date.clone(), 0, None, None),
+        Raft::new(cfg(), ValidatorId(1), 3, up_to_date, 0, None, None),
+        Raft::new(cfg(), ValidatorId(2), 3, ahead_but_stale, 0, None, None),
     ];
     let mut now = 0;
     let mut leader = None;
@@ -398,7 +464,7 @@ fn a_follower_does_not_delete_committed_entries_after_compaction() {
         base_term: 2,
         entries: vec![entry(11), entry(12)],
     };
-    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 10, None);
+    let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 10, None, None);
     for (prev, last) in [(4, 12), (4, 8), (9, 11)] {
         let mut out = Vec::new();
         let append = Body::Append {

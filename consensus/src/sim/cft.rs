@@ -12,6 +12,11 @@ use crate::Batch;
 
 /// Violations kept per seed (a run stops once it has this many).
 const VIOLATIONS_MAX: usize = 20;
+/// Events one seed may run. A run takes tens of thousands; a run past this is a message storm
+/// (replicas answering each other without end, as a Raft leader and a follower that refused
+/// its appends for ever once did) and is reported as a violation rather than left to run
+/// until memory runs out.
+const EVENTS_MAX: u64 = 5_000_000;
 
 pub(super) struct Harness<E> {
     pub time: u64,
@@ -81,6 +86,13 @@ impl<E> Harness<E> {
         }
         self.time = at;
         self.events_run += 1;
+        if self.events_run > EVENTS_MAX {
+            self.violation(format!(
+                "message storm: {EVENTS_MAX} events by {at} ms, {} still queued",
+                self.queue.len()
+            ));
+            return None;
+        }
         self.events.remove(&id)
     }
 

@@ -208,12 +208,14 @@ impl Sim {
         node.executed.truncate(node.synced);
         node.incarnation += 1;
         let executed = node.executed.len() as Index;
+        let executed_term = node.executed.last().map(|e| e.term);
         node.raft = Some(Raft::new(
             self.raft_cfg.clone(),
             ValidatorId(i as u16),
             self.cfg.validators,
             durable,
             executed,
+            executed_term,
             None,
         ));
         node.last_commit = 0;
