@@ -344,7 +344,7 @@ fn a_replica_whose_chain_replaced_its_log_restarts_from_the_chain() {
 
     // Without the chain's term (the old behaviour) the replica takes its log as committed up
     // to 4 and refuses the leader's append, whatever it resends.
-    let mut stale = Raft::new(cfg(), ValidatorId(1), 3, durable, 4, None, None);
+    let mut stale = Raft::new(cfg(), ValidatorId(1), 3, durable.clone(), 4, None, None);
     let mut out = Vec::new();
     stale.step(0, msg(0, 3, append), &mut out);
     assert!(
@@ -354,14 +354,7 @@ fn a_replica_whose_chain_replaced_its_log_restarts_from_the_chain() {
     );
 
     // A log that agrees with the chain is kept as it is.
-    let agreeing = Durable {
-        term: 2,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: (1..=6).map(|i| entry(2, i)).collect(),
-    };
-    let kept = Raft::new(cfg(), ValidatorId(1), 3, agreeing, 4, Some(2), None);
+    let kept = Raft::new(cfg(), ValidatorId(1), 3, durable, 4, Some(2), None);
     assert_eq!(kept.last_index(), 6);
 }
 

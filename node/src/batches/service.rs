@@ -54,6 +54,11 @@ const INPUTS_MAX: usize = 8192;
 const QUEUED_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Bodies the executor may be waiting for at once.
 const WANTED_MAX: usize = 4096;
+/// Proofs frames whose signatures are being checked on blocking threads at once. Past it a
+/// frame is checked on the task itself, which then stops reading frames: a peer sending
+/// proofs faster than they can be checked fills the bounded input queue, not the blocking
+/// pool's unbounded one.
+const PROOF_CHECKS_IN_FLIGHT_MAX: usize = 8;
 /// Where the next start-up's first batch number is kept (meta column family).
 const MARK_KEY: &[u8] = b"batch_number_mark";
 
@@ -91,6 +96,8 @@ pub struct BatchPath {
     unproven: AtomicUsize,
     /// Bytes of peers' frames queued for the task.
     queued_bytes: AtomicUsize,
+    /// Proofs frames being checked on blocking threads.
+    proof_checks: AtomicUsize,
     inputs: mpsc::Sender<ServiceInput>,
 }
 
@@ -193,6 +200,7 @@ pub fn spawn(
         arrived: Notify::new(),
         unproven: AtomicUsize::new(0),
         queued_bytes: AtomicUsize::new(0),
+        proof_checks: AtomicUsize::new(0),
         inputs,
     });
     let disseminator = Disseminator::new(
@@ -487,8 +495,9 @@ impl Task {
 
     /// Verifies proofs (their structure was checked at decoding) and holds the valid ones.
     /// The signatures are checked on a blocking thread, not on the node's one async thread
-    /// (f + 1 of them for every batch of every author); the pool takes the valid proofs
-    /// from there. Proofs of one author may so reach the pool out of order, which it
+    /// (f + 1 of them for every batch of every author), at most
+    /// [`PROOF_CHECKS_IN_FLIGHT_MAX`] frames at once; the pool takes the valid proofs from
+    /// there. Proofs of one author may so reach the pool out of order, which it
     /// handles (`ProofPool::take` serves each author's batches lowest index first).
     fn take_proofs(&self, proofs: Vec<BatchProof>) {
         let fresh: Vec<BatchProof> = {
@@ -511,31 +520,11 @@ impl Task {
             n as u64,
         );
         let (shared, path, driver) = (self.shared.clone(), self.path.clone(), self.driver.clone());
-        tokio::task::spawn_blocking(move || {
-            let verified = tally_crypto::verify_batch(&shared.validators, &shared.chain_id, fresh);
-            let now = Instant::now();
-            let mut added = false;
-            {
-                let mut pool = path.pool();
-                for v in verified {
-                    match v {
-                        Ok(p) => match pool.insert(p, now) {
-                            Ok(a) => added |= a,
-                            Err(e) => debug!("proof not held: {e}"),
-                        },
-                        Err(_) => Metrics::inc_kind(
-                            &shared.metrics.signature_rejections,
-                            "attestation",
-                            1,
-                        ),
-                    }
-                }
-            }
-            if added {
-                path.arrived.notify_waiters();
-                let _ = driver.try_send(DriverInput::BodiesArrived);
-            }
-        });
+        if path.proof_checks.fetch_add(1, Ordering::Relaxed) >= PROOF_CHECKS_IN_FLIGHT_MAX {
+            hold_proofs(&shared, &path, &driver, fresh);
+            return;
+        }
+        tokio::task::spawn_blocking(move || hold_proofs(&shared, &path, &driver, fresh));
     }
 
     async fn on_input(&mut self, input: ServiceInput) {
@@ -685,6 +674,36 @@ impl Task {
             header,
             attest,
         });
+    }
+}
+
+/// Checks the signatures of `fresh` proofs and puts the valid ones into the pool; ends one
+/// of the [`BatchPath`]'s proof checks.
+fn hold_proofs(
+    shared: &Shared,
+    path: &BatchPath,
+    driver: &mpsc::Sender<DriverInput>,
+    fresh: Vec<BatchProof>,
+) {
+    let verified = tally_crypto::verify_batch(&shared.validators, &shared.chain_id, fresh);
+    let now = Instant::now();
+    let mut added = false;
+    {
+        let mut pool = path.pool();
+        for v in verified {
+            match v {
+                Ok(p) => match pool.insert(p, now) {
+                    Ok(a) => added |= a,
+                    Err(e) => debug!("proof not held: {e}"),
+                },
+                Err(_) => Metrics::inc_kind(&shared.metrics.signature_rejections, "attestation", 1),
+            }
+        }
+    }
+    path.proof_checks.fetch_sub(1, Ordering::Relaxed);
+    if added {
+        path.arrived.notify_waiters();
+        let _ = driver.try_send(DriverInput::BodiesArrived);
     }
 }
 
