@@ -66,6 +66,8 @@ impl RocksStore {
         // point-in-time recovery mode (each record names its log).
         db_opts.set_max_total_wal_size(64 * 1024 * 1024);
         db_opts.set_recycle_log_file_num(4);
+        // The transaction index's hash memtable takes one writer at a time.
+        db_opts.set_allow_concurrent_memtable_write(false);
 
         // Bounded memory: one block cache for every column family. Each family's table
         // options would otherwise make their own (32 MiB each in RocksDB 8+: 224 MiB for
@@ -87,6 +89,15 @@ impl RocksStore {
                 // entry) miss it, and without a filter each miss walks the skiplist.
                 o.set_memtable_prefix_bloom_ratio(0.1);
                 o.set_memtable_whole_key_filtering(true);
+            }
+            if *name == CF_TX_INDEX {
+                // Point lookups only, never scanned: a hash memtable makes each insert of a
+                // random digest one bucket instead of a skiplist search (docs/architecture.md).
+                // Its buckets are keyed on a prefix; a digest's first 8 bytes are uniform.
+                o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(8));
+                o.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
+                    bucket_count: 1 << 18,
+                });
             }
             o.set_block_based_table_factory(&t);
             ColumnFamilyDescriptor::new(*name, o)
