@@ -102,6 +102,14 @@ where
         let background = (priority == Priority::Background).then(|| background_threads(cores));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // A worker first, then the batch: while every worker is busy, what arrives
+                // waits in the queue and the next batch takes all of it (up to `max_batch`).
+                // Taking the batch first left it at whatever had arrived by then, so under
+                // load the workers checked small batches one after another, each paying
+                // the equation's fixed cost, instead of a few large ones.
+                let Ok(permit) = workers.clone().acquire_owned().await else {
+                    break;
+                };
                 let mut items = vec![first];
                 while items.len() < max_batch {
                     match rx.try_recv() {
@@ -109,9 +117,6 @@ where
                         Err(_) => break,
                     }
                 }
-                let Ok(permit) = workers.clone().acquire_owned().await else {
-                    break;
-                };
                 let (context, chain, sink) = (context.clone(), chain.clone(), sink.clone());
                 let (checked, known) = (checked.clone(), known.clone());
                 let job = move || {
@@ -232,5 +237,79 @@ mod tests {
             assert_eq!(ok, want, "nonce {nonce}");
         }
         assert_eq!(checked.load(Ordering::Relaxed), 9);
+    }
+
+    /// While every worker is busy, what arrives waits in the queue and the next batch takes
+    /// all of it: a batch is formed when a worker is free, not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_pool_checks_what_queued_as_one_batch() {
+        let chain = ChainId::new("v").unwrap();
+        let key = SecretKey::from_seed(&[9; 32]);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let later = 100;
+        let mut txs: Vec<SignedTransaction> = (0..(workers + later) as u64)
+            .map(|n| signed(&key, &chain, n))
+            .collect();
+        // Each batch's size is recorded, then its worker waits at the gate until it opens.
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (g, z, a) = (gate.clone(), sizes.clone(), answered.clone());
+        let pool = VerifyPool::spawn(
+            Arc::new(KeyCache::default()),
+            chain.clone(),
+            512,
+            1024,
+            Priority::Normal,
+            Some(Arc::new(move |items: &[SignedTransaction]| {
+                z.lock().unwrap().push(items.len());
+                let (open, wake) = &*g;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = wake.wait(open).unwrap();
+                }
+                vec![false; items.len()]
+            })),
+            Arc::new(|_| {}),
+            Arc::new(move |_: u64, _| {
+                a.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        let wait_for = |n: usize| {
+            let sizes = sizes.clone();
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while sizes.lock().unwrap().len() < n {
+                    assert!(std::time::Instant::now() < deadline, "{n} batches formed");
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        };
+        // One single-item batch per worker: every worker now waits at the gate.
+        for n in 0..workers {
+            let t = txs.remove(0);
+            assert!(pool.submit_wait(t, n as u64).await);
+            wait_for(n + 1).await;
+        }
+        // The next item reaches the batching task alone; the rest come after it.
+        assert!(pool.submit_wait(txs.remove(0), 0).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for t in txs {
+            assert!(pool.submit_wait(t, 0).await);
+        }
+        {
+            let (open, wake) = &*gate;
+            *open.lock().unwrap() = true;
+            wake.notify_all();
+        }
+        wait_for(workers + 1).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while answered.load(Ordering::Relaxed) < workers + later {
+            assert!(std::time::Instant::now() < deadline, "every item answered");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.len(), workers + 1, "batch sizes {sizes:?}");
+        assert_eq!(sizes[workers], later, "batch sizes {sizes:?}");
     }
 }
