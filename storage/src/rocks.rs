@@ -38,6 +38,10 @@ pub struct RocksStore {
     commit: Mutex<()>,
 }
 
+/// How old a bottommost file must be before RocksDB rewrites it only because a snapshot
+/// that protected some of its keys was released (docs/architecture.md).
+pub const BOTTOMMOST_COMPACTION_DELAY_SECS: u32 = 3600;
+
 /// The block cache all column families share.
 pub const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -103,6 +107,19 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(db_err)?;
+        for name in COLUMN_FAMILIES {
+            let cf = db
+                .cf_handle(name)
+                .expect("column families are created at open");
+            db.set_options_cf(
+                &cf,
+                &[(
+                    "bottommost_file_compaction_delay",
+                    &BOTTOMMOST_COMPACTION_DELAY_SECS.to_string(),
+                )],
+            )
+            .map_err(db_err)?;
+        }
         Ok(RocksStore {
             db,
             commit: Mutex::new(()),
