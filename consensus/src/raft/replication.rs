@@ -274,12 +274,20 @@ impl Raft {
                 p.matched = index;
             }
             // Back off to the hint, never below what is known to match.
+            let before = (p.probing, p.next);
             p.next = (index + 1)
                 .max(p.matched + 1)
                 .min(p.next.max(p.matched + 1));
             p.probing = true;
             p.inflight = 0;
-            self.send_append(now, from, out);
+            // A refusal that moved the probe back is answered at once: the search for the
+            // point where the logs match converges in round trips. One that taught nothing
+            // (a duplicate, or a follower that keeps refusing the same append) waits for the
+            // next heartbeat, which probes again: at most one probe per heartbeat to a
+            // follower that cannot take the leader's entries, instead of a message storm.
+            if before != (true, p.next) {
+                self.send_append(now, from, out);
+            }
         }
     }
 

@@ -529,8 +529,25 @@ fn a_wiped_follower_is_not_sent_the_same_refused_append_forever() {
         "the leader resends from what the follower holds: {first:?}"
     );
     assert_eq!(r.commit_index(), 1, "the commit index never goes back");
-    // The same refusal again (a late duplicate) sends the same, not something new forever.
+    // The same refusal again (a late duplicate, or a follower that keeps refusing) teaches
+    // nothing: no append until the next heartbeat, which probes the same place once.
     out.clear();
     r.step(now + 2, refused(), &mut out);
-    assert_eq!(sends(&out), first);
+    assert!(
+        sends(&out).is_empty(),
+        "no answer to a refusal that taught nothing"
+    );
+    for k in 3..50 {
+        out.clear();
+        r.step(now + k, refused(), &mut out);
+        assert!(sends(&out).is_empty(), "refusal {k} within one heartbeat");
+    }
+    out.clear();
+    let at = now + 50 + r.cfg.heartbeat_ms;
+    r.step(at, RaftInput::Tick { entropy: at }, &mut out);
+    let probes: Vec<_> = sends(&out)
+        .into_iter()
+        .filter(|(to, _)| *to == ValidatorId(1))
+        .collect();
+    assert_eq!(probes, first, "the heartbeat probes the same place once");
 }
