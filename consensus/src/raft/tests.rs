@@ -26,6 +26,17 @@ fn replica(me: u16, n: usize) -> Raft {
     Raft::new(cfg(), ValidatorId(me), n, Durable::default(), 0, None, None)
 }
 
+/// What a replica stored: `term`, no vote, a log from index 1 holding `entries`.
+fn durable_log(term: Term, entries: Vec<Entry>) -> Durable {
+    Durable {
+        term,
+        voted_for: None,
+        base_index: 0,
+        base_term: 0,
+        entries,
+    }
+}
+
 fn msg(from: u16, term: Term, body: Body) -> RaftInput {
     RaftInput::Message(Message {
         from: ValidatorId(from),
@@ -166,13 +177,7 @@ fn a_follower_that_hears_its_leader_ignores_votes_unless_leadership_is_handed_ov
 fn entries_of_an_earlier_term_commit_only_under_one_of_the_current_term() {
     // Raft §5.4.2, Figure 8: replica 0 leads term 3 with an entry of term 2 at index 1 that
     // a majority holds; it must not commit it until its own no-op at index 2 is held too.
-    let durable = Durable {
-        term: 2,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: vec![unsigned(2, 1, Payload::Batch(Batch::null()))],
-    };
+    let durable = durable_log(2, vec![unsigned(2, 1, Payload::Batch(Batch::null()))]);
     let mut r = Raft::new(cfg(), ValidatorId(0), 3, durable, 0, None, None);
     let (now, _) = time_out(&mut r, 0);
     let mut out = Vec::new();
@@ -239,13 +244,7 @@ fn a_leader_that_hears_no_majority_steps_down() {
 #[test]
 fn a_follower_replaces_conflicting_uncommitted_entries() {
     let old = |index| unsigned(1, index, Payload::Noop);
-    let durable = Durable {
-        term: 1,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: vec![old(1), old(2), old(3)],
-    };
+    let durable = durable_log(1, vec![old(1), old(2), old(3)]);
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None, None);
     let new = unsigned(2, 2, Payload::Batch(Batch::null()));
     let mut out = Vec::new();
@@ -273,13 +272,7 @@ fn a_follower_whose_chain_is_ahead_of_its_log_takes_entries_after_the_chain() {
     // A block sync brought the chain to 5, then the replica crashed before its log was reset:
     // the log holds 1–3, the chain 1–5. The leader's appends after 5 must be taken.
     let old = |index| unsigned(1, index, Payload::Noop);
-    let durable = Durable {
-        term: 1,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: vec![old(1), old(2), old(3)],
-    };
+    let durable = durable_log(1, vec![old(1), old(2), old(3)]);
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 5, None, None);
     let next = unsigned(2, 6, Payload::Noop);
     let mut out = Vec::new();
@@ -307,13 +300,7 @@ fn a_replica_whose_chain_replaced_its_log_restarts_from_the_chain() {
     // reset. Restarted, it must not count its term-2 entries 3–4 as committed: the log starts
     // again after the chain, and the leader's next append is taken.
     let entry = |term, index| unsigned(term, index, Payload::Noop);
-    let durable = Durable {
-        term: 2,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: (1..=6).map(|i| entry(2, i)).collect(),
-    };
+    let durable = durable_log(2, (1..=6).map(|i| entry(2, i)).collect());
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable.clone(), 4, Some(3), None);
     assert_eq!(f.commit_index(), 4);
     assert_eq!(
@@ -364,13 +351,7 @@ fn a_stale_replica_is_not_elected() {
     // follower whose log ends with a term-2 entry refuses, to a candidate whose log ends in
     // term 1, both the pre-vote and the vote — however high the candidate's term.
     let entry = |term, index| unsigned(term, index, Payload::Noop);
-    let durable = Durable {
-        term: 2,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: vec![entry(1, 1), entry(2, 2)],
-    };
+    let durable = durable_log(2, vec![entry(1, 1), entry(2, 2)]);
     let mut f = Raft::new(cfg(), ValidatorId(1), 3, durable, 0, None, None);
     let mut out = Vec::new();
     let pre_vote = Body::PreVote {
@@ -398,13 +379,7 @@ fn a_stale_replica_is_not_elected() {
 #[test]
 fn elections_are_not_stuck_under_pre_vote() {
     let entry = |index| unsigned(1, index, Payload::Noop);
-    let up_to_date = Durable {
-        term: 1,
-        voted_for: None,
-        base_index: 0,
-        base_term: 0,
-        entries: (1..=3).map(entry).collect(),
-    };
+    let up_to_date = durable_log(1, (1..=3).map(entry).collect());
     let ahead_but_stale = Durable {
         term: 5,
         voted_for: Some(ValidatorId(2)),
@@ -537,7 +512,7 @@ fn a_wiped_follower_is_not_sent_the_same_refused_append_forever() {
         sends(&out).is_empty(),
         "no answer to a refusal that taught nothing"
     );
-    for k in 3..50 {
+    for k in 3..r.cfg.heartbeat_ms {
         out.clear();
         r.step(now + k, refused(), &mut out);
         assert!(sends(&out).is_empty(), "refusal {k} within one heartbeat");
