@@ -14,12 +14,13 @@ fn seeds() -> u64 {
 
 fn run(n: usize, byzantine: usize, first_seed: u64) {
     let cfg = DisseminationConfig::new(n, byzantine);
-    let (mut proofs, mut frames, mut peak, mut bound) = (0, 0, 0, 0);
+    let (mut proofs, mut frames, mut peak, mut bound, mut restarts) = (0, 0, 0, 0, 0);
     let mut failed = Vec::new();
     for seed in first_seed..first_seed + seeds() {
         let r = run_dissemination_seed(&cfg, seed);
         proofs += r.proofs;
         frames += r.frames;
+        restarts += r.restarts;
         peak = peak.max(r.peak_footprint);
         bound = bound.max(r.footprint_bound);
         if !r.violations.is_empty() {
@@ -27,7 +28,7 @@ fn run(n: usize, byzantine: usize, first_seed: u64) {
         }
     }
     println!(
-        "n = {n}, byzantine {byzantine}: {} seeds, {proofs} proofs, {frames} frames, peak footprint {peak} entries (bound up to {bound}), {} failing seeds",
+        "n = {n}, byzantine {byzantine}: {} seeds, {proofs} proofs, {frames} frames, {restarts} honest restarts, peak footprint {peak} entries (bound up to {bound}), {} failing seeds",
         seeds(),
         failed.len()
     );

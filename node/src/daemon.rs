@@ -250,17 +250,14 @@ pub async fn run(home: &Path) -> Result<()> {
         observers: config.p2p.observers.clone(),
     })?;
 
-    // The flood rule guards against a lying validator: under crash faults (Raft, Multi-Paxos)
-    // every validator is trusted, and banning one over what can only be a bug would cost a
+    // Bans guard against a lying validator: under crash faults (Raft, Multi-Paxos) every
+    // validator is trusted, and banning one over what can only be a bug would cost a
     // three-validator network its fault tolerance (docs/security.md).
-    let flood_frames_per_second = match params.protocol {
-        tally_genesis::Protocol::Pbft => config.p2p.flood_frames_per_second,
-        _ => 0,
-    };
     let conduct = crate::ingress::conduct::Conduct::new(
         p2p.clone(),
         shared.metrics.clone(),
-        flood_frames_per_second,
+        config.p2p.flood_frames_per_second,
+        params.protocol == tally_genesis::Protocol::Pbft,
     );
     let (driver_tx, driver_rx) = mpsc::channel::<DriverInput>(65_536);
     let (exec_tx, exec_rx) = mpsc::channel(crate::execution::executor::COMMANDS_MAX);

@@ -201,9 +201,16 @@ async fn scenario(protocol: &str, validators: usize) {
                 for j in 0..validators {
                     let log = net.log(j);
                     let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    // Bans and errors from the whole log: the tail alone loses them.
+                    let marked: Vec<&str> = log
+                        .lines()
+                        .filter(|l| l.contains("banning") || l.contains("ERROR"))
+                        .collect();
+                    let marked = &marked[marked.len().saturating_sub(20)..];
                     report += &format!(
-                        "--- node {j}: {:?}\n{}\n",
+                        "--- node {j}: {:?}\nbans and errors:\n{}\nlast lines:\n{}\n",
                         net.status(j).await,
+                        marked.join("\n"),
                         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
@@ -234,6 +241,21 @@ async fn scenario(protocol: &str, validators: usize) {
     for i in 0..validators {
         let evidence = net.rpc(i, "evidence_list", json!({})).await.unwrap();
         assert_eq!(evidence, json!([]), "node {i} holds evidence");
+    }
+    // Nor may a restarted validator look like one that lies: no node banned a peer, or (under
+    // crash faults, where nobody is banned) counted enough offences to ban one.
+    for i in 0..validators {
+        let bans: Vec<String> = net
+            .log(i)
+            .lines()
+            .filter(|l| l.contains("banning peer") || l.contains("not banning"))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            bans.is_empty(),
+            "node {i} banned a peer:\n{}",
+            bans.join("\n")
+        );
     }
     eprintln!(
         "{protocol}: {killed} kills, {restarted} restarts in {:.0} s; {} submitted, {} acknowledged, {} lost; chains identical up to {target}",

@@ -12,8 +12,12 @@
 //! the node reports the body stored durably and every transaction valid, and at most one
 //! batch per `(author, index)`: an author that makes two batches with one number cannot get
 //! both attested by an honest validator. What it remembers to enforce that is bounded: the
-//! numbers of each author within a window of `window` batches above the lowest it still
-//! holds; numbers below the window are refused.
+//! `window` highest numbers it has seen from each author. A number below all of them, once
+//! the window is full, gets no attestation ([`DisseminatorOutput::Ignored`]) but is no offence:
+//! an honest author resends its stored batches after a restart, and its numbers jump at each
+//! restart (it resumes above a reserved mark), so an old number proves no lie. Counting
+//! numbers rather than spanning a range keeps those jumps from pushing an author's recent
+//! batches out of the window.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -105,6 +109,12 @@ pub enum DisseminatorOutput {
     /// A validator broke the protocol (an author reusing a batch number, an attestation
     /// for a batch nobody asked it about …): for peer scoring and logs.
     Misbehaved {
+        by: ValidatorId,
+        what: AttestationError,
+    },
+    /// A batch got no attestation for a reason an honest author can cause (a number below
+    /// the window): for metrics only, never for peer scoring.
+    Ignored {
         by: ValidatorId,
         what: AttestationError,
     },
@@ -240,22 +250,14 @@ impl Disseminator {
     }
 
     /// Records `(author, index) → digest`; false when the author already used the number
-    /// for another batch or it is below the window.
+    /// for another batch or it is below the window (the `window` highest numbers seen from
+    /// the author: every number above the lowest kept that was ever seen is still kept).
     fn remember(&mut self, header: &BatchHeader, out: &mut Vec<DisseminatorOutput>) -> bool {
+        let window = self.window.max(1) as usize;
         let Some(seen) = self.seen.get_mut(header.author.0 as usize) else {
             return false;
         };
         let digest = header.digest();
-        let highest = seen.keys().next_back().copied().unwrap_or(0);
-        if header.index + self.window <= highest {
-            out.push(DisseminatorOutput::Misbehaved {
-                by: header.author,
-                what: AttestationError::NumberTooOld {
-                    index: header.index,
-                },
-            });
-            return false;
-        }
         match seen.get(&header.index) {
             Some(d) if *d == digest => true,
             Some(_) => {
@@ -268,14 +270,19 @@ impl Disseminator {
                 false
             }
             None => {
+                let lowest = seen.keys().next().copied();
+                if seen.len() >= window && lowest.is_some_and(|l| header.index < l) {
+                    out.push(DisseminatorOutput::Ignored {
+                        by: header.author,
+                        what: AttestationError::NumberTooOld {
+                            index: header.index,
+                        },
+                    });
+                    return false;
+                }
                 seen.insert(header.index, digest);
-                // Keep only the window below the highest number.
-                let highest = highest.max(header.index);
-                while let Some((&lowest, _)) = seen.first_key_value() {
-                    if lowest + self.window > highest {
-                        break;
-                    }
-                    seen.remove(&lowest);
+                while seen.len() > window {
+                    seen.pop_first();
                 }
                 true
             }
@@ -476,7 +483,7 @@ mod tests {
                         },
                     )),
                     DisseminatorOutput::Proven(p) => proofs.push(p),
-                    DisseminatorOutput::Misbehaved { .. } => {}
+                    DisseminatorOutput::Misbehaved { .. } | DisseminatorOutput::Ignored { .. } => {}
                 }
             }
         }
@@ -613,7 +620,7 @@ mod tests {
             );
         }
         assert!(nodes[3].seen[0].len() <= 64, "{}", nodes[3].seen[0].len());
-        // A number far below the window is refused.
+        // A number far below the window gets no attestation, and is no offence.
         out.clear();
         nodes[3].step(
             0,
@@ -626,11 +633,58 @@ mod tests {
         );
         assert!(matches!(
             out[..],
-            [DisseminatorOutput::Misbehaved {
+            [DisseminatorOutput::Ignored {
                 what: AttestationError::NumberTooOld { index: 5 },
                 ..
             }]
         ));
+    }
+
+    /// An honest author resumes above a reserved mark after each restart and resends the
+    /// batches it stored: numbers that jump far ahead must not push its older batches out of
+    /// an attester's window, nor make their resending look like a lie.
+    #[test]
+    fn an_author_restarting_with_jumps_in_its_numbers_is_no_liar() {
+        let (set, _, mut nodes) = setup(4);
+        let mut out = Vec::new();
+        // Before its restarts, the author made batch 7; then ten lives, each 10,000 higher.
+        let old = header(0, 7, b"before the restarts");
+        let mut sent = vec![old];
+        for life in 1..=10u64 {
+            sent.push(header(0, 7 + life * 10_000, &life.to_le_bytes()));
+        }
+        // Resent after the last restart: the old one again, then the newest again.
+        sent.push(old);
+        sent.push(*sent.last().unwrap());
+        for (i, h) in sent.iter().enumerate() {
+            nodes[3].step(
+                i as u64,
+                DisseminatorInput::Received {
+                    from: ValidatorId(0),
+                    header: *h,
+                    attest: true,
+                },
+                &mut out,
+            );
+        }
+        let reported: Vec<_> = out
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    DisseminatorOutput::Misbehaved { .. } | DisseminatorOutput::Ignored { .. }
+                )
+            })
+            .collect();
+        assert!(reported.is_empty(), "{reported:?}");
+        // Each distinct batch is checked once (the resent ones are already being checked).
+        let checks = out
+            .iter()
+            .filter(|o| matches!(o, DisseminatorOutput::Check { .. }))
+            .count();
+        assert_eq!(checks, 11);
+        assert!(nodes[3].seen[0].len() <= 64);
+        let _ = set;
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! batches whose transactions fail the validity rule, attest batches they never received,
 //! withhold bodies from some validators, stay silent, or flood numbers far ahead. Signatures
 //! are real; an author counts only attestations whose signature verifies, as a node would.
+//! Honest validators also crash and restart, as a node does: the state machine starts empty,
+//! the batch store survives (it refuses a second batch with a stored `(author, index)`), the
+//! author resumes numbering far above its last number (the node's reserved mark) and resends
+//! every batch it stored.
 //!
 //! Checkers, on every proof an honest author makes and every attestation an honest
 //! validator sends:
@@ -14,7 +18,9 @@
 //!   honest validator that holds the body and found every transaction valid;
 //! * **one per number**: no honest validator attests two batches with one `(author, index)`;
 //! * **liveness**: after the network heals, every batch an honest author made is proven;
-//! * **memory**: what each honest state machine holds stays within its stated bound.
+//! * **memory**: what each honest state machine holds stays within its stated bound;
+//! * **honest means unreported**: no honest validator, restarted or not, is reported as
+//!   misbehaving (that would cost it its connections).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -69,6 +75,11 @@ pub struct DisseminationConfig {
     /// A negative control: allows more than f Byzantine validators, all of which make
     /// invalid batches and attest falsely. The checkers must then fail.
     pub beyond_f: bool,
+    /// Per batch an honest author is about to make, the chance it restarts first.
+    pub restart_chance: f64,
+    /// How far an author's numbers jump at a restart (the node resumes at its reserved mark;
+    /// here above the window, the case that once got honest authors banned).
+    pub restart_jump: u64,
 }
 
 impl DisseminationConfig {
@@ -82,6 +93,8 @@ impl DisseminationConfig {
             retry_ms: 100,
             window: 256,
             beyond_f: false,
+            restart_chance: 0.02,
+            restart_jump: 1_000,
         }
     }
 }
@@ -91,6 +104,7 @@ pub struct DisseminationReport {
     pub proofs: usize,
     pub frames: usize,
     pub byzantine: Vec<(ValidatorId, Vec<Lie>)>,
+    pub restarts: usize,
     /// Largest footprint of any honest state machine, in entries, and its bound.
     pub peak_footprint: usize,
     pub footprint_bound: usize,
@@ -101,6 +115,10 @@ struct Node {
     machine: Disseminator,
     /// Digests whose body this node holds.
     bodies: HashSet<Digest>,
+    /// The batch store's `(author, index) → digest`: survives a restart.
+    stored: BTreeMap<(u16, u64), Digest>,
+    /// This node's own stored batches, resent after a restart.
+    own: Vec<BatchHeader>,
     made: u64,
 }
 
@@ -172,6 +190,8 @@ pub fn run_dissemination_seed(cfg: &DisseminationConfig, seed: u64) -> Dissemina
                 cfg.window,
             ),
             bodies: HashSet::new(),
+            stored: BTreeMap::new(),
+            own: Vec::new(),
             made: 0,
         })
         .collect();
@@ -305,10 +325,14 @@ impl Sim<'_> {
     fn make(&mut self, now: Millis, author: usize) {
         let n = self.cfg.validators;
         if self.honest(author) {
+            if self.rng.chance(self.cfg.restart_chance) {
+                self.restart(now, author);
+            }
             let index = self.nodes[author].made;
             self.nodes[author].made += 1;
             let h = self.new_header(author, index, true);
             self.nodes[author].bodies.insert(h.digest());
+            self.nodes[author].own.push(h);
             self.honest_made.insert(h.digest(), (author, now));
             self.step(now, author, DisseminatorInput::Made { header: h });
             return;
@@ -381,6 +405,24 @@ impl Sim<'_> {
         }
     }
 
+    /// An honest node crashes and restarts: its state machine starts empty, its numbers
+    /// resume `restart_jump` higher, and it resends every batch of its own it stored.
+    fn restart(&mut self, now: Millis, node: usize) {
+        self.report.restarts += 1;
+        let id = ValidatorId(node as u16);
+        self.nodes[node].machine = Disseminator::new(
+            id,
+            self.validators.clone(),
+            Box::new(KeySigner::new(self.keys[node].clone(), self.chain.clone())),
+            self.cfg.retry_ms,
+            self.cfg.window,
+        );
+        self.nodes[node].made += self.cfg.restart_jump;
+        for header in self.nodes[node].own.clone() {
+            self.step(now, node, DisseminatorInput::Made { header });
+        }
+    }
+
     fn deliver(&mut self, now: Millis, to: usize, from: usize, frame: Frame) {
         if !self.honest(to) {
             self.byzantine_receives(now, to, from, frame);
@@ -389,8 +431,21 @@ impl Sim<'_> {
         match frame {
             Frame::Batch { header, attest } => {
                 // The body travels with the frame; the node checked it against the header.
+                // Its store refuses a second batch with a stored number, before the state
+                // machine sees it (and reports the author, as the node does).
                 if from == header.author.0 as usize {
-                    self.nodes[to].bodies.insert(header.digest());
+                    let digest = header.digest();
+                    let key = (header.author.0, header.index);
+                    match self.nodes[to].stored.get(&key) {
+                        Some(d) if *d != digest => {
+                            self.reported(to, header.author);
+                            return;
+                        }
+                        _ => {
+                            self.nodes[to].stored.insert(key, digest);
+                        }
+                    }
+                    self.nodes[to].bodies.insert(digest);
                 }
                 self.step(
                     now,
@@ -534,14 +589,17 @@ impl Sim<'_> {
                     self.input(at, node, DisseminatorInput::Checked { header, valid });
                 }
                 DisseminatorOutput::Proven(proof) => self.check_proof(node, &proof),
-                DisseminatorOutput::Misbehaved { by, .. } => {
-                    if self.honest(by.0 as usize) {
-                        self.report
-                            .violations
-                            .push(format!("honest {by} reported as misbehaving by {node}"));
-                    }
-                }
+                DisseminatorOutput::Misbehaved { by, .. } => self.reported(node, by),
+                DisseminatorOutput::Ignored { .. } => {}
             }
+        }
+    }
+
+    fn reported(&mut self, node: usize, by: ValidatorId) {
+        if self.honest(by.0 as usize) {
+            self.report
+                .violations
+                .push(format!("honest {by} reported as misbehaving by {node}"));
         }
     }
 

@@ -454,6 +454,10 @@ impl Task {
                 self.proven.insert(proof.header.index, proof);
             }
             DisseminatorOutput::Misbehaved { by, what } => self.misbehaved(by, &what.to_string()),
+            DisseminatorOutput::Ignored { by, what } => {
+                debug!(validator = by.0, "batch stream: {what}");
+                Metrics::inc_reason(&self.shared.metrics.consensus_rejections, "batch_ignored");
+            }
         }
     }
 

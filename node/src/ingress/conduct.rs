@@ -49,6 +49,10 @@ struct Record {
 pub struct Conduct {
     /// Frames per [`FRAME_WINDOW`] beyond which a peer is banned; 0: no limit.
     frames_max: u32,
+    /// Whether offences get a peer banned: under crash faults (Raft, Multi-Paxos) every
+    /// validator is trusted, an offence can only be a bug, and a ban would cost a network of
+    /// three its fault tolerance, so they are counted and logged only.
+    bans: bool,
     p2p: P2pHandle,
     metrics: Arc<Metrics>,
     peers: Mutex<HashMap<PublicKey, Record>>,
@@ -58,9 +62,21 @@ pub struct Conduct {
 pub type Offence = &'static str;
 
 impl Conduct {
-    pub fn new(p2p: P2pHandle, metrics: Arc<Metrics>, frames_per_second: u32) -> Arc<Conduct> {
+    /// `byzantine`: the protocol tolerates lying validators (PBFT); only then do offences and
+    /// floods cost a peer its connections.
+    pub fn new(
+        p2p: P2pHandle,
+        metrics: Arc<Metrics>,
+        frames_per_second: u32,
+        byzantine: bool,
+    ) -> Arc<Conduct> {
         Arc::new(Conduct {
-            frames_max: frames_per_second.saturating_mul(FRAME_WINDOW.as_secs() as u32),
+            frames_max: if byzantine {
+                frames_per_second.saturating_mul(FRAME_WINDOW.as_secs() as u32)
+            } else {
+                0
+            },
+            bans: byzantine,
             p2p,
             metrics,
             peers: Mutex::new(HashMap::new()),
@@ -89,7 +105,13 @@ impl Conduct {
                 r.offences,
                 OFFENCE_WINDOW.as_secs()
             );
-            self.ban(peer, r, now, &reason);
+            if self.bans {
+                self.ban(peer, r, now, &reason);
+            } else {
+                warn!(peer = %peer, "not banning a trusted validator (crash faults): {reason}");
+                r.offences = 0;
+                r.offences_since = None;
+            }
         }
     }
 
