@@ -8,7 +8,8 @@
 //! fixed interval: it walks every arena and returns the free pages inside them
 //! (`madvise`), whatever lies above. The cost is the walk plus the page faults when the
 //! memory is used again, which is why the interval is a second, not milliseconds
-//! (`docs/performance.md`, "Overload now"; `docs/architecture.md`, "Decisions").
+//! (`docs/performance.md`, "Earlier rounds", the sixth session; `docs/architecture.md`,
+//! "Decisions").
 //!
 //! `TALLY_MALLOC_TRIM_MS` sets the interval; `0` turns it off. Off glibc (musl, other
 //! systems) there is nothing to do.
