@@ -220,6 +220,27 @@ async fn scenario(protocol: &str, validators: usize) {
         }
     }
     net.assert_same_chain(&all, target).await;
+    // With the load stopped, every batch gets ordered and leaves the stores: one that stays
+    // is held for good against its author's quota (as resent batches already in a block once
+    // were, until the author's quota filled and its new batches were refused).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stored = Vec::new();
+        for i in 0..validators {
+            stored.push(support::metric(
+                &net.metrics(i).await,
+                "tally_batch_store_batches ",
+            ));
+        }
+        if stored.iter().all(|&b| b == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batches still stored 30 s after the load stopped: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Every acknowledged transaction is where the RPC said, on every node.
     let acked = acked.lock().unwrap().clone();

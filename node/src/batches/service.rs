@@ -652,7 +652,26 @@ impl Task {
         if header.author != from || from == self.me {
             return self.misbehaved(from, "batch from another author");
         }
-        match self.path.store().insert(vec![batch], false) {
+        // A batch already in an executed block (an author resending its stored batches after
+        // a restart, before it caught up) will never be ordered again: stored, it would only
+        // hold its author's quota, for good. The store stays locked from the check to the
+        // insert, so a block written meanwhile removes what this inserts.
+        let mut store = self.path.store();
+        let digest = header.digest();
+        let executed = self.path.pool().is_committed(&digest)
+            || self
+                .shared
+                .store
+                .tx_index(&crate::execution::chain::executed_batch_key(&digest))
+                .is_ok_and(|l| l.is_some());
+        if executed {
+            drop(store);
+            Metrics::inc_reason(&self.shared.metrics.consensus_rejections, "batch_executed");
+            return;
+        }
+        let inserted = store.insert(vec![batch], false);
+        drop(store);
+        match inserted {
             Ok(answers) => match answers.into_iter().next() {
                 Some(Ok(Inserted::New | Inserted::Known)) => {}
                 Some(Err(Refused::Equivocation { .. })) => {

@@ -10,7 +10,9 @@
 //! Batches are written to the `batches` column family (synced when the caller is about to
 //! attest them: "I hold it" must survive a crash) and read back at start-up, so a restarted
 //! validator still serves the batches it attested. They are removed when their block is
-//! written.
+//! written, and a batch already in an executed block is not stored again (the batch task
+//! checks before inserting): nothing would order it, so it would hold its author's quota
+//! for good.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
