@@ -218,6 +218,7 @@ pub(super) async fn drive(
     let mut measuring = false;
     let mut machine_start = None;
     let mut view_changes_start = 0.0;
+    let mut reasons_start: std::collections::BTreeMap<String, f64> = Default::default();
     let mut blocks_start = 0.0;
     let mut client_cpu_start = 0.0;
     let per_tick = rate as f64 / 100.0;
@@ -241,6 +242,9 @@ pub(super) async fn drive(
             client_cpu_start = proc_stat(std::process::id()).map_or(0.0, |(c, _)| c);
             for n in &info.nodes {
                 view_changes_start += metric_sum(&n.metrics, "tally_view_changes_total").await;
+                for (r, v) in metric_by_reason(&n.metrics, "tally_view_changes_total").await {
+                    *reasons_start.entry(r).or_insert(0.0) += v;
+                }
             }
             blocks_start = metric_sum(&info.nodes[0].metrics, "tally_blocks_committed_total").await;
         }
@@ -387,9 +391,21 @@ pub(super) async fn drive(
     let window = start.elapsed().as_secs_f64() - a.warmup as f64;
     let client_cpu = (client_cpu_end - client_cpu_start) / window;
     let mut view_changes_end = 0.0;
+    // Why: each node's view changes by reason (timeout, a higher view joined, …), so a run
+    // that changed view says which kind without its logs.
+    let mut view_change_reasons: std::collections::BTreeMap<String, f64> = Default::default();
     for n in &info.nodes {
         view_changes_end += metric_sum(&n.metrics, "tally_view_changes_total").await;
+        for (r, v) in metric_by_reason(&n.metrics, "tally_view_changes_total").await {
+            *view_change_reasons.entry(r).or_insert(0.0) += v;
+        }
     }
+    for (r, v) in &reasons_start {
+        if let Some(e) = view_change_reasons.get_mut(r) {
+            *e -= v;
+        }
+    }
+    view_change_reasons.retain(|_, v| *v > 0.0);
     let blocks =
         metric_sum(&info.nodes[0].metrics, "tally_blocks_committed_total").await - blocks_start;
     // Let the last ones commit.
@@ -476,6 +492,7 @@ pub(super) async fn drive(
         refused_overloaded: refused_overloaded.load(Ordering::Relaxed),
         refused_other: refused_other.load(Ordering::Relaxed),
         view_changes: view_changes_end - view_changes_start,
+        view_change_reasons,
         blocks_per_s: blocks / window,
         transactions_per_block: if blocks > 0.0 {
             committed as f64 / blocks

@@ -72,19 +72,53 @@ pub(super) fn proc_stat(pid: u32) -> Option<(f64, u64)> {
     Some((cpu, hwm * 1024))
 }
 
-pub(super) async fn metric_sum(url: &str, name: &str) -> f64 {
+/// The samples of the counter family `name` summed per value of its `reason` label.
+pub(super) async fn metric_by_reason(
+    url: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, f64> {
+    by_reason(&metrics_page(url).await, name)
+}
+
+fn by_reason(page: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(reason) = rest
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *out.entry(reason.to_string()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+async fn metrics_page(url: &str) -> String {
     let addr = url.trim_start_matches("http://").to_string();
     let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
-        return 0.0;
+        return String::new();
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
-        return 0.0;
+        return String::new();
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
-    out.lines()
+    out
+}
+
+pub(super) async fn metric_sum(url: &str, name: &str) -> f64 {
+    metrics_page(url)
+        .await
+        .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -222,5 +256,21 @@ pub(super) fn machine_use(
         busy_cores: busy,
         other_programs_cores: ours.map(|o| (busy - o).max(0.0)),
         steal_cores: steal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn view_changes_are_summed_per_reason() {
+        let page = "# HELP tally_view_changes_total x\n\
+            tally_view_changes_total{reason=\"timeout\"} 2\n\
+            tally_view_changes_total{reason=\"join_higher_view\"} 1\n\
+            tally_view_changes_total{node=\"a\",reason=\"timeout\"} 3\n\
+            tally_blocks_committed_total 9\n";
+        let r = super::by_reason(page, "tally_view_changes_total");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r["timeout"], 5.0);
+        assert_eq!(r["join_higher_view"], 1.0);
     }
 }

@@ -158,6 +158,9 @@ pub(super) struct Report {
     pub(super) refused_overloaded: u64,
     pub(super) refused_other: u64,
     pub(super) view_changes: f64,
+    /// The view changes the nodes started during the measured window, by reason (summed
+    /// over the nodes, as `view_changes` is).
+    pub(super) view_change_reasons: std::collections::BTreeMap<String, f64>,
     pub(super) blocks_per_s: f64,
     pub(super) transactions_per_block: f64,
     /// CPU of this benchmark process itself (it shares the machine with the nodes).
@@ -207,7 +210,20 @@ pub(super) fn print_table(r: &Report) {
          {} resubmissions",
         r.refused_mempool_full, r.refused_overloaded, r.refused_other, r.resubmitted
     );
-    println!("  view changes       {}", r.view_changes);
+    if r.view_change_reasons.is_empty() {
+        println!("  view changes       {}", r.view_changes);
+    } else {
+        let why: Vec<String> = r
+            .view_change_reasons
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "  view changes       {} ({})",
+            r.view_changes,
+            why.join(", ")
+        );
+    }
     println!(
         "  blocks             {:.1} /s, {:.0} transactions each",
         r.blocks_per_s, r.transactions_per_block
