@@ -361,7 +361,8 @@ impl Driver {
             return;
         };
         let entries = {
-            // The store's lock, then the pool's: the only place that holds both.
+            // The store's lock, then the pool's (the batch task's `on_batch` takes them in
+            // the same order).
             let store = path.store();
             let mut pool = path.pool();
             let Some(oldest) = pool.oldest_unproposed() else {
