@@ -645,7 +645,7 @@ mod tests {
     /// an attester's window, nor make their resending look like a lie.
     #[test]
     fn an_author_restarting_with_jumps_in_its_numbers_is_no_liar() {
-        let (set, _, mut nodes) = setup(4);
+        let (_, _, mut nodes) = setup(4);
         let mut out = Vec::new();
         // Before its restarts, the author made batch 7; then ten lives, each 10,000 higher.
         let old = header(0, 7, b"before the restarts");
@@ -684,7 +684,6 @@ mod tests {
             .count();
         assert_eq!(checks, 11);
         assert!(nodes[3].seen[0].len() <= 64);
-        let _ = set;
     }
 
     #[test]

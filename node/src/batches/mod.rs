@@ -9,6 +9,7 @@
 //! * [`maker`]: cutting batches from admitted transactions, with batch numbers that survive
 //!   restarts;
 //! * [`pool`]: the verified proofs a primary proposes from, bounded per author;
+//! * [`resolve`]: the executor waiting for a committed block's batches, fetching missing ones;
 //! * [`service`]: the task that runs all of it between admission and consensus;
 //! * [`store`]: the batches a validator holds until they are in a block, bounded per author
 //!   and kept in RocksDB across restarts;
@@ -18,6 +19,7 @@ pub mod attest;
 pub mod body;
 pub mod maker;
 pub mod pool;
+pub mod resolve;
 pub mod service;
 pub mod store;
 pub mod wire;

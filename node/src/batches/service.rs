@@ -22,7 +22,7 @@ use tally_consensus::availability::{
     ATTEST_DOMAIN, Disseminator, DisseminatorInput, DisseminatorOutput, Frame, attestation_body,
 };
 use tally_consensus::{BatchHeader, BatchProof, KeySigner, ValidatorId};
-use tally_crypto::{Digest, PublicKey, SecretKey, SignatureCheck, Verified};
+use tally_crypto::{Digest, PublicKey, SecretKey, SignatureCheck};
 use tally_monitoring::Metrics;
 use tally_p2p::P2pHandle;
 use tokio::sync::{Notify, mpsc};
@@ -736,75 +736,4 @@ fn fresh_mark() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Rounds of asking (each waits up to 500 ms) before the executor gives up on a commit.
-pub const RESOLVE_ATTEMPTS: usize = 8;
-
-/// A committed batch's proof and body.
-pub type Resolved = (Arc<Verified<BatchProof>>, Arc<TxBatch>);
-
-/// Waits (on the executor's thread) until the proof and body of every batch in `digests`
-/// are held, asking peers for the missing ones; `None` when they did not come in time.
-pub fn resolve(
-    path: &BatchPath,
-    validators: &tally_consensus::ValidatorSet,
-    runtime: &tokio::runtime::Handle,
-    digests: &[Digest],
-    attempts: usize,
-) -> Option<Vec<Resolved>> {
-    // A node that fell behind cannot get its peers' proofs and bodies once their blocks are
-    // written (they keep neither): after a few attempts the executor waits for the block
-    // sync instead, which carries the bodies with their certificates.
-    for attempt in 0..attempts.max(1) {
-        let mut missing_proofs = Vec::new();
-        let mut missing_bodies: FastMap<ValidatorId, Vec<Digest>> = FastMap::default();
-        let mut out = Vec::with_capacity(digests.len());
-        for d in digests {
-            let Some(proof) = path.pool().get(d) else {
-                missing_proofs.push(*d);
-                continue;
-            };
-            match path.body(d) {
-                Some(body) => out.push((proof, body)),
-                None => {
-                    let holders: Vec<ValidatorId> = proof.holders().collect();
-                    let from = holders[attempt % holders.len()];
-                    missing_bodies.entry(from).or_default().push(*d);
-                }
-            }
-        }
-        if missing_proofs.is_empty() && missing_bodies.is_empty() {
-            return Some(out);
-        }
-        if attempt > 0 {
-            warn!(
-                proofs = missing_proofs.len(),
-                bodies = missing_bodies.values().map(Vec::len).sum::<usize>(),
-                "fetching committed batches"
-            );
-        }
-        let notified = path.arrived.notified();
-        let last = attempt + 1 == attempts.max(1);
-        if !missing_proofs.is_empty() {
-            // Any validator that voted for the block has the proofs; ask them all.
-            let _ = validators;
-            path.submit(ServiceInput::FetchProofs {
-                digests: missing_proofs,
-                from: None,
-            });
-        }
-        for (from, digests) in missing_bodies {
-            path.submit(ServiceInput::FetchBodies { digests, from });
-        }
-        if last {
-            // Asked; what arrives is used by the next try. Waiting here would only hold up
-            // the executor (and a block sync queued behind this commit).
-            break;
-        }
-        runtime.block_on(async {
-            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-        });
-    }
-    None
 }

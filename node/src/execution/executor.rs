@@ -21,7 +21,8 @@ use tally_ledger::{CheckedTx, check_transactions_with};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::batches::service::{BatchPath, resolve};
+use crate::batches::resolve::resolve;
+use crate::batches::service::BatchPath;
 use crate::execution::block::BlockBatch;
 use crate::execution::chain::{BatchesOrdered, Chain};
 use crate::execution::repair::{self, Peers};
@@ -523,7 +524,7 @@ fn expand(
     let attempts = if shared.status().syncing.is_some() {
         1
     } else {
-        crate::batches::service::RESOLVE_ATTEMPTS
+        crate::batches::resolve::RESOLVE_ATTEMPTS
     };
     let Some(resolved) = resolve(path, &shared.validators, runtime, &run, attempts) else {
         return Ok(None);
