@@ -1,7 +1,11 @@
-//! Giving the allocator's free memory back to the system.
+//! Giving the C library allocator's free memory back to the system.
 //!
-//! glibc's allocator keeps memory a program freed in its arenas (one per thread group, up to
-//! eight per core) and returns it only from the top of each. A validator under overload frees
+//! The node's own allocations go to jemalloc (`main.rs`), which returns freed pages within
+//! about a second from its background thread (`.cargo/config.toml`). What still allocates
+//! from glibc is RocksDB's C++ (memtables, block cache, compaction buffers). Before jemalloc,
+//! everything did, and this measurement is why the trimmer exists: glibc's allocator keeps
+//! memory a program freed in its arenas (one per thread group, up to eight per core) and
+//! returns it only from the top of each. A validator under overload frees
 //! as much as it allocates, but the holes stay resident: measured with glibc's own
 //! `malloc_stats` at 2× the sustainable rate, a node held 416 MB from the system of which
 //! 167–199 MB were in use. [`spawn_trimmer`] calls `malloc_trim(0)` on its own thread at a
