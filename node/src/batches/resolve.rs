@@ -24,7 +24,6 @@ pub type Resolved = (Arc<Verified<BatchProof>>, Arc<TxBatch>);
 /// are held, asking peers for the missing ones; `None` when they did not come in time.
 pub fn resolve(
     path: &BatchPath,
-    validators: &tally_consensus::ValidatorSet,
     runtime: &tokio::runtime::Handle,
     digests: &[Digest],
     attempts: usize,
@@ -64,7 +63,6 @@ pub fn resolve(
         let last = attempt + 1 == attempts.max(1);
         if !missing_proofs.is_empty() {
             // Any validator that voted for the block has the proofs; ask them all.
-            let _ = validators;
             path.submit(ServiceInput::FetchProofs {
                 digests: missing_proofs,
                 from: None,

@@ -526,7 +526,7 @@ fn expand(
     } else {
         crate::batches::resolve::RESOLVE_ATTEMPTS
     };
-    let Some(resolved) = resolve(path, &shared.validators, runtime, &run, attempts) else {
+    let Some(resolved) = resolve(path, runtime, &run, attempts) else {
         return Ok(None);
     };
     let mut by_digest: crate::FastMap<Digest, _> = crate::FastMap::default();
